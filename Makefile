@@ -1,0 +1,20 @@
+# Two commands set up a fresh machine: `make demo` runs the study's demo grid, `make test` the tests.
+# Both create the virtual environment (.venv) when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export RAY_USAGE_STATS_ENABLED := 0
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import torch, ray, transformers, moto, pytest"
+	touch $@
+
+.PHONY: demo test
+demo: $(VENV)/.installed
+	$(PY) -m orchestrator.run grid --profile demo
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

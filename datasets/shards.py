@@ -1,0 +1,220 @@
+"""Shard format v1: Parquet files of (image, target structure) rows plus a manifest per dataset.
+
+Layout under a root (a local folder or ``s3://bucket/prefix``)::
+
+    <root>/<dataset>/<split>-00000.parquet ...
+    <root>/<dataset>/manifest.json        # written last: a dataset without it does not exist
+
+Every file is written under a temporary name and renamed into place, so a reader never sees a
+half-written shard or manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+ROWS_PER_FILE = 1000
+# Small row groups let a reader fetch a handful of samples without reading a whole file.
+ROWS_PER_GROUP = 100
+PROMPT_COLUMN = re.compile(r"^p\d+$")
+
+BASE_FIELDS = [
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),  # original encoding (JPEG, PNG, ...)
+    pa.field("mask", pa.binary(), nullable=False),  # PNG, 0/255
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("class_name", pa.string(), nullable=False),
+]
+METADATA_FIELD = pa.field("metadata", pa.map_(pa.string(), pa.string()))
+
+
+class ShardError(Exception):
+    """A dataset, shard or row that cannot be used; the message names it and what to do."""
+
+
+def shard_schema(prompt_types: Iterable[str]) -> pa.Schema:
+    prompt_fields = [pa.field(p, pa.list_(pa.string()), nullable=False) for p in prompt_types]
+    return pa.schema(BASE_FIELDS + prompt_fields + [METADATA_FIELD], metadata={"vlsm_format": str(FORMAT_VERSION)})
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and path for a local folder or an ``s3://`` URI.
+
+    S3 endpoint and credentials come from the environment (``AWS_ENDPOINT_URL`` and friends),
+    the same way boto3 and Ray find them.
+    """
+    if uri.startswith("s3://"):
+        return pafs.FileSystem.from_uri(uri)
+    if "://" in uri:
+        raise ShardError(f"unsupported storage URI {uri!r}: use a local folder or s3://bucket/prefix")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dataset: str
+    prompt_types: tuple[str, ...]
+    splits: dict  # split -> {"rows": int, "files": [{"path": str, "rows": int, "sha256": str}]}
+
+    def rows(self, split: str) -> int:
+        return self.splits[split]["rows"]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"format_version": FORMAT_VERSION, "dataset": self.dataset,
+             "prompt_types": list(self.prompt_types), "splits": self.splits},
+            indent=2,
+        )
+
+
+class ShardStore:
+    """Reads and writes datasets of shards under one root (local folder or s3://)."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self.fs, self.path = filesystem_for(self.root)
+
+    def _dataset_dir(self, dataset: str) -> str:
+        return posixpath.join(self.path, dataset)
+
+    def _uri(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    # -- writing -------------------------------------------------------------------------------
+    def write_dataset(self, dataset: str, rows: Iterable[dict], prompt_types: Iterable[str]) -> Manifest:
+        """Write rows (dicts with the schema's fields) into shards, then the manifest, last."""
+        prompt_types = tuple(prompt_types)
+        schema = shard_schema(prompt_types)
+        self.fs.create_dir(self._dataset_dir(dataset), recursive=True)
+        splits: dict[str, dict] = {}
+        pending: dict[str, list[dict]] = {}
+        for row in rows:
+            if row["dataset"] != dataset:
+                raise ShardError(f"row {row['sample_id']!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
+            batch = pending.setdefault(row["split"], [])
+            batch.append(row)
+            if len(batch) == ROWS_PER_FILE:
+                self._flush(dataset, row["split"], batch, schema, splits)
+                pending[row["split"]] = []
+        for split, batch in pending.items():
+            if batch:
+                self._flush(dataset, split, batch, schema, splits)
+        manifest = Manifest(dataset, prompt_types, splits)
+        write_atomically(self.fs, posixpath.join(self._dataset_dir(dataset), "manifest.json"),
+                          manifest.to_json().encode())
+        return manifest
+
+    def _flush(self, dataset: str, split: str, batch: list[dict], schema: pa.Schema, splits: dict) -> None:
+        entry = splits.setdefault(split, {"rows": 0, "files": []})
+        name = f"{split}-{len(entry['files']):05d}.parquet"
+        rows = [{**r, "metadata": list(r.get("metadata", {}).items())} for r in batch]
+        table = pa.Table.from_pylist(rows, schema=schema)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, row_group_size=ROWS_PER_GROUP)
+        data = buf.getvalue()
+        write_atomically(self.fs, posixpath.join(self._dataset_dir(dataset), name), data)
+        entry["files"].append({"path": name, "rows": len(batch), "sha256": hashlib.sha256(data).hexdigest()})
+        entry["rows"] += len(batch)
+
+    # -- reading -------------------------------------------------------------------------------
+    def datasets(self) -> list[str]:
+        """Names of the datasets under the root that have a manifest."""
+        info = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        names = [i.base_name for i in info if i.type == pafs.FileType.Directory]
+        manifests = self.fs.get_file_info([posixpath.join(self.path, n, "manifest.json") for n in names])
+        return sorted(n for n, m in zip(names, manifests) if m.type == pafs.FileType.File)
+
+    def manifest(self, dataset: str) -> Manifest:
+        path = posixpath.join(self._dataset_dir(dataset), "manifest.json")
+        try:
+            with self.fs.open_input_stream(path) as f:
+                raw = json.loads(f.read())
+        except FileNotFoundError:
+            known = ", ".join(self.datasets()) or "none"
+            raise ShardError(
+                f"unknown dataset {dataset!r}: no manifest at {self._uri(dataset, 'manifest.json')} "
+                f"(datasets there: {known}). Ingest it first, or check --data."
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardError(f"manifest {self._uri(dataset, 'manifest.json')} is not valid JSON ({e}); "
+                             f"re-ingest {dataset!r}") from None
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ShardError(f"{self._uri(dataset, 'manifest.json')} has format_version "
+                             f"{raw.get('format_version')!r}; this vlsm-tune reads version {FORMAT_VERSION}")
+        return Manifest(raw["dataset"], tuple(raw["prompt_types"]), raw["splits"])
+
+    def check_split(self, dataset: str, split: str, prompt_type: str | None = None) -> Manifest:
+        """Fail early, with a clear message, if a split or prompt type does not exist."""
+        manifest = self.manifest(dataset)
+        if split not in manifest.splits:
+            raise ShardError(f"dataset {dataset!r} has no {split!r} split (it has: {', '.join(manifest.splits)})")
+        if prompt_type is not None and prompt_type not in manifest.prompt_types:
+            raise ShardError(f"dataset {dataset!r} has no prompt type {prompt_type!r} "
+                             f"(it has: {', '.join(manifest.prompt_types)})")
+        return manifest
+
+    def missing_files(self, dataset: str, split: str) -> list[str]:
+        """Shard files the manifest lists but storage lacks."""
+        manifest = self.manifest(dataset)
+        missing = []
+        for entry in manifest.splits.get(split, {"files": []})["files"]:
+            path = posixpath.join(self._dataset_dir(dataset), entry["path"])
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                missing.append(self._uri(dataset, entry["path"]))
+        return missing
+
+    def read_split(self, dataset: str, split: str, columns: list[str] | None = None) -> pa.Table:
+        """All rows of a split, every file checked against the manifest's sha256 and row count."""
+        manifest = self.check_split(dataset, split)
+        tables = [self._read_file(dataset, entry, columns) for entry in manifest.splits[split]["files"]]
+        return pa.concat_tables(tables)
+
+    def _read_file(self, dataset: str, entry: dict, columns: list[str] | None) -> pa.Table:
+        uri = self._uri(dataset, entry["path"])
+        try:
+            with self.fs.open_input_stream(posixpath.join(self._dataset_dir(dataset), entry["path"])) as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ShardError(f"missing shard {uri}: the manifest lists it but storage does not have it. "
+                             f"Re-ingest {dataset!r} or restore the file.") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
+            raise ShardError(f"corrupt shard {uri}: sha256 {digest[:12]}... does not match the manifest's "
+                             f"{entry['sha256'][:12]}...; re-ingest {dataset!r}.")
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=columns)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ShardError(f"corrupt shard {uri}: not a readable Parquet file ({e}); "
+                             f"re-ingest {dataset!r}.") from None
+        if table.num_rows != entry["rows"]:
+            raise ShardError(f"shard {uri} holds {table.num_rows} rows, the manifest says {entry['rows']}")
+        return table
+
+    def iter_rows(self, dataset: str, split: str, columns: list[str] | None = None) -> Iterator[dict]:
+        for row in self.read_split(dataset, split, columns).to_pylist():
+            if "metadata" in row and row["metadata"] is not None:
+                row["metadata"] = dict(row["metadata"])
+            yield row

@@ -1,0 +1,122 @@
+"""Run a list of experiments as Ray Tune trials: check inputs, skip finished ids, fit, summarise."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from datasets.shards import ShardError, ShardStore
+from orchestrator.experiment import ExperimentSpec
+from orchestrator.results import ResultStore
+from search_spaces.defaults import gpu_fraction
+
+
+@dataclass
+class GridOutcome:
+    planned: int
+    skipped: int  # already finished before this launch
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # id -> error
+
+
+def input_problems(specs: list[ExperimentSpec], data: str) -> list[str]:
+    """Every unknown dataset, missing split or prompt type and missing shard file, before any trial starts."""
+    store, problems, seen = ShardStore(data), [], set()
+    for spec in specs:
+        wanted = [(spec.train_set, "train"), (spec.train_set, "val")] + [(s, "test") for s in spec.eval_sets]
+        for dataset, split in wanted:
+            key = (dataset, split, spec.prompt_type)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                store.check_split(dataset, split, spec.prompt_type)
+                problems += [f"missing shard {uri}: the manifest lists it; re-ingest {dataset!r}"
+                             for uri in store.missing_files(dataset, split)]
+            except ShardError as e:
+                problems.append(f"{spec.id}: {e}")
+    return sorted(set(problems))
+
+
+def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool) -> None:
+    import ray
+
+    if address:
+        ray.init(address=address)
+        return
+    # A local cluster on this machine: all its cores, and N logical GPUs when asked for, so
+    # fractional-GPU scheduling works (and can be tested) on machines without one.
+    ray.init(num_cpus=os.cpu_count(), num_gpus=fake_gpus, include_dashboard=dashboard,
+             dashboard_host="127.0.0.1")
+
+
+def trial_resources(cpus: float, gpus: float | None, cluster_gpus: float):
+    """Resources as a function of the trial's config: the model's GPU share unless overridden."""
+
+    def resources(config: dict) -> dict:
+        gpu = gpus if gpus is not None else gpu_fraction(config["experiment"]["model"])
+        return {"cpu": cpus, "gpu": gpu if cluster_gpus else 0}
+
+    return resources
+
+
+def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str,
+             address: str | None = None, fake_gpus: int | None = None, gpus_per_trial: float | None = None,
+             cpus_per_trial: float = 1.0, dashboard: bool = True, max_failures: int = 1,
+             verbose: int = 1) -> GridOutcome:
+    import ray
+    from ray import tune
+
+    from trainables.tune_trainable import train_experiment
+
+    results = ResultStore(storage, study)
+    done = results.finished_ids()
+    todo = [s for s in specs if s.id not in done]
+    outcome = GridOutcome(planned=len(specs), skipped=len(specs) - len(todo))
+    print(f"{len(specs)} experiments: {outcome.skipped} already finished in {results.uri}, {len(todo)} to run")
+    if not todo:
+        return outcome
+
+    start_ray(address, fake_gpus, dashboard)
+    try:
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        if not cluster_gpus:
+            print("no GPUs in the Ray cluster: trials run on CPU (use --fake-gpus N to test fractional scheduling)")
+
+        def trial_name(trial) -> str:
+            return trial.config["experiment"]["id"]
+
+        tuner = tune.Tuner(
+            tune.with_resources(train_experiment, trial_resources(cpus_per_trial, gpus_per_trial, cluster_gpus)),
+            param_space={
+                "experiment": tune.grid_search([{**s.to_dict(), "id": s.id} for s in todo]),
+                "data": data, "storage": storage, "study": study,
+                "threads": max(1, math.floor(cpus_per_trial)),
+            },
+            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=_tune_storage(results.uri), verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        grid = tuner.fit()
+        errors = {r.config["experiment"]["id"]: repr(r.error) for r in grid if r.error is not None}
+    finally:
+        ray.shutdown()
+
+    finished_now = results.finished_ids()
+    for spec in todo:
+        if spec.id in finished_now:
+            outcome.finished.append(spec.id)
+            continue
+        error = errors.get(spec.id) or (results.failure(spec.id) or {}).get("error") or "ended without a result"
+        if spec.id in errors:  # a crash the trial could not record itself
+            results.write_failure(spec.id, spec.to_dict(), error)
+        outcome.failed[spec.id] = error
+    return outcome
+
+
+def _tune_storage(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)

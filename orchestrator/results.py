@@ -1,0 +1,83 @@
+"""Where finished experiments live: ``<storage>/<study>/experiments/<id>/``.
+
+Each finished experiment holds ``spec.json``, ``per_image.parquet``, ``result.json`` and, written
+last, a ``DONE`` marker; an experiment without ``DONE`` is not finished, whatever else is there.
+A bad-input failure leaves ``FAILED.json`` with the error instead.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from datasets.shards import filesystem_for, write_atomically
+
+
+class ResultStore:
+    def __init__(self, storage: str, study: str):
+        self.uri = f"{storage.rstrip('/')}/{study}"
+        self.fs, self.path = filesystem_for(self.uri)
+
+    def _dir(self, experiment_id: str) -> str:
+        return posixpath.join(self.path, "experiments", experiment_id)
+
+    def _write_json(self, experiment_id: str, name: str, obj: dict) -> None:
+        self.fs.create_dir(self._dir(experiment_id), recursive=True)
+        write_atomically(self.fs, posixpath.join(self._dir(experiment_id), name),
+                          json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def _read_json(self, experiment_id: str, name: str) -> dict | None:
+        try:
+            with self.fs.open_input_stream(posixpath.join(self._dir(experiment_id), name)) as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+
+    def _ids_with(self, marker: str) -> set[str]:
+        selector = pafs.FileSelector(posixpath.join(self.path, "experiments"), recursive=True, allow_not_found=True)
+        return {posixpath.basename(posixpath.dirname(i.path)) for i in self.fs.get_file_info(selector)
+                if i.type == pafs.FileType.File and i.base_name == marker}
+
+    def finished_ids(self) -> set[str]:
+        return self._ids_with("DONE")
+
+    def failed_ids(self) -> set[str]:
+        return self._ids_with("FAILED.json") - self.finished_ids()
+
+    def write_result(self, spec: dict, result: dict, per_image: dict[str, dict[str, float]]) -> None:
+        """Record a finished experiment; ``per_image`` maps eval set -> sample id -> dice."""
+        experiment_id = result["experiment_id"]
+        self._write_json(experiment_id, "spec.json", spec)
+        table = pa.table({
+            "eval_set": [s for s, scores in per_image.items() for _ in scores],
+            "sample_id": [i for scores in per_image.values() for i in scores],
+            "dice": [d for scores in per_image.values() for d in scores.values()],
+        })
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        write_atomically(self.fs, posixpath.join(self._dir(experiment_id), "per_image.parquet"),
+                         buf.getvalue().to_pybytes())
+        self._write_json(experiment_id, "result.json", result)
+        self._write_json(experiment_id, "DONE", {"finished_at": time.time()})
+        self._delete(experiment_id, "FAILED.json")
+
+    def write_failure(self, experiment_id: str, spec: dict, error: str) -> None:
+        self._write_json(experiment_id, "FAILED.json", {"spec": spec, "error": error, "failed_at": time.time()})
+
+    def _delete(self, experiment_id: str, name: str) -> None:
+        try:
+            self.fs.delete_file(posixpath.join(self._dir(experiment_id), name))
+        except FileNotFoundError:
+            pass
+
+    def failure(self, experiment_id: str) -> dict | None:
+        return self._read_json(experiment_id, "FAILED.json")
+
+    def results(self) -> list[dict]:
+        """result.json of every finished experiment, ordered by id."""
+        return [self._read_json(i, "result.json") for i in sorted(self.finished_ids())]

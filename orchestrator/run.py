@@ -1,0 +1,155 @@
+"""vlsm-tune command line: ``python -m orchestrator.run {grid,report} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+
+# Nothing leaves this machine unless the user asks for it: Ray's usage reporting is opt-in here.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from datasets.shards import ShardError, ShardStore  # noqa: E402
+from orchestrator.experiment import ExperimentSpec  # noqa: E402
+
+DEFAULT_DATA = "data/shards"
+DEFAULT_STORAGE = "runs"
+
+
+def select(specs: list[ExperimentSpec], patterns: list[str] | None) -> list[ExperimentSpec]:
+    """Keep specs whose id matches any pattern (a glob, or a plain substring)."""
+    if not patterns:
+        return specs
+    return [s for s in specs if any(fnmatch.fnmatchcase(s.id, p if any(c in p for c in "*?[") else f"*{p}*")
+                                    for p in patterns)]
+
+
+def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
+    from search_spaces.grid import PROFILES
+
+    specs = PROFILES[args.profile]()
+    if args.max_epochs is not None:
+        specs = [ExperimentSpec.from_dict({**s.to_dict(), "max_epochs": args.max_epochs}) for s in specs]
+    return select(specs, args.only)
+
+
+def ensure_synthetic(data: str, profile: str) -> None:
+    """Generate the profile's synthetic datasets into ``data`` if they are not there yet."""
+    from datasets.synthetic import write_synthetic
+    from search_spaces.grid import PROFILE_SYNTHETIC
+
+    store = ShardStore(data)
+    present = set(store.datasets())
+    for name in PROFILE_SYNTHETIC.get(profile, ()):
+        if name not in present:
+            manifest = write_synthetic(store, name)
+            rows = ", ".join(f"{split} {entry['rows']}" for split, entry in manifest.splits.items())
+            print(f"generated synthetic dataset {name} in {store.root}/{name} ({rows})")
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from orchestrator.grid_runner import input_problems, run_grid
+    from orchestrator.report import write_report
+    from orchestrator.results import ResultStore
+
+    specs = build_specs(args)
+    study = args.study or args.profile
+    if not specs:
+        print(f"no experiment of profile {args.profile!r} matches --only {args.only}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        done = ResultStore(args.storage, study).finished_ids()
+        print(f"{'experiment id':<52} {'model':<8} {'mode':<9} {'train set':<14} prompt  status")
+        for s in specs:
+            state = "done" if s.id in done else "pending"
+            print(f"{s.id:<52} {s.model:<8} {s.mode:<9} {s.train_set:<14} {s.prompt_type:<7} {state}")
+        print(f"total: {len(specs)} experiments ({sum(s.id in done for s in specs)} done)")
+        return 0
+    try:
+        ensure_synthetic(args.data, args.profile)
+        problems = input_problems(specs, args.data)
+    except ShardError as e:
+        problems = [str(e)]
+    if problems:
+        print("cannot start the grid; fix these first:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
+    outcome = run_grid(specs, data=args.data, storage=args.storage, study=study, address=args.address,
+                       fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
+                       cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
+                       max_failures=args.max_failures, verbose=args.verbose)
+    print(f"ran {len(outcome.finished) + len(outcome.failed)} experiments: {len(outcome.finished)} finished, "
+          f"{len(outcome.failed)} failed, {outcome.skipped} skipped as already finished")
+    for experiment_id, error in outcome.failed.items():
+        print(f"  FAILED {experiment_id}: {error}", file=sys.stderr)
+    md, csv_uri, rows = write_report(args.storage, study)
+    print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
+    return 1 if outcome.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import to_markdown, write_report
+
+    md, csv_uri, rows = write_report(args.storage, args.study)
+    print(to_markdown(rows))
+    print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from search_spaces.grid import PROFILES
+
+    top = argparse.ArgumentParser(
+        prog="python -m orchestrator.run",
+        description="Run the VLSM transfer-learning study as Ray Tune trials and tabulate the results.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{grid,report}")
+
+    grid = sub.add_parser("grid", help="run a grid of experiments (skips finished ones)",
+                          description="Run every experiment of a profile as a Ray Tune trial. Finished "
+                                      "experiments (a DONE marker in --storage) are skipped, so rerunning "
+                                      "the same command resumes the grid.")
+    grid.add_argument("--profile", choices=sorted(PROFILES), default="demo",
+                      help="which grid to run (default: demo, small CLIPSeg on synthetic shards)")
+    grid.add_argument("--only", action="append", metavar="PATTERN",
+                      help="run only experiments whose id matches PATTERN (glob or substring); repeatable")
+    grid.add_argument("--dry-run", action="store_true", help="list the experiments and their status, run nothing")
+    grid.add_argument("--data", default=DEFAULT_DATA,
+                      help=f"shard root: a folder or s3://bucket/prefix (default: {DEFAULT_DATA})")
+    grid.add_argument("--storage", default=DEFAULT_STORAGE,
+                      help=f"where results, checkpoints and done markers go: a folder or s3://... "
+                           f"(default: {DEFAULT_STORAGE})")
+    grid.add_argument("--study", help="name of this study under --storage (default: the profile name)")
+    grid.add_argument("--address", help="Ray cluster to join (e.g. auto on a cluster's head); "
+                                        "default: start a local Ray on this machine")
+    grid.add_argument("--fake-gpus", type=int, metavar="N",
+                      help="declare N logical GPUs on a local Ray, to see fractional scheduling without GPUs")
+    grid.add_argument("--gpus-per-trial", type=float, metavar="F",
+                      help="GPU share per trial, overriding each model's default fraction")
+    grid.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
+                      help="CPUs per trial (default: 1); torch uses max(1, floor(C)) threads")
+    grid.add_argument("--max-epochs", type=int, metavar="E",
+                      help="cap every experiment's epochs (changes the experiment ids)")
+    grid.add_argument("--max-failures", type=int, default=1, metavar="K",
+                      help="times Ray retries a crashed trial from its last checkpoint (default: 1)")
+    grid.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+    grid.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                      help="Ray Tune progress output: 0 silent, 1 status table (default), 2 every result")
+    grid.set_defaults(func=cmd_grid)
+
+    report = sub.add_parser("report", help="write the results table (Markdown and CSV)",
+                            description="Tabulate mean dice per (model, mode, train set, prompt, eval set) "
+                                        "from finished experiments; writes report.md and report.csv under "
+                                        "<storage>/<study>/.")
+    report.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results root (default: {DEFAULT_STORAGE})")
+    report.add_argument("--study", default="demo", help="study name under --storage (default: demo)")
+    report.set_defaults(func=cmd_report)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""From an experiment spec to a ready Trainer and its test sets, and from a finished Trainer to results.
+
+Plain Python, no Ray: the Tune adapter, tests and notebooks all go through here.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from datasets.segmentation import SegmentationSplit
+from datasets.shards import ShardStore
+from trainables.models import build_model, model_inputs
+from trainables.tokenizers import load_tokenizer
+from trainables.trainer import TrainConfig, Trainer
+
+
+def prepare(spec: dict, data: str) -> tuple[Trainer, dict[str, SegmentationSplit]]:
+    """Build the model, data and Trainer of an experiment; returns the Trainer and the test splits."""
+    store = ShardStore(data)
+    inputs = model_inputs(spec["model"], spec["size"])
+
+    def split(dataset: str, name: str, train: bool) -> SegmentationSplit:
+        return SegmentationSplit(store, dataset, name, spec["prompt_type"], inputs.input_size, train, spec["seed"])
+
+    train_set, val_set = split(spec["train_set"], "train", True), split(spec["train_set"], "val", False)
+    test_sets = {name: split(name, "test", False) for name in spec["eval_sets"]}
+    torch.manual_seed(spec["seed"])  # random-init weights are part of the experiment
+    model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"])
+    config = TrainConfig(lr=spec["lr"], weight_decay=spec["weight_decay"], batch_size=spec["batch_size"],
+                         max_epochs=spec["max_epochs"], patience=spec["patience"], seed=spec["seed"])
+    return Trainer(model, load_tokenizer(spec["weights"]), inputs, config, train_set, val_set), test_sets
+
+
+def summarize(spec: dict, trainer: Trainer, per_image: dict[str, dict[str, float]]) -> dict:
+    """The result.json of a finished experiment: mean and spread of dice per evaluation set."""
+    return {
+        "experiment_id": spec["id"],
+        "spec": spec,
+        "best_val_dice": trainer.best_dice,
+        "epochs": trainer.epoch,
+        "eval": {
+            name: {"dice_mean": statistics.fmean(scores.values()),
+                   "dice_std": statistics.pstdev(scores.values()),
+                   "n_images": len(scores)}
+            for name, scores in per_image.items()
+        },
+    }

@@ -1,0 +1,169 @@
+"""The shared Trainer: a plain loop over epochs, with early stopping on validation dice.
+
+It knows nothing of Ray, storage or experiment grids: give it a model, data and a config, call
+``fit``, then ``test``. ``state_dict`` / ``load_state_dict`` make a run resumable mid-way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.segmentation import SegmentationSplit
+from trainables.losses import dice_bce_loss
+from trainables.metrics import dice_per_image
+from trainables.models import ModelInputs
+from trainables.tokenizers import tokenize
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 2e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 8
+    max_epochs: int = 100
+    patience: int = 20  # epochs without a better validation dice before stopping
+    lr_patience: int = 5  # epochs without a lower validation loss before LR x 0.1
+    grad_clip: float = 0.5
+    seed: int = 42
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    lr: float
+    improved: bool
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, tokenizer, inputs: ModelInputs, config: TrainConfig,
+                 train_set: SegmentationSplit, val_set: SegmentationSplit, device: torch.device | None = None):
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device)
+        self.tokenizer, self.inputs, self.config = tokenizer, inputs, config
+        self.train_set, self.val_set = train_set, val_set
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=0.1, patience=config.lr_patience)
+        self.mean = torch.tensor(inputs.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(inputs.std, device=self.device).view(1, 3, 1, 1) * 255
+        # bf16 autocast where the accelerator has it; plain fp32 on CPU.
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.epoch = 0  # epochs completed
+        self.best_dice = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epochs_since_best = 0
+
+    # -- data ----------------------------------------------------------------------------------
+    def _collate(self, samples: list[dict]) -> dict:
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "mask": torch.stack([s["mask"] for s in samples]),
+            "full_masks": [s["full_mask"] for s in samples],
+            "sample_ids": [s["sample_id"] for s in samples],
+            **tokenize(self.tokenizer, [s["text"] for s in samples], self.inputs.context_length),
+        }
+
+    def _loader(self, dataset: SegmentationSplit, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.config.seed + self.epoch)
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=self._collate, drop_last=False)
+
+    def _forward(self, batch: dict) -> torch.Tensor:
+        pixels = (batch["image"].to(self.device, non_blocking=True).float() - self.mean) / self.std
+        with self.autocast:
+            logits = self.model(pixels, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+        return logits.float()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_epoch(self) -> float:
+        self.model.train()
+        self.train_set.set_epoch(self.epoch)
+        total, count = 0.0, 0
+        for batch in self._loader(self.train_set, shuffle=True):
+            loss = dice_bce_loss(self._forward(batch), batch["mask"].to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+            self.optimizer.step()
+            total += loss.item() * len(batch["sample_ids"])
+            count += len(batch["sample_ids"])
+        return total / count
+
+    @torch.no_grad()
+    def evaluate(self, dataset: SegmentationSplit) -> tuple[float, dict[str, float]]:
+        """Mean loss at the model's input size and dice per image at the original size."""
+        self.model.eval()
+        total, dice = 0.0, {}
+        for batch in self._loader(dataset, shuffle=False):
+            logits = self._forward(batch)
+            total += dice_bce_loss(logits, batch["mask"].to(self.device)).item() * len(batch["sample_ids"])
+            scores = dice_per_image(logits, batch["full_masks"], self.inputs.threshold)
+            dice.update(zip(batch["sample_ids"], scores))
+        return total / len(dataset), dice
+
+    def step(self) -> EpochResult:
+        """Train one epoch, validate, step the LR schedule and the early-stopping counter."""
+        train_loss = self.train_epoch()
+        val_loss, dice = self.evaluate(self.val_set)
+        val_dice = sum(dice.values()) / len(dice)
+        self.scheduler.step(val_loss)
+        self.epoch += 1
+        improved = val_dice > self.best_dice
+        if improved:
+            self.best_dice, self.epochs_since_best = val_dice, 0
+            self.best_state = {k: v.detach().clone() for k, v in self._trainable_state().items()}
+        else:
+            self.epochs_since_best += 1
+        return EpochResult(self.epoch, train_loss, val_loss, val_dice, self.optimizer.param_groups[0]["lr"], improved)
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.config.max_epochs or self.epochs_since_best >= self.config.patience
+
+    def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> float:
+        """Train until the epoch budget or early stopping; returns the best validation dice."""
+        while not self.finished:
+            result = self.step()
+            if on_epoch:
+                on_epoch(result)
+        return self.best_dice
+
+    def test(self, dataset: SegmentationSplit) -> dict[str, float]:
+        """Per-image dice of the best validation weights on ``dataset``."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state, strict=False)
+        return self.evaluate(dataset)[1]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        # Frozen weights are rebuilt from the same seed or pretrained files, so they are not saved.
+        names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.model.state_dict().items() if k in names}
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best_dice": self.best_dice,
+            "best_state": self.best_state, "epochs_since_best": self.epochs_since_best,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if unexpected or trainable & set(missing):
+            raise ValueError(f"checkpoint does not fit this model: missing {sorted(trainable & set(missing))[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_dice = state["epoch"], state["best_dice"]
+        self.best_state, self.epochs_since_best = state["best_state"], state["epochs_since_best"]
