@@ -21,7 +21,8 @@ class ExperimentSpec:
     weight_decay: float = 1e-3
     batch_size: int = 128
     max_epochs: int = 200
-    patience: int = 50
+    patience: int = 50  # epochs without a better validation dice before early stopping
+    lr_patience: int = 5  # epochs without a lower validation loss before LR x 0.1
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -31,8 +32,16 @@ class ExperimentSpec:
 
     @property
     def id(self) -> str:
-        """``clipseg-frozen-kvasir-p6-1a2b3c4d``: the same spec gives the same id on every machine."""
-        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        """``clipseg-frozen-kvasir-p6-1a2b3c4d``: the same spec gives the same id on every machine.
+
+        Only fields that differ from their defaults are hashed, so adding a field with a default
+        later keeps every existing id (and its stored results) valid.
+        """
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        chosen = {k: v for k, v in self.to_dict().items() if v != defaults[k] and k != "eval_sets"}
+        if self.eval_sets != (self.train_set,):
+            chosen["eval_sets"] = list(self.eval_sets)
+        canonical = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
         return f"{self.model}-{self.mode}-{self.train_set}-{self.prompt_type}-{digest}"
 

@@ -51,11 +51,11 @@ def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool) -> No
              dashboard_host="127.0.0.1")
 
 
-def trial_resources(cpus: float, gpus: float | None, cluster_gpus: float):
+def trial_resources(specs: dict[str, dict], cpus: float, gpus: float | None, cluster_gpus: float):
     """Resources as a function of the trial's config: the model's GPU share unless overridden."""
 
     def resources(config: dict) -> dict:
-        gpu = gpus if gpus is not None else gpu_fraction(config["experiment"]["model"])
+        gpu = gpus if gpus is not None else gpu_fraction(specs[config["experiment_id"]]["model"])
         return {"cpu": cpus, "gpu": gpu if cluster_gpus else 0}
 
     return resources
@@ -85,15 +85,14 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
             print("no GPUs in the Ray cluster: trials run on CPU (use --fake-gpus N to test fractional scheduling)")
 
         def trial_name(trial) -> str:
-            return trial.config["experiment"]["id"]
+            return trial.config["experiment_id"]
 
+        specs_by_id = {s.id: s.to_dict() for s in todo}
+        trainable = tune.with_parameters(train_experiment, specs=specs_by_id, data=data, storage=storage,
+                                         study=study, threads=max(1, math.floor(cpus_per_trial)))
         tuner = tune.Tuner(
-            tune.with_resources(train_experiment, trial_resources(cpus_per_trial, gpus_per_trial, cluster_gpus)),
-            param_space={
-                "experiment": tune.grid_search([{**s.to_dict(), "id": s.id} for s in todo]),
-                "data": data, "storage": storage, "study": study,
-                "threads": max(1, math.floor(cpus_per_trial)),
-            },
+            tune.with_resources(trainable, trial_resources(specs_by_id, cpus_per_trial, gpus_per_trial, cluster_gpus)),
+            param_space={"experiment_id": tune.grid_search(list(specs_by_id))},
             tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(
                 name="tune", storage_path=_tune_storage(results.uri), verbose=verbose,
@@ -102,7 +101,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
             ),
         )
         grid = tuner.fit()
-        errors = {r.config["experiment"]["id"]: repr(r.error) for r in grid if r.error is not None}
+        errors = {r.config["experiment_id"]: repr(r.error) for r in grid if r.error is not None}
     finally:
         ray.shutdown()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
@@ -22,6 +23,8 @@ os.environ.update({
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1, over HTTP; AWS_ENDPOINT_URL points boto3, pyarrow and Ray at it."""
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()

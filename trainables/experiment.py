@@ -29,7 +29,8 @@ def prepare(spec: dict, data: str) -> tuple[Trainer, dict[str, SegmentationSplit
     torch.manual_seed(spec["seed"])  # random-init weights are part of the experiment
     model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"])
     config = TrainConfig(lr=spec["lr"], weight_decay=spec["weight_decay"], batch_size=spec["batch_size"],
-                         max_epochs=spec["max_epochs"], patience=spec["patience"], seed=spec["seed"])
+                         max_epochs=spec["max_epochs"], patience=spec["patience"],
+                         lr_patience=spec["lr_patience"], seed=spec["seed"])
     return Trainer(model, load_tokenizer(spec["weights"]), inputs, config, train_set, val_set), test_sets
 
 

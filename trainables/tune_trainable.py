@@ -1,14 +1,16 @@
-"""The Ray Tune function trainable: a thin adapter from a trial config to the Trainer and back.
+"""The Ray Tune function trainable: a thin adapter from a trial to the Trainer and back.
 
-Config keys: ``experiment`` (spec dict with its ``id``), ``data`` (shard root), ``storage`` and
-``study`` (where results go), ``threads`` (torch CPU threads for this trial's CPU share).
+A trial's config holds only its ``experiment_id`` (so Tune's tables show ids, not dicts); the
+specs, shard root and result storage are bound once with ``tune.with_parameters``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 
+import ray
 import torch
 from ray import tune
 
@@ -17,34 +19,53 @@ from orchestrator.results import ResultStore
 from trainables.experiment import prepare, summarize
 
 STATE_FILE = "trainer.pt"
+# Checkpoint at most this often (and always after the last epoch): small models finish epochs in
+# about a second, and a checkpoint per epoch would flood storage and Tune's experiment snapshots.
+CHECKPOINT_INTERVAL_S = 30.0
 
 
-def train_experiment(config: dict) -> None:
-    spec, experiment_id = config["experiment"], config["experiment"]["id"]
-    results = ResultStore(config["storage"], config["study"])
-    torch.set_num_threads(config.get("threads", 1))
+def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: str, study: str,
+                     threads: int = 1) -> None:
+    experiment_id = config["experiment_id"]
+    spec = {**specs[experiment_id], "id": experiment_id}
+    results = ResultStore(storage, study)
+    torch.set_num_threads(threads)
+    started = time.time()
     try:
-        trainer, test_sets = prepare(spec, config["data"])
+        trainer, test_sets = prepare(spec, data)
     except (ShardError, ValueError) as e:
-        # Bad input will fail the same way on every retry: record it and end the trial cleanly.
+        # Bad input fails the same way on every retry: record it and end the trial cleanly.
         results.write_failure(experiment_id, spec, str(e))
         tune.report({"failed": True, "error": str(e)[:500]})
         return
 
+    resumed_from = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint:  # a retry after a lost worker continues where the last epoch ended
+    if checkpoint:  # a retry after a lost worker continues where the last checkpoint ended
         with checkpoint.as_directory() as d:
             trainer.load_state_dict(torch.load(os.path.join(d, STATE_FILE), weights_only=True))
+        resumed_from = trainer.epoch
+
+    last_checkpoint = time.monotonic()
 
     def report(epoch) -> None:
+        nonlocal last_checkpoint
+        metrics = {"epoch": epoch.epoch, "train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
+                   "val_dice": epoch.val_dice, "best_val_dice": trainer.best_dice, "lr": epoch.lr}
+        if not trainer.finished and time.monotonic() - last_checkpoint < CHECKPOINT_INTERVAL_S:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state_dict(), os.path.join(d, STATE_FILE))
-            tune.report(
-                {"epoch": epoch.epoch, "train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
-                 "val_dice": epoch.val_dice, "best_val_dice": trainer.best_dice, "lr": epoch.lr},
-                checkpoint=tune.Checkpoint.from_directory(d),
-            )
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        last_checkpoint = time.monotonic()
 
     trainer.fit(on_epoch=report)
     per_image = {name: trainer.test(dataset) for name, dataset in test_sets.items()}
-    results.write_result(spec, summarize(spec, trainer, per_image), per_image)
+    result = summarize(spec, trainer, per_image)
+    result["run"] = {
+        "started_at": started, "finished_at": time.time(), "resumed_from_epoch": resumed_from,
+        "resources": tune.get_context().get_trial_resources().required_resources,
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_ip": ray.util.get_node_ip_address(),
+    }
+    results.write_result(spec, result, per_image)

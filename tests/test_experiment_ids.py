@@ -1,0 +1,32 @@
+"""Experiment ids are stable across runs and machines, and change with anything that defines the run."""
+
+import dataclasses
+
+from orchestrator.experiment import ExperimentSpec
+from search_spaces.grid import demo
+
+PINNED = {
+    "kvasir": "clipseg-frozen-kvasir_polyp-p6-f544ee23",
+    "demo": ["clipseg-frozen-synth_polyp-p0-b4399f8c", "clipseg-frozen-synth_polyp-p1-76f8ba3c"],
+}
+
+
+def test_ids_are_pinned():
+    # Pinned literals: if one changes, every stored result of that experiment is orphaned.
+    spec = ExperimentSpec(model="clipseg", mode="frozen", train_set="kvasir_polyp", prompt_type="p6")
+    assert spec.id == PINNED["kvasir"]
+    assert [s.id for s in demo()][:2] == PINNED["demo"]
+
+
+def test_id_changes_with_every_field_and_round_trips():
+    spec = ExperimentSpec(model="clipseg", mode="frozen", train_set="synth_polyp", prompt_type="p1", size="small")
+    changed = {"model": "cris", "mode": "finetune", "train_set": "x", "prompt_type": "p2", "eval_sets": ("a",),
+               "size": "full", "weights": "CIDAS/clipseg-rd64-refined", "lr": 1e-4, "weight_decay": 0.0,
+               "batch_size": 4, "max_epochs": 3, "patience": 2, "lr_patience": 1, "seed": 7}
+    assert set(changed) == {f.name for f in dataclasses.fields(ExperimentSpec)}
+    ids = {dataclasses.replace(spec, **{k: v}).id for k, v in changed.items()}
+    assert len(ids) == len(changed) and spec.id not in ids
+    assert ExperimentSpec.from_dict(spec.to_dict()) == spec
+    assert spec.id.startswith("clipseg-frozen-synth_polyp-p1-")
+    # Evaluating on the train set explicitly is the same experiment as the default.
+    assert dataclasses.replace(spec, eval_sets=("synth_polyp",)).id == spec.id
