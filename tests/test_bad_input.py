@@ -1,0 +1,62 @@
+"""Bad input: a clear error naming the thing and the fix, and nothing half-done marked finished."""
+
+import json
+from pathlib import Path
+
+from datasets.shards import ShardStore
+from datasets.synthetic import synthetic_rows, write_synthetic
+from orchestrator.experiment import ExperimentSpec
+from orchestrator.grid_runner import input_problems
+from orchestrator.results import ResultStore
+from tests.cli import run_cli
+
+
+def test_unknown_dataset_and_prompt_type_are_reported_before_anything_runs(tmp_path):
+    data = str(tmp_path / "shards")
+    store = ShardStore(data)
+    rows = (r for split in ("train", "val", "test") for r in synthetic_rows("tiny", split, 2, 0, 0))
+    store.write_dataset("tiny", rows, ("p0", "p1"))
+    specs = [ExperimentSpec(model="clipseg", mode="frozen", train_set="kvasir_polyp", prompt_type="p1"),
+             ExperimentSpec(model="clipseg", mode="frozen", train_set="tiny", prompt_type="p6")]
+    problems = "\n".join(input_problems(specs, data))
+    assert "unknown dataset 'kvasir_polyp'" in problems and "datasets there: tiny" in problems
+    assert "dataset 'tiny' has no prompt type 'p6' (it has: p0, p1)" in problems
+    # Each problem once, though three splits of each dataset were checked.
+    assert len(input_problems(specs, data)) == 2
+
+
+def test_missing_shard_stops_the_grid_before_ray_starts(tmp_path):
+    data, storage = tmp_path / "shards", tmp_path / "runs"
+    write_synthetic(ShardStore(str(data)), "synth_polyp")
+    write_synthetic(ShardStore(str(data)), "synth_pairs")
+    (data / "synth_pairs" / "val-00000.parquet").unlink()
+    result = run_cli("grid", "--only", "synth_pairs-p1", "--data", str(data), "--storage", str(storage),
+                     "--max-epochs", "1", "--no-dashboard", timeout=120)
+    assert result.returncode == 2
+    assert f"missing shard {data}/synth_pairs/val-00000.parquet" in result.stderr
+    assert "re-ingest 'synth_pairs'" in result.stderr
+    assert not storage.exists()
+
+
+def test_a_corrupt_shard_fails_its_trial_only(tmp_path):
+    data, storage = tmp_path / "shards", tmp_path / "runs"
+    write_synthetic(ShardStore(str(data)), "synth_polyp")
+    write_synthetic(ShardStore(str(data)), "synth_pairs")
+    shard = data / "synth_pairs" / "train-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:-64] + bytes(64))
+    result = run_cli("grid", "--only", "synth_pairs-p1", "--only", "synth_polyp-p1", "--data", str(data),
+                     "--storage", str(storage), "--max-epochs", "1", "--no-dashboard", "--verbose", "0",
+                     timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "ran 2 experiments: 1 finished, 1 failed" in result.stdout
+    results = ResultStore(str(storage), "demo")
+    (finished,), (failed,) = results.finished_ids(), results.failed_ids()
+    assert "synth_polyp-p1" in finished and "synth_pairs-p1" in failed
+    error = results.failure(failed)["error"]
+    assert f"corrupt shard {data}/synth_pairs/train-00000.parquet" in error and "re-ingest" in error
+    assert f"FAILED {failed}: corrupt shard" in result.stderr
+    assert not (Path(results.path) / "experiments" / failed / "DONE").exists()
+    assert not (Path(results.path) / "experiments" / failed / "result.json").exists()
+    report = (Path(results.path) / "report.csv").read_text()
+    assert finished in report and failed not in report
+    assert json.loads((Path(results.path) / "experiments" / finished / "result.json").read_text())["epochs"] == 1
