@@ -7,8 +7,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install --quiet --upgrade pip > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
+	$(PY) -m pip install --quiet -e ".[test]" > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	$(PY) -c "import torch, ray, transformers, moto, pytest"
 	touch $@
 

@@ -66,6 +66,11 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute_uri(uri: str) -> str:
+    """``s3://`` URIs as they are; local paths made absolute, since Ray trials run in other folders."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
 def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open_output_stream(tmp) as out:

@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from datasets.shards import ShardError, ShardStore
+from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
 from orchestrator.results import ResultStore
 from search_spaces.defaults import gpu_fraction
@@ -70,6 +70,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
 
     from trainables.tune_trainable import train_experiment
 
+    data, storage = absolute_uri(data), absolute_uri(storage)
     results = ResultStore(storage, study)
     done = results.finished_ids()
     todo = [s for s in specs if s.id not in done]
@@ -95,7 +96,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
             param_space={"experiment_id": tune.grid_search(list(specs_by_id))},
             tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(
-                name="tune", storage_path=_tune_storage(results.uri), verbose=verbose,
+                name="tune", storage_path=results.uri, verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
@@ -115,7 +116,3 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
             results.write_failure(spec.id, spec.to_dict(), error)
         outcome.failed[spec.id] = error
     return outcome
-
-
-def _tune_storage(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(uri)

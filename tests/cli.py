@@ -23,9 +23,9 @@ def _session_members(sid: int) -> list[int]:
     return pids
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """``python -m orchestrator.run ARGS`` in its own session; anything left in it is killed after."""
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.run", *args], cwd=REPO, env=os.environ.copy(),
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.run", *args], cwd=cwd, env=os.environ.copy(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -44,9 +44,10 @@ def test_a_corrupt_shard_fails_its_trial_only(tmp_path):
     write_synthetic(ShardStore(str(data)), "synth_pairs")
     shard = data / "synth_pairs" / "train-00000.parquet"
     shard.write_bytes(shard.read_bytes()[:-64] + bytes(64))
-    result = run_cli("grid", "--only", "synth_pairs-p1", "--only", "synth_polyp-p1", "--data", str(data),
-                     "--storage", str(storage), "--max-epochs", "1", "--no-dashboard", "--verbose", "0",
-                     timeout=300)
+    # Relative paths, as a user types them: trials run in other folders and must still find them.
+    result = run_cli("grid", "--only", "synth_pairs-p1", "--only", "synth_polyp-p1", "--data", "shards",
+                     "--storage", "runs", "--max-epochs", "1", "--no-dashboard", "--verbose", "0",
+                     timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-4000:]
     assert "ran 2 experiments: 1 finished, 1 failed" in result.stdout
     results = ResultStore(str(storage), "demo")
