@@ -9,6 +9,9 @@ import sys
 
 # Nothing leaves this machine unless the user asks for it: Ray's usage reporting is opt-in here.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Tune warns whenever frequent trial checkpoints force experiment snapshots; on a grid of short
+# trials that is expected and the warning would bury the progress table.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 from datasets.shards import ShardError, ShardStore  # noqa: E402
 from orchestrator.experiment import ExperimentSpec  # noqa: E402
