@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
 from orchestrator.results import ResultStore
 from search_spaces.defaults import gpu_fraction
+from trainables.models import MODES, model_inputs
 
 
 @dataclass
 class GridOutcome:
-    planned: int
     skipped: int  # already finished before this launch
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # id -> error
+    unfinished: list[str] = field(default_factory=list)  # stopped before the end, e.g. by Ctrl-C
 
 
 def input_problems(specs: list[ExperimentSpec], data: str) -> list[str]:
-    """Every unknown dataset, missing split or prompt type and missing shard file, before any trial starts."""
+    """Every unknown model, dataset, split, prompt type and missing shard file, before any trial starts."""
     store, problems, seen = ShardStore(data), [], set()
     for spec in specs:
+        try:
+            model_inputs(spec.model, spec.size)
+            if spec.mode not in MODES:
+                raise ValueError(f"unknown mode {spec.mode!r}: expected one of {', '.join(MODES)}")
+        except ValueError as e:
+            problems.append(f"{spec.id}: {e}")
         wanted = [(spec.train_set, "train"), (spec.train_set, "val")] + [(s, "test") for s in spec.eval_sets]
         for dataset, split in wanted:
             key = (dataset, split, spec.prompt_type)
@@ -39,24 +45,29 @@ def input_problems(specs: list[ExperimentSpec], data: str) -> list[str]:
     return sorted(set(problems))
 
 
-def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool) -> None:
+def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool) -> bool:
+    """Join a cluster, or start a local Ray; returns whether trials should ask for GPUs."""
     import ray
 
     if address:
         ray.init(address=address)
-        return
-    # A local cluster on this machine: all its cores, and N logical GPUs when asked for, so
-    # fractional-GPU scheduling works (and can be tested) on machines without one.
-    ray.init(num_cpus=os.cpu_count(), num_gpus=fake_gpus, include_dashboard=dashboard,
-             dashboard_host="127.0.0.1")
+        # An autoscaling cluster may have no GPU node yet: asking for GPUs is what starts one.
+        return True
+    # address="local" starts a new Ray even where `ray start` left one running; N logical GPUs
+    # make fractional-GPU scheduling work (and testable) on machines without any.
+    ray.init(address="local", num_gpus=fake_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    if ray.cluster_resources().get("GPU", 0):
+        return True
+    print("no GPUs on this machine: trials run on CPU (use --fake-gpus N to test fractional scheduling)")
+    return False
 
 
-def trial_resources(specs: dict[str, dict], cpus: float, gpus: float | None, cluster_gpus: float):
+def trial_resources(specs: dict[str, dict], cpus: float, gpus: float | None, use_gpus: bool):
     """Resources as a function of the trial's config: the model's GPU share unless overridden."""
 
     def resources(config: dict) -> dict:
         gpu = gpus if gpus is not None else gpu_fraction(specs[config["experiment_id"]]["model"])
-        return {"cpu": cpus, "gpu": gpu if cluster_gpus else 0}
+        return {"cpu": cpus, "gpu": gpu if use_gpus else 0}
 
     return resources
 
@@ -74,16 +85,14 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
     results = ResultStore(storage, study)
     done = results.finished_ids()
     todo = [s for s in specs if s.id not in done]
-    outcome = GridOutcome(planned=len(specs), skipped=len(specs) - len(todo))
+    outcome = GridOutcome(skipped=len(specs) - len(todo))
     print(f"{len(specs)} experiments: {outcome.skipped} already finished in {results.uri}, {len(todo)} to run")
     if not todo:
         return outcome
 
-    start_ray(address, fake_gpus, dashboard)
+    results.check_writable()
+    use_gpus = start_ray(address, fake_gpus, dashboard)
     try:
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        if not cluster_gpus:
-            print("no GPUs in the Ray cluster: trials run on CPU (use --fake-gpus N to test fractional scheduling)")
 
         def trial_name(trial) -> str:
             return trial.config["experiment_id"]
@@ -92,7 +101,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
         trainable = tune.with_parameters(train_experiment, specs=specs_by_id, data=data, storage=storage,
                                          study=study, threads=max(1, math.floor(cpus_per_trial)))
         tuner = tune.Tuner(
-            tune.with_resources(trainable, trial_resources(specs_by_id, cpus_per_trial, gpus_per_trial, cluster_gpus)),
+            tune.with_resources(trainable, trial_resources(specs_by_id, cpus_per_trial, gpus_per_trial, use_gpus)),
             param_space={"experiment_id": tune.grid_search(list(specs_by_id))},
             tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(
@@ -110,9 +119,11 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
     for spec in todo:
         if spec.id in finished_now:
             outcome.finished.append(spec.id)
-            continue
-        error = errors.get(spec.id) or (results.failure(spec.id) or {}).get("error") or "ended without a result"
-        if spec.id in errors:  # a crash the trial could not record itself
-            results.write_failure(spec.id, spec.to_dict(), error)
-        outcome.failed[spec.id] = error
+        elif spec.id in errors:  # a crash, after Ray's retries, that the trial could not record itself
+            results.write_failure(spec.id, spec.to_dict(), errors[spec.id])
+            outcome.failed[spec.id] = errors[spec.id]
+        elif failure := results.failure(spec.id):  # bad input the trial recorded
+            outcome.failed[spec.id] = failure["error"]
+        else:
+            outcome.unfinished.append(spec.id)
     return outcome

@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 import posixpath
 import time
+import uuid
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from datasets.shards import filesystem_for, write_atomically
+
+
+class StorageError(Exception):
+    """Results cannot be read or written where --storage points."""
 
 
 class ResultStore:
@@ -42,6 +47,18 @@ class ResultStore:
         selector = pafs.FileSelector(posixpath.join(self.path, "experiments"), recursive=True, allow_not_found=True)
         return {posixpath.basename(posixpath.dirname(i.path)) for i in self.fs.get_file_info(selector)
                 if i.type == pafs.FileType.File and i.base_name == marker}
+
+    def check_writable(self) -> None:
+        """Fail now, not after hours of training, if results cannot be written here."""
+        probe = posixpath.join(self.path, f".write-probe-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.create_dir(self.path, recursive=True)
+            with self.fs.open_output_stream(probe) as out:
+                out.write(b"ok")
+            self.fs.delete_file(probe)
+        except OSError as e:
+            raise StorageError(f"cannot write results to {self.uri} ({e}). Check --storage: the folder's "
+                               "permissions, or that the bucket exists and your credentials can write to it.") from None
 
     def finished_ids(self) -> set[str]:
         return self._ids_with("DONE")

@@ -54,7 +54,7 @@ def ensure_synthetic(data: str, profile: str) -> None:
 def cmd_grid(args: argparse.Namespace) -> int:
     from orchestrator.grid_runner import input_problems, run_grid
     from orchestrator.report import write_report
-    from orchestrator.results import ResultStore
+    from orchestrator.results import ResultStore, StorageError
 
     specs = build_specs(args)
     study = args.study or args.profile
@@ -74,25 +74,39 @@ def cmd_grid(args: argparse.Namespace) -> int:
         problems = input_problems(specs, args.data)
     except ShardError as e:
         problems = [str(e)]
+    except OSError as e:  # storage unreachable: a missing bucket, no credentials, no permission
+        problems = [f"cannot read or write shards at {args.data} ({e}); check --data and your credentials"]
     if problems:
         print("cannot start the grid; fix these first:", *problems, sep="\n  ", file=sys.stderr)
         return 2
-    outcome = run_grid(specs, data=args.data, storage=args.storage, study=study, address=args.address,
-                       fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
-                       cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
-                       max_failures=args.max_failures, verbose=args.verbose)
-    print(f"ran {len(outcome.finished) + len(outcome.failed)} experiments: {len(outcome.finished)} finished, "
-          f"{len(outcome.failed)} failed, {outcome.skipped} skipped as already finished")
+    try:
+        outcome = run_grid(specs, data=args.data, storage=args.storage, study=study, address=args.address,
+                           fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
+                           cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
+                           max_failures=args.max_failures, verbose=args.verbose)
+    except StorageError as e:
+        print(e, file=sys.stderr)
+        return 2
+    ran = len(outcome.finished) + len(outcome.failed) + len(outcome.unfinished)
+    print(f"ran {ran} experiments: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
+          f"{len(outcome.unfinished)} stopped before the end, {outcome.skipped} skipped as already finished")
     for experiment_id, error in outcome.failed.items():
         print(f"  FAILED {experiment_id}: {error}", file=sys.stderr)
+    if outcome.unfinished:
+        print("  rerun the same command to run the stopped experiments", file=sys.stderr)
     md, csv_uri, rows = write_report(args.storage, study)
     print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
-    return 1 if outcome.failed else 0
+    return 1 if outcome.failed or outcome.unfinished else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import to_markdown, write_report
+    from orchestrator.results import ResultStore
 
+    if not ResultStore(args.storage, args.study).finished_ids():
+        print(f"no finished experiments under {args.storage.rstrip('/')}/{args.study}: check --storage and --study",
+              file=sys.stderr)
+        return 1
     md, csv_uri, rows = write_report(args.storage, args.study)
     print(to_markdown(rows))
     print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")

@@ -61,3 +61,20 @@ def test_a_corrupt_shard_fails_its_trial_only(tmp_path):
     report = (Path(results.path) / "report.csv").read_text()
     assert finished in report and failed not in report
     assert json.loads((Path(results.path) / "experiments" / finished / "result.json").read_text())["epochs"] == 1
+
+
+def test_unwritable_storage_is_reported_before_training(tmp_path, s3_endpoint):
+    data = tmp_path / "shards"
+    write_synthetic(ShardStore(str(data)), "synth_polyp")
+    result = run_cli("grid", "--only", "synth_polyp-p1", "--data", str(data), "--storage", "s3://no-such-bucket/runs",
+                     "--max-epochs", "1", "--no-dashboard", timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "cannot write results to s3://no-such-bucket/runs/demo" in result.stderr
+    assert "the bucket exists" in result.stderr
+
+
+def test_report_on_an_empty_study_says_so(tmp_path):
+    result = run_cli("report", "--storage", str(tmp_path), "--study", "typo", timeout=60)
+    assert result.returncode == 1
+    assert f"no finished experiments under {tmp_path}/typo" in result.stderr
+    assert not (tmp_path / "typo" / "report.md").exists()

@@ -18,6 +18,14 @@ def test_ids_are_pinned():
     assert [s.id for s in demo()][:2] == PINNED["demo"]
 
 
+def test_defaults_are_pinned():
+    # Ids hash only the fields that differ from these defaults (so that adding a field keeps old
+    # ids); changing a default would silently give old ids to different experiments.
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentSpec) if f.default is not dataclasses.MISSING}
+    assert defaults == {"eval_sets": (), "size": "full", "weights": None, "lr": 2e-3, "weight_decay": 1e-3,
+                        "batch_size": 128, "max_epochs": 200, "patience": 50, "lr_patience": 5, "seed": 42}
+
+
 def test_id_changes_with_every_field_and_round_trips():
     spec = ExperimentSpec(model="clipseg", mode="frozen", train_set="synth_polyp", prompt_type="p1", size="small")
     changed = {"model": "cris", "mode": "finetune", "train_set": "x", "prompt_type": "p2", "eval_sets": ("a",),

@@ -39,7 +39,6 @@ class EpochResult:
     val_loss: float
     val_dice: float
     lr: float
-    improved: bool
 
 
 class Trainer:
@@ -118,13 +117,12 @@ class Trainer:
         val_dice = sum(dice.values()) / len(dice)
         self.scheduler.step(val_loss)
         self.epoch += 1
-        improved = val_dice > self.best_dice
-        if improved:
+        if val_dice > self.best_dice:
             self.best_dice, self.epochs_since_best = val_dice, 0
             self.best_state = {k: v.detach().clone() for k, v in self._trainable_state().items()}
         else:
             self.epochs_since_best += 1
-        return EpochResult(self.epoch, train_loss, val_loss, val_dice, self.optimizer.param_groups[0]["lr"], improved)
+        return EpochResult(self.epoch, train_loss, val_loss, val_dice, self.optimizer.param_groups[0]["lr"])
 
     @property
     def finished(self) -> bool:
@@ -146,8 +144,10 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
-        # Frozen weights are rebuilt from the same seed or pretrained files, so they are not saved.
+        # Frozen weights are rebuilt from the same seed or pretrained files, so they are not saved;
+        # buffers (e.g. BatchNorm statistics) change in training and are.
         names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        names |= {n for n, _ in self.model.named_buffers()}
         return {k: v for k, v in self.model.state_dict().items() if k in names}
 
     def state_dict(self) -> dict:
@@ -159,7 +159,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        trainable = set(self._trainable_state())
         if unexpected or trainable & set(missing):
             raise ValueError(f"checkpoint does not fit this model: missing {sorted(trainable & set(missing))[:5]}, "
                              f"unexpected {unexpected[:5]}")

@@ -31,9 +31,13 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
     results = ResultStore(storage, study)
     torch.set_num_threads(threads)
     started = time.time()
+    gpu_share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
+    if torch.cuda.is_available() and 0 < gpu_share < 1:
+        # Ray does not enforce fractions: cap this process so that trials sharing a GPU fit.
+        torch.cuda.set_per_process_memory_fraction(gpu_share)
     try:
         trainer, test_sets = prepare(spec, data)
-    except (ShardError, ValueError) as e:
+    except ShardError as e:
         # Bad input fails the same way on every retry: record it and end the trial cleanly.
         results.write_failure(experiment_id, spec, str(e))
         tune.report({"failed": True, "error": str(e)[:500]})
@@ -43,7 +47,8 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
     checkpoint = tune.get_checkpoint()
     if checkpoint:  # a retry after a lost worker continues where the last checkpoint ended
         with checkpoint.as_directory() as d:
-            trainer.load_state_dict(torch.load(os.path.join(d, STATE_FILE), weights_only=True))
+            trainer.load_state_dict(torch.load(os.path.join(d, STATE_FILE), weights_only=True,
+                                               map_location=trainer.device))
         resumed_from = trainer.epoch
 
     last_checkpoint = time.monotonic()
