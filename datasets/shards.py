@@ -16,7 +16,6 @@ import io
 import json
 import os
 import posixpath
-import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ FORMAT_VERSION = 1
 ROWS_PER_FILE = 1000
 # Small row groups let a reader fetch a handful of samples without reading a whole file.
 ROWS_PER_GROUP = 100
-PROMPT_COLUMN = re.compile(r"^p\d+$")
+# Pooled training draws a prompt type per sample among p1..pN ("all" in the study).
+RANDOM_PROMPT = "random"
 
 BASE_FIELDS = [
     pa.field("sample_id", pa.string(), nullable=False),
@@ -83,13 +83,14 @@ class Manifest:
     dataset: str
     prompt_types: tuple[str, ...]
     splits: dict  # split -> {"rows": int, "files": [{"path": str, "rows": int, "sha256": str}]}
+    prompt_family: str | None = None  # the template family of prompts.templates, when known
 
     def rows(self, split: str) -> int:
         return self.splits[split]["rows"]
 
     def to_json(self) -> str:
         return json.dumps(
-            {"format_version": FORMAT_VERSION, "dataset": self.dataset,
+            {"format_version": FORMAT_VERSION, "dataset": self.dataset, "prompt_family": self.prompt_family,
              "prompt_types": list(self.prompt_types), "splits": self.splits},
             indent=2,
         )
@@ -109,7 +110,8 @@ class ShardStore:
         return "/".join([self.root, *parts])
 
     # -- writing -------------------------------------------------------------------------------
-    def write_dataset(self, dataset: str, rows: Iterable[dict], prompt_types: Iterable[str]) -> Manifest:
+    def write_dataset(self, dataset: str, rows: Iterable[dict], prompt_types: Iterable[str],
+                      prompt_family: str | None = None) -> Manifest:
         """Write rows (dicts with the schema's fields) into shards, then the manifest, last."""
         prompt_types = tuple(prompt_types)
         schema = shard_schema(prompt_types)
@@ -127,7 +129,7 @@ class ShardStore:
         for split, batch in pending.items():
             if batch:
                 self._flush(dataset, split, batch, schema, splits)
-        manifest = Manifest(dataset, prompt_types, splits)
+        manifest = Manifest(dataset, prompt_types, splits, prompt_family)
         write_atomically(self.fs, posixpath.join(self._dataset_dir(dataset), "manifest.json"),
                           manifest.to_json().encode())
         return manifest
@@ -169,14 +171,14 @@ class ShardStore:
         if raw.get("format_version") != FORMAT_VERSION:
             raise ShardError(f"{self._uri(dataset, 'manifest.json')} has format_version "
                              f"{raw.get('format_version')!r}; this vlsm-tune reads version {FORMAT_VERSION}")
-        return Manifest(raw["dataset"], tuple(raw["prompt_types"]), raw["splits"])
+        return Manifest(raw["dataset"], tuple(raw["prompt_types"]), raw["splits"], raw.get("prompt_family"))
 
     def check_split(self, dataset: str, split: str, prompt_type: str | None = None) -> Manifest:
         """Fail early, with a clear message, if a split or prompt type does not exist."""
         manifest = self.manifest(dataset)
         if split not in manifest.splits:
             raise ShardError(f"dataset {dataset!r} has no {split!r} split (it has: {', '.join(manifest.splits)})")
-        if prompt_type is not None and prompt_type not in manifest.prompt_types:
+        if prompt_type is not None and prompt_type not in (*manifest.prompt_types, RANDOM_PROMPT):
             raise ShardError(f"dataset {dataset!r} has no prompt type {prompt_type!r} "
                              f"(it has: {', '.join(manifest.prompt_types)})")
         return manifest

@@ -20,7 +20,8 @@ from PIL import Image
 
 from datasets.shards import Manifest, ShardStore
 from prompts.attributes import mask_attributes
-from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES, render_non_radiology
+from prompts.metadata import store_attributes
+from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES, render
 
 SYNTHETIC_DATASETS: dict[str, dict] = {
     "synth_polyp": {
@@ -288,15 +289,10 @@ def synthetic_rows(
         rng = np.random.default_rng([*stream, index])
         scene = draw_scene(rng, two_objects=bool(rng.random() < two_object_fraction))
         target = scene.objects[scene.target]
-        attributes = mask_attributes(target.mask)
-        prompts = render_non_radiology(
-            CLASS_NAME,
-            shape=target.shape,
-            color=target.color,
-            size=attributes.sizes,
-            number=attributes.number,
-            location=attributes.locations,
-        )
+        from_mask = mask_attributes(target.mask)
+        attributes = {"class_name": CLASS_NAME, "shape": target.shape, "color": target.color,
+                      "size": from_mask.sizes, "number": from_mask.number, "location": from_mask.locations}
+        prompts = render("non_radiology", attributes)
         distractors = [lump.color for i, lump in enumerate(scene.objects) if i != scene.target]
         height, width = target.mask.shape
         yield {
@@ -315,6 +311,7 @@ def synthetic_rows(
                 "target_color": target.color,
                 "target_shape": target.shape,
                 "distractor_color": distractors[0] if distractors else "none",
+                **store_attributes(attributes),
             },
         }
 
@@ -327,4 +324,4 @@ def write_synthetic(store: ShardStore, name: str, seed: int = 0) -> Manifest:
     rows = itertools.chain.from_iterable(
         synthetic_rows(name, split, n, spec["two_object_fraction"], seed) for split, n in spec["split_sizes"].items()
     )
-    return store.write_dataset(name, rows, NON_RADIOLOGY_PROMPT_TYPES)
+    return store.write_dataset(name, rows, NON_RADIOLOGY_PROMPT_TYPES, prompt_family="non_radiology")

@@ -194,3 +194,18 @@ def metadata_attributes(family: str, metadata: Mapping[str, str]) -> dict[str, s
     except KeyError:
         raise KeyError(f"unknown prompt family {family!r}; known: {', '.join(_CONVERTERS)}") from None
     return converter(metadata)
+
+
+# The attribute values a sample's prompts were rendered from travel in its shard metadata under
+# this prefix, so evaluation can re-render them with one value changed (prompts.perturb).
+ATTRIBUTE_PREFIX = "attr."
+
+
+def store_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
+    """Metadata entries that record template attributes."""
+    return {f"{ATTRIBUTE_PREFIX}{name}": value for name, value in attributes.items()}
+
+
+def stored_attributes(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The template attributes recorded in a sample's metadata (empty if none were)."""
+    return {k.removeprefix(ATTRIBUTE_PREFIX): v for k, v in metadata.items() if k.startswith(ATTRIBUTE_PREFIX)}

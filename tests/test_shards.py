@@ -11,7 +11,8 @@ from PIL import Image
 
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ROWS_PER_GROUP, ShardError, ShardStore
-from datasets.synthetic import synthetic_rows
+from datasets.synthetic import synthetic_rows, write_synthetic
+from prompts.perturb import Perturbation, PerturbationError, opposite
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 
 
@@ -131,8 +132,42 @@ def test_prompt_choice_is_random_in_training_and_fixed_in_evaluation(tmp_path):
         train.set_epoch(epoch)
         per_epoch.append([train[i]["text"] for i in range(len(train))])
     assert len({tuple(texts) for texts in per_epoch}) > 1
-    assert all(t in train.prompts[i] for texts in per_epoch for i, t in enumerate(texts))
+    assert all(t in train.prompts[i][0] for texts in per_epoch for i, t in enumerate(texts))
     val = SegmentationSplit(store, "tiny", "val", "p7", 32, train=False)
     first = [val[i]["text"] for i in range(len(val))]
     val.set_epoch(3)
     assert [val[i]["text"] for i in range(len(val))] == first
+
+
+def test_random_prompt_type_draws_across_p1_to_pn(tmp_path):
+    store = ShardStore(str(tmp_path))
+    written = list(rows())
+    store.write_dataset("tiny", written, NON_RADIOLOGY_PROMPT_TYPES)
+    train = SegmentationSplit(store, "tiny", "train", "random", 32, train=True)
+    seen = set()
+    for epoch in range(20):
+        train.set_epoch(epoch)
+        seen.add(train[0]["text"])
+    by_type = {p: set(written[0][p]) for p in NON_RADIOLOGY_PROMPT_TYPES}
+    drawn_types = {p for p, texts in by_type.items() if seen & texts}
+    assert "p0" not in drawn_types and len(drawn_types) >= 4
+    assert seen <= set().union(*(by_type[p] for p in NON_RADIOLOGY_PROMPT_TYPES[1:]))
+
+
+def test_perturbation_rerenders_evaluation_prompts_from_stored_attributes(tmp_path):
+    store = ShardStore(str(tmp_path))
+    write_synthetic(store, "synth_pairs")
+    plain = SegmentationSplit(store, "synth_pairs", "test", "p6", 32, train=False)
+    flipped = SegmentationSplit(store, "synth_pairs", "test", "p6", 32, train=False,
+                                perturbation=Perturbation("opposite", "location"))
+    for i in range(len(plain)):
+        before, after = plain[i]["text"], flipped[i]["text"]
+        assert before.split(", located in ")[0] == after.split(", located in ")[0]
+        where = before.split("located in ")[1].removesuffix(" of the image")
+        assert after.endswith(f"located in {opposite('location', where)} of the image")
+    with pytest.raises(PerturbationError, match="at evaluation"):
+        SegmentationSplit(store, "synth_pairs", "train", "p6", 32, train=True,
+                          perturbation=Perturbation("opposite", "location"))
+    with pytest.raises(PerturbationError, match="no 'location' to perturb"):
+        SegmentationSplit(store, "synth_pairs", "test", "p3", 32, train=False,
+                          perturbation=Perturbation("opposite", "location"))
