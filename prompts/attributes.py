@@ -1,8 +1,8 @@
 """Number, size and location attributes of a binary mask, by the study's rules.
 
-The study wrote these three attributes into its non-radiology prompts (P4-P6, P8, P9). The rules
-are in `shared/reference/DATA-FACTS.md` ("Attributes from masks"); colour and shape came from a
-VQA model and are not computed here.
+The study wrote these attributes into its non-radiology prompts (P2-P6, P8, P9), following its
+rules (`shared/reference/DATA-FACTS.md`, "Attributes from masks"). Shape and colour, which came
+from a VQA model, have stand-ins in `prompts.appearance`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from prompts.appearance import FOUR_CONNECTIVITY, check_image_and_mask, color_word, shape_word
+
 # Edge-sharing neighbours only: diagonal contact does not join two components.
-FOUR_CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
 
 NUMBER_WORDS = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -41,6 +42,9 @@ class MaskAttributes:
     number: str  # "one", "two", ...: count of components, specks included
     sizes: str  # distinct size words in SIZE_ORDER, ", "-joined; "" when none qualifies
     locations: str  # one grid-cell name per component in label order, ", "-joined
+    # Only when `mask_attributes` is given the image; "" when the mask is empty.
+    shape: str | None = None  # `shape_word` of the largest component
+    color: str | None = None  # `color_word` of the image under the whole mask
 
 
 def components(mask: np.ndarray) -> list[np.ndarray]:
@@ -117,16 +121,29 @@ def location_word(component: np.ndarray, *, height_thirds_for_columns: bool = Fa
     return GRID_CELL_NAMES[cell]
 
 
-def mask_attributes(mask: np.ndarray, *, height_thirds_for_columns: bool = False) -> MaskAttributes:
-    """Number, size and location words of a binary mask (see `location_word` for the flag)."""
+def mask_attributes(
+    mask: np.ndarray, image: np.ndarray | None = None, *, height_thirds_for_columns: bool = False
+) -> MaskAttributes:
+    """Number, size and location words of a binary mask (see `location_word` for the flag).
+
+    Given the image (H x W x 3 uint8, as `color_word` takes it), also the shape of the largest
+    component (the first in label order on a tie) and the colour under the whole mask.
+    """
     parts = components(mask)
     image_area = mask.shape[0] * mask.shape[1]
     sizes_present = {size_word(int(part.sum()) / image_area) for part in parts}
     locations = [
         location_word(part, height_thirds_for_columns=height_thirds_for_columns) for part in parts
     ]
+    shape = color = None
+    if image is not None:
+        check_image_and_mask(image, mask)
+        shape = shape_word(max(parts, key=np.sum)) if parts else ""
+        color = color_word(image, mask) if parts else ""
     return MaskAttributes(
         number=number_word(len(parts)),
         sizes=", ".join(size for size in SIZE_ORDER if size in sizes_present),
         locations=", ".join(locations),
+        shape=shape,
+        color=color,
     )
