@@ -1,0 +1,45 @@
+"""Prompts for a shard row, from its mask, image and metadata: the attributes, then the templates."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+import numpy as np
+from PIL import Image
+
+from prompts.attributes import mask_attributes
+from prompts.metadata import metadata_attributes
+from prompts.templates import PROMPT_TYPES, TEMPLATE_ATTRIBUTES, render
+
+# Attributes each family takes from the mask (and image) rather than from metadata.
+FROM_MASK: dict[str, tuple[str, ...]] = {
+    "non_radiology": ("number", "size", "location", "shape", "color"),
+    "busi": ("number", "size", "location", "shape"),
+    "camus": ("shape",),
+    "chexlocalize": ("location", "shape"),
+    "mimic": (),
+}
+
+
+def row_attributes(family: str, row: Mapping) -> dict[str, str]:
+    """Template attributes of one shard row (needs ``mask``, ``image``, ``class_name``, ``metadata``)."""
+    if family not in FROM_MASK:
+        raise ValueError(f"unknown prompt family {family!r} (known: {', '.join(FROM_MASK)})")
+    attributes = {"class_name": row["class_name"], **metadata_attributes(family, row.get("metadata") or {})}
+    wanted = FROM_MASK[family]
+    if wanted:
+        mask = np.asarray(Image.open(io.BytesIO(row["mask"]))) != 0
+        image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))
+        found = mask_attributes(mask, image)
+        from_mask = {"number": found.number, "size": found.sizes, "location": found.locations,
+                     "shape": found.shape, "color": found.color}
+        attributes.update({k: from_mask[k] for k in wanted if k not in attributes})
+    return attributes
+
+
+def row_prompts(family: str, attributes: Mapping[str, str]) -> dict[str, list[str]]:
+    """Every prompt type of the family whose attributes the row has; the rest are left out."""
+    usable = [p for p in PROMPT_TYPES[family]
+              if all(a in attributes for a in TEMPLATE_ATTRIBUTES[family].get(p, ()) if a != "description")]
+    return render(family, attributes, usable)
