@@ -23,6 +23,9 @@ class ExperimentSpec:
     max_epochs: int = 200
     patience: int = 50  # epochs without a better validation dice before early stopping
     lr_patience: int = 5  # epochs without a lower validation loss before LR x 0.1
+    optimizer: str = "adamw"  # adamw | adam
+    scheduler: str = "plateau"  # plateau | cosine | constant
+    bce_weight: float = 0.2  # loss = dice + bce_weight * BCE
     seed: int = 42
 
     def __post_init__(self) -> None:

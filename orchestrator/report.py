@@ -29,6 +29,8 @@ def result_rows(results: ResultStore) -> list[dict]:
 
 
 def _cell(value) -> str:
+    if value is None:  # e.g. no validation dice for a zero-shot experiment
+        return "-"
     return f"{100 * value:.2f}" if isinstance(value, float) else str(value)
 
 

@@ -11,8 +11,7 @@ import torch
 
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
-from trainables.models import build_model, model_inputs
-from trainables.tokenizers import load_tokenizer
+from trainables.models import build_model, build_tokenizer, model_inputs
 from trainables.trainer import TrainConfig, Trainer
 
 
@@ -28,10 +27,14 @@ def prepare(spec: dict, data: str) -> tuple[Trainer, dict[str, SegmentationSplit
     test_sets = {name: split(name, "test", False) for name in spec["eval_sets"]}
     torch.manual_seed(spec["seed"])  # random-init weights are part of the experiment
     model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"])
+    # Zero-shot experiments evaluate the weights as built: no epoch of training.
+    epochs = 0 if spec["mode"] == "zeroshot" else spec["max_epochs"]
     config = TrainConfig(lr=spec["lr"], weight_decay=spec["weight_decay"], batch_size=spec["batch_size"],
-                         max_epochs=spec["max_epochs"], patience=spec["patience"],
-                         lr_patience=spec["lr_patience"], seed=spec["seed"])
-    return Trainer(model, load_tokenizer(spec["weights"]), inputs, config, train_set, val_set), test_sets
+                         max_epochs=epochs, patience=spec["patience"], lr_patience=spec["lr_patience"],
+                         optimizer=spec["optimizer"], scheduler=spec["scheduler"],
+                         bce_weight=spec["bce_weight"], seed=spec["seed"])
+    tokenizer = build_tokenizer(spec["model"], spec["weights"])
+    return Trainer(model, tokenizer, inputs, config, train_set, val_set), test_sets
 
 
 def summarize(spec: dict, trainer: Trainer, per_image: dict[str, dict[str, float]]) -> dict:
@@ -39,7 +42,7 @@ def summarize(spec: dict, trainer: Trainer, per_image: dict[str, dict[str, float
     return {
         "experiment_id": spec["id"],
         "spec": spec,
-        "best_val_dice": trainer.best_dice,
+        "best_val_dice": trainer.best_dice if trainer.best_state is not None else None,
         "epochs": trainer.epoch,
         "eval": {
             name: {"dice_mean": statistics.fmean(scores.values()),

@@ -27,7 +27,10 @@ class TrainConfig:
     batch_size: int = 8
     max_epochs: int = 100
     patience: int = 20  # epochs without a better validation dice before stopping
-    lr_patience: int = 5  # epochs without a lower validation loss before LR x 0.1
+    lr_patience: int = 5  # epochs without a lower validation loss before LR x 0.1 ("plateau")
+    optimizer: str = "adamw"  # adamw | adam
+    scheduler: str = "plateau"  # plateau (on validation loss) | cosine (over max_epochs) | constant
+    bce_weight: float = 0.2  # loss = dice + bce_weight * BCE; the CNN baselines used Dice alone
     grad_clip: float = 0.5
     seed: int = 42
 
@@ -41,6 +44,24 @@ class EpochResult:
     lr: float
 
 
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+    if config.optimizer not in optimizers:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}: expected one of {', '.join(optimizers)}")
+    return optimizers[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                          patience=config.lr_patience)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.max_epochs))
+    if config.scheduler == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    raise ValueError(f"unknown scheduler {config.scheduler!r}: expected plateau, cosine or constant")
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, tokenizer, inputs: ModelInputs, config: TrainConfig,
                  train_set: SegmentationSplit, val_set: SegmentationSplit, device: torch.device | None = None):
@@ -49,9 +70,8 @@ class Trainer:
         self.tokenizer, self.inputs, self.config = tokenizer, inputs, config
         self.train_set, self.val_set = train_set, val_set
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=0.1, patience=config.lr_patience)
+        self.optimizer = make_optimizer(config, self.params)
+        self.scheduler = make_scheduler(config, self.optimizer)
         self.mean = torch.tensor(inputs.mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(inputs.std, device=self.device).view(1, 3, 1, 1) * 255
         # bf16 autocast where the accelerator has it; plain fp32 on CPU.
@@ -89,7 +109,7 @@ class Trainer:
         self.train_set.set_epoch(self.epoch)
         total, count = 0.0, 0
         for batch in self._loader(self.train_set, shuffle=True):
-            loss = dice_bce_loss(self._forward(batch), batch["mask"].to(self.device))
+            loss = dice_bce_loss(self._forward(batch), batch["mask"].to(self.device), self.config.bce_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
@@ -105,7 +125,8 @@ class Trainer:
         total, dice = 0.0, {}
         for batch in self._loader(dataset, shuffle=False):
             logits = self._forward(batch)
-            total += dice_bce_loss(logits, batch["mask"].to(self.device)).item() * len(batch["sample_ids"])
+            loss = dice_bce_loss(logits, batch["mask"].to(self.device), self.config.bce_weight)
+            total += loss.item() * len(batch["sample_ids"])
             scores = dice_per_image(logits, batch["full_masks"], self.inputs.threshold)
             dice.update(zip(batch["sample_ids"], scores))
         return total / len(dataset), dice
@@ -115,7 +136,10 @@ class Trainer:
         train_loss = self.train_epoch()
         val_loss, dice = self.evaluate(self.val_set)
         val_dice = sum(dice.values()) / len(dice)
-        self.scheduler.step(val_loss)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val_loss)
+        else:
+            self.scheduler.step()
         self.epoch += 1
         if val_dice > self.best_dice:
             self.best_dice, self.epochs_since_best = val_dice, 0

@@ -8,12 +8,15 @@ returns logits ``(B, 1, H, W)`` at the input size; the CNNs ignore the text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
 from trainables.models.clipseg import build_clipseg
+from trainables.models.cnn import ARCHITECTURES as CNN_ARCHITECTURES
+from trainables.models.cnn import build_cnn
 
 MODES = ("frozen", "finetune", "zeroshot")
 SIZES = ("small", "full")
@@ -37,9 +40,24 @@ class ModelInputs:
 MODEL_INPUTS: dict[tuple[str, str], ModelInputs] = {
     ("clipseg", "full"): ModelInputs(352, IMAGENET_MEAN, IMAGENET_STD, 77, 0.5),
     ("clipseg", "small"): ModelInputs(128, IMAGENET_MEAN, IMAGENET_STD, 32, 0.5),
+    # CNNs read no text; their context length only sizes the (ignored) token batch.
+    **{(cnn, "full"): ModelInputs(256, IMAGENET_MEAN, IMAGENET_STD, 8, 0.5) for cnn in CNN_ARCHITECTURES},
+    **{(cnn, "small"): ModelInputs(128, IMAGENET_MEAN, IMAGENET_STD, 8, 0.5) for cnn in CNN_ARCHITECTURES},
 }
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {"clipseg": build_clipseg}
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "clipseg": build_clipseg,
+    **{cnn: functools.partial(build_cnn, cnn) for cnn in CNN_ARCHITECTURES},
+}
+
+
+def build_tokenizer(name: str, weights: str | None = None):
+    """The tokenizer a model reads its prompts with (CNNs get one too, and ignore its ids)."""
+    from trainables.tokenizers import clip_bpe_tokenizer, load_tokenizer
+
+    if name == "clipseg":
+        return load_tokenizer(weights)  # pretrained CLIPSeg folders bring their own
+    return clip_bpe_tokenizer()
 
 
 def model_inputs(name: str, size: str) -> ModelInputs:

@@ -1,0 +1,79 @@
+"""Every registered model builds offline, and its small config trains and evaluates through the Trainer."""
+
+import itertools
+
+import pytest
+import torch
+
+from datasets.shards import ShardStore
+from datasets.synthetic import synthetic_rows
+from orchestrator.experiment import ExperimentSpec
+from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
+from search_spaces.defaults import MODEL_DEFAULTS, training_defaults
+from trainables.experiment import prepare
+from trainables.models import BUILDERS, MODEL_INPUTS, build_model, build_tokenizer
+
+FULL_SIZE_PARAMETERS = {  # MODEL-FACTS
+    "clipseg": 150_747_746, "unet": 32_521_105, "unetpp": 48_985_745, "deeplabv3plus": 26_677_585,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("shards"))
+    sizes = (("train", 8), ("val", 4), ("test", 4))
+    rows = itertools.chain.from_iterable(synthetic_rows("tiny", s, n, 0.5, seed=5) for s, n in sizes)
+    ShardStore(root).write_dataset("tiny", rows, NON_RADIOLOGY_PROMPT_TYPES, "non_radiology")
+    return root
+
+
+def test_every_model_has_defaults_and_inputs():
+    assert set(BUILDERS) <= set(MODEL_DEFAULTS)
+    assert {name for name, _ in MODEL_INPUTS} == set(BUILDERS)
+    assert all((name, size) in MODEL_INPUTS for name in BUILDERS for size in ("small", "full"))
+
+
+@pytest.mark.parametrize("name", sorted(FULL_SIZE_PARAMETERS))
+def test_full_size_parameter_counts(name):
+    mode = "frozen" if name == "clipseg" else "finetune"
+    model = build_model(name, mode, "full")
+    assert sum(p.numel() for p in model.parameters()) == FULL_SIZE_PARAMETERS[name]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_small_model_trains_and_evaluates_through_the_trainer(name, data):
+    torch.set_num_threads(2)
+    mode = "finetune" if MODEL_DEFAULTS[name]["optimizer"] == "adam" else "frozen"
+    spec = ExperimentSpec(model=name, mode=mode, train_set="tiny", prompt_type="p6",
+                          **{**training_defaults(name), "size": "small", "batch_size": 4, "max_epochs": 2})
+    trainer, tests = prepare({**spec.to_dict(), "id": spec.id}, data)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.fit()
+    assert trainer.epoch == 2 and 0.0 <= trainer.best_dice <= 1.0
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n in before)
+    scores = trainer.test(tests["tiny"])
+    assert len(scores) == 4 and all(0.0 <= s <= 1.0 for s in scores.values())
+
+
+def test_cnns_train_end_to_end_only():
+    with pytest.raises(ValueError, match="mode must be finetune"):
+        build_model("unet", "frozen", "small")
+
+
+def test_zeroshot_evaluates_without_training(data):
+    spec = ExperimentSpec(model="clipseg", mode="zeroshot", train_set="tiny", prompt_type="p1", size="small")
+    trainer, tests = prepare({**spec.to_dict(), "id": spec.id}, data)
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    assert trainer.epoch == 0 and trainer.best_state is None
+    assert len(trainer.test(tests["tiny"])) == 4
+    assert all(torch.equal(weights[n], p) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_tokenizer_produces_real_ids(name):
+    tokenizer = build_tokenizer(name)
+    ids = tokenizer("one small pink round polyp, located in left of the image")["input_ids"]
+    words = [i for i in ids if i not in tokenizer.all_special_ids]  # CLIP's unknown is its end token
+    assert len(words) >= 10 and tokenizer.unk_token_id not in words
+    assert "polyp" in tokenizer.decode(ids) and "left" in tokenizer.decode(ids)
