@@ -77,3 +77,14 @@ def test_tokenizer_produces_real_ids(name):
     words = [i for i in ids if i not in tokenizer.all_special_ids]  # CLIP's unknown is its end token
     assert len(words) >= 10 and tokenizer.unk_token_id not in words
     assert "polyp" in tokenizer.decode(ids) and "left" in tokenizer.decode(ids)
+
+
+def test_bench_prints_step_time_and_memory_per_model(capsys):
+    from trainables.bench import main
+
+    assert main(["--size", "small", "--steps", "1", "--batch", "2", "--models", "clipseg", "unet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == {"clipseg", "unet"}
+    for row in rows.values():
+        assert float(row[-2]) > 0 and float(row[-1]) > 0  # step seconds, peak GiB
