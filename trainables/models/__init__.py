@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from trainables.models.biomedclipseg import biomed_tokenizer, build_biomedclipseg
 from trainables.models.clipseg import build_clipseg
 from trainables.models.cnn import ARCHITECTURES as CNN_ARCHITECTURES
 from trainables.models.cnn import build_cnn
@@ -40,6 +41,9 @@ class ModelInputs:
 MODEL_INPUTS: dict[tuple[str, str], ModelInputs] = {
     ("clipseg", "full"): ModelInputs(352, IMAGENET_MEAN, IMAGENET_STD, 77, 0.5),
     ("clipseg", "small"): ModelInputs(128, IMAGENET_MEAN, IMAGENET_STD, 32, 0.5),
+    # BiomedCLIP: 224 input, CLIP statistics, PubMedBERT context 256 (MODEL-FACTS).
+    **{(v, "full"): ModelInputs(224, CLIP_MEAN, CLIP_STD, 256, 0.5) for v in ("biomedclipseg", "biomedclipseg_d")},
+    **{(v, "small"): ModelInputs(128, CLIP_MEAN, CLIP_STD, 32, 0.5) for v in ("biomedclipseg", "biomedclipseg_d")},
     # CNNs read no text; their context length only sizes the (ignored) token batch.
     **{(cnn, "full"): ModelInputs(256, IMAGENET_MEAN, IMAGENET_STD, 8, 0.5) for cnn in CNN_ARCHITECTURES},
     **{(cnn, "small"): ModelInputs(128, IMAGENET_MEAN, IMAGENET_STD, 8, 0.5) for cnn in CNN_ARCHITECTURES},
@@ -47,6 +51,8 @@ MODEL_INPUTS: dict[tuple[str, str], ModelInputs] = {
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "clipseg": build_clipseg,
+    "biomedclipseg": functools.partial(build_biomedclipseg, variant="biomedclipseg"),
+    "biomedclipseg_d": functools.partial(build_biomedclipseg, variant="biomedclipseg_d"),
     **{cnn: functools.partial(build_cnn, cnn) for cnn in CNN_ARCHITECTURES},
 }
 
@@ -57,6 +63,8 @@ def build_tokenizer(name: str, weights: str | None = None):
 
     if name == "clipseg":
         return load_tokenizer(weights)  # pretrained CLIPSeg folders bring their own
+    if name.startswith("biomedclipseg"):
+        return biomed_tokenizer(weights)  # BiomedBERT WordPiece; a test vocabulary offline
     return clip_bpe_tokenizer()
 
 
