@@ -94,8 +94,10 @@ class Trainer:
 
     def _loader(self, dataset: SegmentationSplit, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed + self.epoch)
+        # A training batch of one breaks BatchNorm (CRIS's sentence projection, the CNNs): drop it.
+        drop_last = shuffle and len(dataset) % self.config.batch_size == 1
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=self._collate, drop_last=False)
+                          collate_fn=self._collate, drop_last=drop_last)
 
     def _forward(self, batch: dict) -> torch.Tensor:
         pixels = (batch["image"].to(self.device, non_blocking=True).float() - self.mean) / self.std

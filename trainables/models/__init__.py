@@ -18,6 +18,7 @@ from trainables.models.biomedclipseg import biomed_tokenizer, build_biomedclipse
 from trainables.models.clipseg import build_clipseg
 from trainables.models.cnn import ARCHITECTURES as CNN_ARCHITECTURES
 from trainables.models.cnn import build_cnn
+from trainables.models.cris import build_cris
 
 MODES = ("frozen", "finetune", "zeroshot")
 SIZES = ("small", "full")
@@ -41,6 +42,9 @@ class ModelInputs:
 MODEL_INPUTS: dict[tuple[str, str], ModelInputs] = {
     ("clipseg", "full"): ModelInputs(352, IMAGENET_MEAN, IMAGENET_STD, 77, 0.5),
     ("clipseg", "small"): ModelInputs(128, IMAGENET_MEAN, IMAGENET_STD, 32, 0.5),
+    # CRIS: 416 input, CLIP statistics, CLIP BPE at 77 tokens, threshold 0.35 (MODEL-FACTS).
+    ("cris", "full"): ModelInputs(416, CLIP_MEAN, CLIP_STD, 77, 0.35),
+    ("cris", "small"): ModelInputs(128, CLIP_MEAN, CLIP_STD, 32, 0.35),
     # BiomedCLIP: 224 input, CLIP statistics, PubMedBERT context 256 (MODEL-FACTS).
     **{(v, "full"): ModelInputs(224, CLIP_MEAN, CLIP_STD, 256, 0.5) for v in ("biomedclipseg", "biomedclipseg_d")},
     **{(v, "small"): ModelInputs(128, CLIP_MEAN, CLIP_STD, 32, 0.5) for v in ("biomedclipseg", "biomedclipseg_d")},
@@ -51,6 +55,7 @@ MODEL_INPUTS: dict[tuple[str, str], ModelInputs] = {
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "clipseg": build_clipseg,
+    "cris": build_cris,
     "biomedclipseg": functools.partial(build_biomedclipseg, variant="biomedclipseg"),
     "biomedclipseg_d": functools.partial(build_biomedclipseg, variant="biomedclipseg_d"),
     **{cnn: functools.partial(build_cnn, cnn) for cnn in CNN_ARCHITECTURES},
