@@ -26,6 +26,7 @@ class ExperimentSpec:
     optimizer: str = "adamw"  # adamw | adam
     scheduler: str = "plateau"  # plateau | cosine | constant
     bce_weight: float = 0.2  # loss = dice + bce_weight * BCE
+    encoder_lr_scale: float = 1.0  # encoders' LR relative to the decoder's, when they train
     seed: int = 42
 
     def __post_init__(self) -> None:

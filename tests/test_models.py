@@ -90,3 +90,21 @@ def test_bench_prints_step_time_and_memory_per_model(capsys):
     assert set(rows) == {"clipseg", "unet"}
     for row in rows.values():
         assert float(row[-2]) > 0 and float(row[-1]) > 0  # step seconds, peak GiB
+
+
+def test_clipseg_reloads_from_a_folder_it_was_saved_to(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("clipseg", "frozen", "small").eval()
+    model.net.save_pretrained(tmp_path / "clipseg")
+    clip_bpe = build_tokenizer("clipseg")
+    clip_bpe.save_pretrained(tmp_path / "clipseg")
+    reloaded = build_model("clipseg", "frozen", "small", weights=str(tmp_path / "clipseg")).eval()
+    tokenizer = build_tokenizer("clipseg", str(tmp_path / "clipseg"))
+    text = "one small pink round polyp"
+    assert tokenizer(text)["input_ids"] == clip_bpe(text)["input_ids"]
+    tokens = tokenizer([text], padding="max_length", max_length=32, return_tensors="pt")
+    pixels = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        before = model(pixels, tokens["input_ids"], tokens["attention_mask"])
+        after = reloaded(pixels, tokens["input_ids"], tokens["attention_mask"])
+    assert torch.equal(before, after)

@@ -74,3 +74,18 @@ def test_early_stopping_and_test_on_best_weights(data):
     assert len(scores) == 8 and all(0.0 <= s <= 1.0 for s in scores.values())
     # test() evaluates the best validation weights: validating them again gives the best dice.
     assert sum(trainer.evaluate(trainer.val_set)[1].values()) / 8 == pytest.approx(trainer.best_dice)
+
+
+def test_encoders_get_their_own_learning_rate(data):
+    trainer, _ = trainer_for(data, "finetune")
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [2e-3, 2e-3]  # scale 1 by default
+    spec = ExperimentSpec(model="clipseg", mode="finetune", train_set="tiny", prompt_type="p7", size="small",
+                          batch_size=4, max_epochs=1, encoder_lr_scale=0.1)
+    trainer, _ = prepare({**spec.to_dict(), "id": spec.id}, data)
+    decoder, encoder = trainer.optimizer.param_groups
+    assert decoder["lr"] == 2e-3 and encoder["lr"] == pytest.approx(2e-4)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert all(names[id(p)].startswith("net.clip.") for p in encoder["params"])
+    assert not any(names[id(p)].startswith("net.clip.") for p in decoder["params"])
+    frozen, _ = trainer_for(data, "frozen")
+    assert len(frozen.optimizer.param_groups) == 1  # nothing of the encoders trains

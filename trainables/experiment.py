@@ -11,7 +11,7 @@ import torch
 
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
-from trainables.models import build_model, build_tokenizer, model_inputs
+from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs
 from trainables.trainer import TrainConfig, Trainer
 
 
@@ -32,7 +32,8 @@ def prepare(spec: dict, data: str) -> tuple[Trainer, dict[str, SegmentationSplit
     config = TrainConfig(lr=spec["lr"], weight_decay=spec["weight_decay"], batch_size=spec["batch_size"],
                          max_epochs=epochs, patience=spec["patience"], lr_patience=spec["lr_patience"],
                          optimizer=spec["optimizer"], scheduler=spec["scheduler"],
-                         bce_weight=spec["bce_weight"], seed=spec["seed"])
+                         bce_weight=spec["bce_weight"], encoder_lr_scale=spec["encoder_lr_scale"],
+                         encoder_prefixes=ENCODER_PREFIXES[spec["model"]], seed=spec["seed"])
     tokenizer = build_tokenizer(spec["model"], spec["weights"])
     return Trainer(model, tokenizer, inputs, config, train_set, val_set), test_sets
 

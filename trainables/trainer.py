@@ -31,6 +31,9 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | adam
     scheduler: str = "plateau"  # plateau (on validation loss) | cosine (over max_epochs) | constant
     bce_weight: float = 0.2  # loss = dice + bce_weight * BCE; the CNN baselines used Dice alone
+    # Learning rate of pretrained encoders relative to the rest, when they train (CRIS used 0.1).
+    encoder_lr_scale: float = 1.0
+    encoder_prefixes: tuple[str, ...] = ()  # parameter-name prefixes of the encoders
     grad_clip: float = 0.5
     seed: int = 42
 
@@ -44,11 +47,18 @@ class EpochResult:
     lr: float
 
 
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
     if config.optimizer not in optimizers:
         raise ValueError(f"unknown optimizer {config.optimizer!r}: expected one of {', '.join(optimizers)}")
-    return optimizers[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+    encoder, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (encoder if name.startswith(config.encoder_prefixes) else rest).append(p)
+    groups = [{"params": rest, "lr": config.lr}]
+    if encoder:
+        groups.append({"params": encoder, "lr": config.lr * config.encoder_lr_scale})
+    return optimizers[config.optimizer](groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
@@ -70,7 +80,7 @@ class Trainer:
         self.tokenizer, self.inputs, self.config = tokenizer, inputs, config
         self.train_set, self.val_set = train_set, val_set
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(config, self.params)
+        self.optimizer = make_optimizer(config, model)
         self.scheduler = make_scheduler(config, self.optimizer)
         self.mean = torch.tensor(inputs.mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(inputs.std, device=self.device).view(1, 3, 1, 1) * 255

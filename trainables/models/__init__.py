@@ -62,6 +62,13 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Where each model's pretrained encoders live, for a separate (lower) learning rate in finetuning.
+ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
+    "clipseg": ("net.clip.",), "cris": ("backbone.",), "biomedclipseg": ("clip.",), "biomedclipseg_d": ("clip.",),
+    "unet": ("net.encoder.",), "unetpp": ("net.encoder.",), "deeplabv3plus": ("net.encoder.",),
+}
+
+
 def build_tokenizer(name: str, weights: str | None = None):
     """The tokenizer a model reads its prompts with (CNNs get one too, and ignore its ids)."""
     from trainables.tokenizers import clip_bpe_tokenizer, load_tokenizer
