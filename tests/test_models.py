@@ -107,4 +107,6 @@ def test_clipseg_reloads_from_a_folder_it_was_saved_to(tmp_path):
     with torch.no_grad():
         before = model(pixels, tokens["input_ids"], tokens["attention_mask"])
         after = reloaded(pixels, tokens["input_ids"], tokens["attention_mask"])
-    assert torch.equal(before, after)
+    # from_pretrained may pick another attention kernel than the constructor: equal up to rounding.
+    torch.testing.assert_close(before, after, atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
