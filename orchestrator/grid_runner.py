@@ -75,11 +75,11 @@ def trial_resources(specs: dict[str, dict], cpus: float, gpus: float | None, use
 def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str,
              address: str | None = None, fake_gpus: int | None = None, gpus_per_trial: float | None = None,
              cpus_per_trial: float = 1.0, dashboard: bool = True, max_failures: int = 1,
-             verbose: int = 1) -> GridOutcome:
+             checkpoint_interval_s: float | None = None, verbose: int = 1) -> GridOutcome:
     import ray
     from ray import tune
 
-    from trainables.tune_trainable import train_experiment
+    from trainables.tune_trainable import CHECKPOINT_INTERVAL_S, train_experiment
 
     data, storage = absolute_uri(data), absolute_uri(storage)
     results = ResultStore(storage, study)
@@ -99,7 +99,8 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
 
         specs_by_id = {s.id: s.to_dict() for s in todo}
         trainable = tune.with_parameters(train_experiment, specs=specs_by_id, data=data, storage=storage,
-                                         study=study, threads=max(1, math.floor(cpus_per_trial)))
+                                         study=study, threads=max(1, math.floor(cpus_per_trial)),
+                                         checkpoint_interval_s=checkpoint_interval_s or CHECKPOINT_INTERVAL_S)
         tuner = tune.Tuner(
             tune.with_resources(trainable, trial_resources(specs_by_id, cpus_per_trial, gpus_per_trial, use_gpus)),
             param_space={"experiment_id": tune.grid_search(list(specs_by_id))},

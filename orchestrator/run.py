@@ -83,7 +83,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
         outcome = run_grid(specs, data=args.data, storage=args.storage, study=study, address=args.address,
                            fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                            cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
-                           max_failures=args.max_failures, verbose=args.verbose)
+                           max_failures=args.max_failures, checkpoint_interval_s=args.checkpoint_interval,
+                           verbose=args.verbose)
     except StorageError as e:
         print(e, file=sys.stderr)
         return 2
@@ -148,6 +149,8 @@ def parser() -> argparse.ArgumentParser:
                       help="cap every experiment's epochs (changes the experiment ids)")
     grid.add_argument("--max-failures", type=int, default=1, metavar="K",
                       help="times Ray retries a crashed trial from its last checkpoint (default: 1)")
+    grid.add_argument("--checkpoint-interval", type=float, metavar="S",
+                      help="seconds between a trial's checkpoints (default: 30; always one after the last epoch)")
     grid.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     grid.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                       help="Ray Tune progress output: 0 silent, 1 status table (default), 2 every result")

@@ -25,7 +25,7 @@ CHECKPOINT_INTERVAL_S = 30.0
 
 
 def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: str, study: str,
-                     threads: int = 1) -> None:
+                     threads: int = 1, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
     experiment_id = config["experiment_id"]
     spec = {**specs[experiment_id], "id": experiment_id}
     results = ResultStore(storage, study)
@@ -57,7 +57,7 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
         nonlocal last_checkpoint
         metrics = {"epoch": epoch.epoch, "train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
                    "val_dice": epoch.val_dice, "best_val_dice": trainer.best_dice, "lr": epoch.lr}
-        if not trainer.finished and time.monotonic() - last_checkpoint < CHECKPOINT_INTERVAL_S:
+        if not trainer.finished and time.monotonic() - last_checkpoint < checkpoint_interval_s:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
