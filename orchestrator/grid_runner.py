@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
-from orchestrator.results import ResultStore
+from orchestrator.results import ResultStore, StorageError
 from search_spaces.defaults import gpu_fraction
 from trainables.models import MODES, model_inputs
 
@@ -43,6 +43,15 @@ def input_problems(specs: list[ExperimentSpec], data: str) -> list[str]:
             except ShardError as e:
                 problems.append(f"{spec.id}: {e}")
     return sorted(set(problems))
+
+
+def check_shared_storage(storage: str, nodes: int) -> None:
+    """On several nodes, results and checkpoints must go where every node can write: object storage."""
+    if nodes > 1 and "://" not in storage:
+        raise StorageError(
+            f"--storage {storage} is a local folder, but this Ray cluster has {nodes} nodes: trials on other "
+            "nodes would write their results and checkpoints to their own disks, and a lost node would take "
+            "them along. Use shared storage, e.g. --storage s3://BUCKET/runs.")
 
 
 def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool) -> bool:
@@ -93,6 +102,10 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
     results.check_writable()
     use_gpus = start_ray(address, fake_gpus, dashboard)
     try:
+        nodes = sum(node["Alive"] for node in ray.nodes())
+        check_shared_storage(storage, nodes)
+        if address and nodes == 1 and "://" not in storage:
+            print(f"warning: --storage {storage} is local; if this cluster adds nodes, use s3:// storage")
 
         def trial_name(trial) -> str:
             return trial.config["experiment_id"]

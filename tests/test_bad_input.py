@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from datasets.shards import ShardStore
 from datasets.synthetic import synthetic_rows, write_synthetic
 from orchestrator.experiment import ExperimentSpec
@@ -78,3 +80,13 @@ def test_report_on_an_empty_study_says_so(tmp_path):
     assert result.returncode == 1
     assert f"no finished experiments under {tmp_path}/typo" in result.stderr
     assert not (tmp_path / "typo" / "report.md").exists()
+
+
+def test_local_storage_is_refused_on_a_multi_node_cluster():
+    from orchestrator.grid_runner import check_shared_storage
+    from orchestrator.results import StorageError
+
+    check_shared_storage("/tmp/runs", nodes=1)
+    check_shared_storage("s3://bucket/runs", nodes=3)
+    with pytest.raises(StorageError, match=r"local folder, but this Ray cluster has 3 nodes.*s3://BUCKET/runs"):
+        check_shared_storage("/tmp/runs", nodes=3)
