@@ -24,6 +24,7 @@ import re
 import shlex
 import socket
 import sys
+import tomllib
 from functools import partial
 from pathlib import Path
 
@@ -34,7 +35,8 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = REPO / "cluster.yaml"
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 
 CPU_FAMILIES = {"m5", "m6i", "c5"}
@@ -283,9 +285,16 @@ def check_auth_token_mounted(cfg):
 
 
 def check_project_install(cfg):
+    """Every top-level package and file that `pip install -e` needs is mounted, and nothing bigger."""
     problems = []
-    if "~/vlsm-tune" not in (cfg.get("file_mounts") or {}):
-        problems.append("file_mounts has no '~/vlsm-tune' (the repo)")
+    mounts = cfg.get("file_mounts") or {}
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {p.split(".")[0] for p in pyproject["tool"]["setuptools"]["packages"]}
+    for part in sorted(packages) + ["pyproject.toml", pyproject["project"]["readme"]]:
+        if mounts.get(f"~/vlsm-tune/{part}") != f"./{part}":
+            problems.append(f"file_mounts lacks '~/vlsm-tune/{part}': './{part}' (pip install -e needs it)")
+    if "." in mounts.values():
+        problems.append("file_mounts mounts '.': ray up would hash every file under it, .venv included")
     for key in ("head_setup_commands", "worker_setup_commands"):  # setup_commands merged in
         if not any(re.search(r"pip install (.* )?-e ~/vlsm-tune\b", c) for c in _commands(cfg, key)):
             problems.append(f"{key}: no `pip install -e ~/vlsm-tune`")
@@ -429,6 +438,18 @@ NEGATIVE = [
         lambda c: _first_gpu_type(c).update(min_workers=3, max_workers=1),
         check_worker_counts,
         "larger than",
+    ),
+    (
+        "a package left out of file_mounts",
+        lambda c: c["file_mounts"].pop("~/vlsm-tune/prompts"),
+        check_project_install,
+        "'~/vlsm-tune/prompts'",
+    ),
+    (
+        "the whole repo mounted",
+        lambda c: c["file_mounts"].update({"~/vlsm-tune": "."}),
+        check_project_install,
+        "mounts '.'",
     ),
     (
         "worker without instance profile",
