@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _session_members(sid: int) -> list[int]:
+def free_port() -> int:
+    """A TCP port free on loopback now (for Ray's ports in tests that start their own nodes)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_members(sid: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -31,12 +39,17 @@ def run_cli(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.Co
         out, err = proc.communicate(timeout=timeout)
     finally:
         # Ray's local cluster dies with its driver; this catches any process that did not.
-        for pid in _session_members(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        kill_session(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process in the session ``proc`` leads (it was started with start_new_session)."""
+    for pid in session_members(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()  # reaps it, and drains its pipes if it has any

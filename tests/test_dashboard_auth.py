@@ -2,7 +2,6 @@
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -13,13 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.cli import _session_members
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.cli import free_port, kill_session
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -69,11 +62,7 @@ def head_with_token():
             time.sleep(1)
         yield dashboard, token
     finally:
-        for pid in _session_members(start.pid):  # `ray start` leaves its daemons in our new session
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(start)  # `ray start` leaves its daemons in our new session
 
 
 def test_dashboard_listens_on_localhost_only_and_requires_the_token(head_with_token):
