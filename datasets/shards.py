@@ -19,10 +19,14 @@ import posixpath
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from datasets.cache import NodeCache
 
 FORMAT_VERSION = 1
 ROWS_PER_FILE = 1000
@@ -99,9 +103,15 @@ class Manifest:
 class ShardStore:
     """Reads and writes datasets of shards under one root (local folder or s3://)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, cache: NodeCache | bool = True):
+        """``cache``: the node cache that remote shards are read through (True: the default one,
+        ``$VLSM_CACHE``; False: none, every read goes to storage and splits decode in memory)."""
+        from datasets.cache import NodeCache  # imports this module
+
         self.root = root.rstrip("/")
         self.fs, self.path = filesystem_for(self.root)
+        self.cache: NodeCache | None = NodeCache() if cache is True else (cache or None)
+        self.remote = "://" in self.root
 
     def _dataset_dir(self, dataset: str) -> str:
         return posixpath.join(self.path, dataset)
@@ -193,21 +203,31 @@ class ShardStore:
                 missing.append(self._uri(dataset, entry["path"]))
         return missing
 
-    def read_split(self, dataset: str, split: str, columns: list[str] | None = None) -> pa.Table:
-        """All rows of a split, every file checked against the manifest's sha256 and row count."""
-        manifest = self.check_split(dataset, split)
-        tables = [self._read_file(dataset, entry, columns) for entry in manifest.splits[split]["files"]]
+    def read_split(self, dataset: str, split: str, columns: list[str] | None = None,
+                   manifest: Manifest | None = None) -> pa.Table:
+        """All rows of a split, every file checked against the manifest's sha256 and row count.
+
+        Pass the ``manifest`` of an earlier ``check_split`` to avoid reading it again.
+        """
+        manifest = manifest or self.check_split(dataset, split)
+        tables = [self.read_file(dataset, entry, columns) for entry in manifest.splits[split]["files"]]
         return pa.concat_tables(tables)
 
-    def _read_file(self, dataset: str, entry: dict, columns: list[str] | None) -> pa.Table:
+    def read_file(self, dataset: str, entry: dict, columns: list[str] | None = None) -> pa.Table:
+        """One shard file of the manifest, checked against its sha256 and row count."""
         uri = self._uri(dataset, entry["path"])
+        path = posixpath.join(self._dataset_dir(dataset), entry["path"])
         try:
-            with self.fs.open_input_stream(posixpath.join(self._dataset_dir(dataset), entry["path"])) as f:
-                data = f.read()
+            if self.cache is not None and self.remote:
+                data = self.cache.read(self.fs, path, uri, self.root, dataset, entry)
+                digest = entry["sha256"]  # the cache checked it, and raises on a mismatch
+            else:  # a local folder is read in place
+                with self.fs.open_input_stream(path) as f:
+                    data = f.read()
+                digest = hashlib.sha256(data).hexdigest()
         except FileNotFoundError:
             raise ShardError(f"missing shard {uri}: the manifest lists it but storage does not have it. "
                              f"Re-ingest {dataset!r} or restore the file.") from None
-        digest = hashlib.sha256(data).hexdigest()
         if digest != entry["sha256"]:
             raise ShardError(f"corrupt shard {uri}: sha256 {digest[:12]}... does not match the manifest's "
                              f"{entry['sha256'][:12]}...; re-ingest {dataset!r}.")

@@ -1,4 +1,9 @@
-"""Run a list of experiments as Ray Tune trials: check inputs, skip finished ids, fit, summarise."""
+"""Run a list of experiments as Ray Tune trials: check inputs, skip finished ids, fit, summarise.
+
+A launch skips experiments with DONE and, unless ``retry_failed``, those with FAILED.json (bad input
+fails the same way again); the others start, from their stored checkpoint where one exists
+(trainables.tune_trainable), so stopping the driver and rerunning the same command repeats no work.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,14 @@ from dataclasses import dataclass, field
 from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
 from orchestrator.results import ResultStore, StorageError
-from search_spaces.defaults import gpu_fraction
+from search_spaces.defaults import resources_for
 from trainables.models import MODES, model_inputs
 
 
 @dataclass
 class GridOutcome:
     skipped: int  # already finished before this launch
+    skipped_failed: list[str] = field(default_factory=list)  # failed before this launch, not retried
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # id -> error
     unfinished: list[str] = field(default_factory=list)  # stopped before the end, e.g. by Ctrl-C
@@ -75,7 +81,7 @@ def trial_resources(specs: dict[str, dict], cpus: float, gpus: float | None, use
     """Resources as a function of the trial's config: the model's GPU share unless overridden."""
 
     def resources(config: dict) -> dict:
-        gpu = gpus if gpus is not None else gpu_fraction(specs[config["experiment_id"]]["model"])
+        gpu = resources_for(specs[config["experiment_id"]], gpus, cpus)["gpu"]  # grows with the batch
         return {"cpu": cpus, "gpu": gpu if use_gpus else 0}
 
     return resources
@@ -84,7 +90,8 @@ def trial_resources(specs: dict[str, dict], cpus: float, gpus: float | None, use
 def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str,
              address: str | None = None, fake_gpus: int | None = None, gpus_per_trial: float | None = None,
              cpus_per_trial: float = 1.0, dashboard: bool = True, max_failures: int = 1,
-             checkpoint_interval_s: float | None = None, verbose: int = 1) -> GridOutcome:
+             checkpoint_interval_s: float | None = None, retry_failed: bool = False,
+             verbose: int = 1) -> GridOutcome:
     import ray
     from ray import tune
 
@@ -92,14 +99,25 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
 
     data, storage = absolute_uri(data), absolute_uri(storage)
     results = ResultStore(storage, study)
-    done = results.finished_ids()
-    todo = [s for s in specs if s.id not in done]
-    outcome = GridOutcome(skipped=len(specs) - len(todo))
-    print(f"{len(specs)} experiments: {outcome.skipped} already finished in {results.uri}, {len(todo)} to run")
+    files = results.listing()
+    done = {i for i, names in files.items() if "DONE" in names}
+    failed = {i for i, names in files.items() if "FAILED.json" in names} - done
+    todo = [s for s in specs if s.id not in done and (retry_failed or s.id not in failed)]
+    outcome = GridOutcome(skipped=sum(s.id in done for s in specs),
+                          skipped_failed=[] if retry_failed else [s.id for s in specs if s.id in failed])
+    retried = [s.id for s in todo if s.id in failed]
+    resumable = sum(results.CHECKPOINT in files.get(s.id, {}) for s in todo)
+    print(f"{len(specs)} experiments: {outcome.skipped} already finished in {results.uri}, "
+          + (f"{len(outcome.skipped_failed)} failed before (skipped; --retry-failed reruns them), "
+             if outcome.skipped_failed else "")
+          + (f"{len(retried)} failed before (retried), " if retried else "")
+          + f"{len(todo)} to run" + (f", {resumable} of them from their checkpoints" if resumable else ""))
     if not todo:
         return outcome
 
     results.check_writable()
+    for experiment_id in retried:  # a retry that fails again writes its own FAILED.json
+        results.clear_failure(experiment_id)
     use_gpus = start_ray(address, fake_gpus, dashboard)
     try:
         nodes = sum(node["Alive"] for node in ray.nodes())
@@ -113,15 +131,16 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
         specs_by_id = {s.id: s.to_dict() for s in todo}
         trainable = tune.with_parameters(train_experiment, specs=specs_by_id, data=data, storage=storage,
                                          study=study, threads=max(1, math.floor(cpus_per_trial)),
-                                         checkpoint_interval_s=checkpoint_interval_s or CHECKPOINT_INTERVAL_S)
+                                         checkpoint_interval_s=CHECKPOINT_INTERVAL_S if checkpoint_interval_s is None
+                                         else checkpoint_interval_s)
         tuner = tune.Tuner(
             tune.with_resources(trainable, trial_resources(specs_by_id, cpus_per_trial, gpus_per_trial, use_gpus)),
             param_space={"experiment_id": tune.grid_search(list(specs_by_id))},
             tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(
                 name="tune", storage_path=results.uri, verbose=verbose,
+                # A retried trial resumes from the checkpoint the trial keeps in results storage.
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
         grid = tuner.fit()

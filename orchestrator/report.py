@@ -1,4 +1,5 @@
-"""Results tables: one row per (experiment, evaluation set), as Markdown and CSV."""
+"""Results tables: one row per (experiment, evaluation set), as Markdown and CSV; and one row per
+evaluation run (``ablate``, ``ood``) when there are any."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from orchestrator.results import ResultStore
 
 COLUMNS = ["experiment_id", "model", "mode", "train_set", "prompt_type", "eval_set",
            "dice_mean", "dice_std", "n_images", "best_val_dice", "epochs"]
+CAPTION = "Dice (%) per image at original resolution, mean and standard deviation over the test set."
+EVAL_COLUMNS = ["evaluation_id", "kind", "source", "model", "mode", "train_set", "prompt_type", "perturbation",
+                "eval_set", "dice_mean", "dice_std", "n_images", "change"]
+EVAL_CAPTION = ("Evaluation runs: a finished experiment's best weights on a test set, with the prompt perturbed "
+                "at inference (ablate) or on another dataset (ood). Dice (%) as above; change: relative change (%) "
+                "of mean dice against the same weights with the prompt unperturbed (Figure 3).")
 
 
 def result_rows(results: ResultStore) -> list[dict]:
@@ -28,24 +35,44 @@ def result_rows(results: ResultStore) -> list[dict]:
     return sorted(rows, key=lambda r: (r["model"], r["mode"], r["train_set"], r["prompt_type"], r["eval_set"]))
 
 
+def evaluation_rows(storage: str, study: str) -> list[dict]:
+    rows = []
+    for result in ResultStore(storage, study, folder="evaluations").results():
+        spec, source = result["spec"], result["source_spec"]
+        scores = result["eval"][spec["eval_set"]]
+        rows.append({
+            "evaluation_id": result["evaluation_id"], "kind": result["kind"], "source": result["source"],
+            "model": source["model"], "mode": source["mode"], "train_set": source["train_set"],
+            "prompt_type": spec["prompt_type"], "perturbation": spec["perturbation"] or "none",
+            "eval_set": spec["eval_set"], "dice_mean": scores["dice_mean"], "dice_std": scores["dice_std"],
+            "n_images": scores["n_images"], "change": None,
+        })
+    reference = {(r["kind"], r["source"], r["eval_set"]): r["dice_mean"] for r in rows if r["perturbation"] == "none"}
+    for row in rows:
+        unperturbed = reference.get((row["kind"], row["source"], row["eval_set"]))
+        if row["perturbation"] != "none" and unperturbed:
+            row["change"] = row["dice_mean"] / unperturbed - 1
+    return sorted(rows, key=lambda r: (r["kind"], r["source"], r["eval_set"], r["perturbation"] != "none",
+                                       r["perturbation"]))
+
+
 def _cell(value) -> str:
     if value is None:  # e.g. no validation dice for a zero-shot experiment
         return "-"
     return f"{100 * value:.2f}" if isinstance(value, float) else str(value)
 
 
-def to_markdown(rows: list[dict]) -> str:
-    header = "| " + " | ".join(COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    lines = ["Dice (%) per image at original resolution, mean and standard deviation over the test set.", "",
-             header, rule]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+def to_markdown(rows: list[dict], columns: list[str] = COLUMNS, caption: str = CAPTION) -> str:
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [caption, "", header, rule]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: list[dict], columns: list[str] = COLUMNS) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -55,7 +82,11 @@ def write_report(storage: str, study: str) -> tuple[str, str, list[dict]]:
     """Write ``report.md`` and ``report.csv`` beside the study's experiments; returns their URIs and rows."""
     results = ResultStore(storage, study)
     rows = result_rows(results)
+    files = {"report.md": to_markdown(rows), "report.csv": to_csv(rows)}
+    if evaluations := evaluation_rows(storage, study):  # evaluations.csv, and a second table in report.md
+        files["report.md"] += "\n" + to_markdown(evaluations, EVAL_COLUMNS, EVAL_CAPTION)
+        files["evaluations.csv"] = to_csv(evaluations, EVAL_COLUMNS)
     results.fs.create_dir(results.path, recursive=True)
-    for name, text in (("report.md", to_markdown(rows)), ("report.csv", to_csv(rows))):
+    for name, text in files.items():
         write_atomically(results.fs, posixpath.join(results.path, name), text.encode())
     return f"{results.uri}/report.md", f"{results.uri}/report.csv", rows

@@ -1,4 +1,4 @@
-"""vlsm-tune command line: ``python -m orchestrator.run {grid,report} ...``."""
+"""vlsm-tune command line: ``python -m orchestrator.run {grid,report,status,hpo,...} ...``."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def select(specs: list[ExperimentSpec], patterns: list[str] | None) -> list[Expe
 
 
 def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
-    from search_spaces.grid import PROFILES
+    from search_spaces.grid import blocks_for, specs_of
 
-    specs = PROFILES[args.profile]()
+    specs = specs_of(blocks_for(args.profile, getattr(args, "block", None)))
     if args.max_epochs is not None:
         specs = [ExperimentSpec.from_dict({**s.to_dict(), "max_epochs": args.max_epochs}) for s in specs]
     return select(specs, args.only)
@@ -56,17 +56,24 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from orchestrator.report import write_report
     from orchestrator.results import ResultStore, StorageError
 
-    specs = build_specs(args)
+    try:
+        specs = build_specs(args)
+    except ValueError as e:  # --block with another profile
+        print(e, file=sys.stderr)
+        return 2
     study = args.study or args.profile
     if not specs:
         print(f"no experiment of profile {args.profile!r} matches --only {args.only}", file=sys.stderr)
         return 2
     if args.dry_run:
+        from search_spaces.grid import block_summary, blocks_for
+
         done = ResultStore(args.storage, study).finished_ids()
         print(f"{'experiment id':<52} {'model':<8} {'mode':<9} {'train set':<14} prompt  status")
         for s in specs:
             state = "done" if s.id in done else "pending"
             print(f"{s.id:<52} {s.model:<8} {s.mode:<9} {s.train_set:<14} {s.prompt_type:<7} {state}")
+        print(*block_summary(blocks_for(args.profile, args.block), specs), sep="\n")
         print(f"total: {len(specs)} experiments ({sum(s.id in done for s in specs)} done)")
         return 0
     try:
@@ -84,7 +91,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
                            fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                            cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                            max_failures=args.max_failures, checkpoint_interval_s=args.checkpoint_interval,
-                           verbose=args.verbose)
+                           retry_failed=args.retry_failed, verbose=args.verbose)
     except StorageError as e:
         print(e, file=sys.stderr)
         return 2
@@ -93,11 +100,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
           f"{len(outcome.unfinished)} stopped before the end, {outcome.skipped} skipped as already finished")
     for experiment_id, error in outcome.failed.items():
         print(f"  FAILED {experiment_id}: {error}", file=sys.stderr)
+    if outcome.skipped_failed:
+        print(f"  {len(outcome.skipped_failed)} experiments failed in an earlier launch and were skipped "
+              "(see FAILED.json in each; --retry-failed reruns them):", *outcome.skipped_failed, sep="\n    ",
+              file=sys.stderr)
     if outcome.unfinished:
         print("  rerun the same command to run the stopped experiments", file=sys.stderr)
     md, csv_uri, rows = write_report(args.storage, study)
     print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
-    return 1 if outcome.failed or outcome.unfinished else 0
+    return 1 if outcome.failed or outcome.unfinished or outcome.skipped_failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -114,13 +125,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.results import ResultStore
+    from orchestrator.status import collect, render
     from search_spaces.grid import PROFILES
+
+    if args.profile is None:
+        if args.study and args.study not in PROFILES:
+            print(f"study {args.study!r} is not a profile name: say which grid it runs with --profile "
+                  f"({', '.join(sorted(PROFILES))})", file=sys.stderr)
+            return 2
+        args.profile = args.study or "demo"
+    study = args.study or args.profile
+    specs = build_specs(args)
+    if not specs:
+        print(f"no experiment of profile {args.profile!r} matches --only {args.only}", file=sys.stderr)
+        return 2
+    results = ResultStore(args.storage, study)
+    where = f"{results.uri} (profile {args.profile}, {len(specs)} experiments)"
+    print(render(collect(specs, results), where))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from orchestrator.hpo import add_hpo_arguments, cmd_hpo
+    from search_spaces.grid import PROFILES, STUDY_BLOCKS
 
     top = argparse.ArgumentParser(
         prog="python -m orchestrator.run",
         description="Run the VLSM transfer-learning study as Ray Tune trials and tabulate the results.")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{grid,report}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{grid,report,status,hpo,zeroshot,ablate,ood}")
 
     grid = sub.add_parser("grid", help="run a grid of experiments (skips finished ones)",
                           description="Run every experiment of a profile as a Ray Tune trial. Finished "
@@ -128,6 +162,9 @@ def parser() -> argparse.ArgumentParser:
                                       "the same command resumes the grid.")
     grid.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                       help="which grid to run (default: demo, small CLIPSeg on synthetic shards)")
+    grid.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
+                      help="with --profile study: run only this block of the paper's grid (repeatable; "
+                           f"{', '.join(STUDY_BLOCKS)}); default: the finetuning blocks")
     grid.add_argument("--only", action="append", metavar="PATTERN",
                       help="run only experiments whose id matches PATTERN (glob or substring); repeatable")
     grid.add_argument("--dry-run", action="store_true", help="list the experiments and their status, run nothing")
@@ -151,6 +188,9 @@ def parser() -> argparse.ArgumentParser:
                       help="times Ray retries a crashed trial from its last checkpoint (default: 1)")
     grid.add_argument("--checkpoint-interval", type=float, metavar="S",
                       help="seconds between a trial's checkpoints (default: 30; always one after the last epoch)")
+    grid.add_argument("--retry-failed", action="store_true",
+                      help="rerun experiments that failed in an earlier launch (FAILED.json); "
+                           "by default they are skipped and listed")
     grid.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     grid.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                       help="Ray Tune progress output: 0 silent, 1 status table (default), 2 every result")
@@ -163,6 +203,33 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results root (default: {DEFAULT_STORAGE})")
     report.add_argument("--study", default="demo", help="study name under --storage (default: demo)")
     report.set_defaults(func=cmd_report)
+
+    status = sub.add_parser("status", help="per block: experiments done, running, failed, pending; best dice; ETA",
+                            description="Where a study stands, from one listing of its storage: per block the "
+                                        "experiments done, running, failed and pending, the best validation dice "
+                                        "so far, the trial time left and an ETA. Select the experiments as for "
+                                        "grid (--profile, --only, --max-epochs).")
+    status.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results root (default: {DEFAULT_STORAGE})")
+    status.add_argument("--study", help="study name under --storage (default: the profile name)")
+    status.add_argument("--profile", choices=sorted(PROFILES),
+                        help="the grid the study runs (default: the study name, else demo)")
+    status.add_argument("--only", action="append", metavar="PATTERN", help="as for grid; repeatable")
+    status.add_argument("--max-epochs", type=int, metavar="E", help="as for grid (it changes the experiment ids)")
+    status.set_defaults(func=cmd_status)
+
+    hpo = sub.add_parser("hpo", help="Table 4's hyperparameter search for one model (Optuna TPE + ASHA)",
+                         description="Search Table 4's space (optimizer, learning rate, scheduler, batch size) "
+                                     "for one model: each trial trains one setting on every --datasets set, "
+                                     "Optuna's TPE proposes settings and ASHA stops weak ones early on mean "
+                                     "validation dice. Then the study's rule picks the setting that is best on "
+                                     "the most datasets; it is printed and saved with per-dataset evidence to "
+                                     "<storage>/<study>/hpo/<model>/selection.json.")
+    add_hpo_arguments(hpo, default_data=DEFAULT_DATA, default_storage=DEFAULT_STORAGE)
+    hpo.set_defaults(func=cmd_hpo)
+
+    from orchestrator.evaluation import add_commands
+
+    add_commands(sub)  # zeroshot, ablate, ood: orchestrator/evaluation.py
     return top
 
 

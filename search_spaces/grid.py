@@ -1,12 +1,98 @@
-"""Named grids of experiments. A profile is a function returning specs; ``--profile`` picks one."""
+"""Named grids of experiments. A profile is a function returning specs; ``--profile`` picks one.
+
+``study`` is the paper's finetuning experiments, itemized block by block, each block citing where
+the paper lists it. The CNN baselines and the zero-shot evaluations are blocks of their own, picked
+with ``--block``: they are not among the paper's "442 finetuning experiments" (Appendix C.1).
+Every study spec runs to the paper's stopping rule (early stopping on validation dice with the
+model's patience), never under ASHA.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from datasets.synthetic import SYNTHETIC_DATASETS
 from orchestrator.experiment import ExperimentSpec
-from search_spaces.defaults import SMALL_OVERRIDES, training_defaults
+from search_spaces.datasets import ALL_POOL, DATASETS, ENDOSCOPY_POOL, INDIVIDUAL, POOLS
+from search_spaces.defaults import (
+    FINETUNE_ENCODER_LR_SCALE,
+    SMALL_OVERRIDES,
+    STUDY,
+    STUDY_WEIGHTS,
+    training_defaults,
+)
+
+PAPER_FINETUNING_TOTAL = 442  # Appendix C.1: "we have 442 finetuning experiments"
+
+VLSMS = ("cris", "clipseg", "biomedclipseg", "biomedclipseg_d")
+CNNS = ("unet", "unetpp", "deeplabv3plus")
+MIMIC = "mimic_cxr_lungs"
+# Prompt type of pooled training: `random`, each sample drawing among its own dataset's P1..PN every
+# epoch. Table 2 gives one score per pooled model, so one prompt setting per pool; the paper does
+# not name it, the released pooled datamodules take it as a parameter and the study's later runs
+# pass "random" (DATA-FACTS). CNNs read no text: they take the empty prompt P0.
+POOLED_PROMPT = "random"
+
+
+def study_spec(model: str, mode: str, train_set: str, prompt_type: str, eval_sets: tuple[str, ...] = ()
+               ) -> ExperimentSpec:
+    """A full-size experiment with the study's weights and the model's defaults."""
+    encoder_lr_scale = FINETUNE_ENCODER_LR_SCALE[model] if mode == "finetune" else 1.0
+    return ExperimentSpec(model=model, mode=mode, train_set=train_set, prompt_type=prompt_type,
+                          eval_sets=eval_sets, weights=STUDY_WEIGHTS[model], encoder_lr_scale=encoder_lr_scale,
+                          **training_defaults(model), **STUDY)
+
+
+def each_dataset_and_prompt(model: str, mode: str) -> list[ExperimentSpec]:
+    """The eight individual datasets, each with every prompt type of its family."""
+    return [study_spec(model, mode, name, prompt) for name in INDIVIDUAL for prompt in DATASETS[name].prompt_types]
+
+
+def individual() -> list[ExperimentSpec]:
+    # C.1: five non-radiology datasets x P0-P9 (50) + CAMUS P0-P7, BUSI P0-P6, CheXlocalize P0-P6 (22)
+    # = 72 per VLSM; Figure 2 (finetuned) and Table 2 ("Individual"). End to end: mode finetune.
+    return [s for model in VLSMS for s in each_dataset_and_prompt(model, "finetune")]
+
+
+def frozen() -> list[ExperimentSpec]:
+    # Appendix F.1, Tables 6 (CRIS) and 7 (CLIPSeg): the same 8 datasets and prompts, decoder
+    # trained on frozen CLIP encoders.
+    return [s for model in ("cris", "clipseg") for s in each_dataset_and_prompt(model, "frozen")]
+
+
+def pooled() -> list[ExperimentSpec]:
+    # C.1 ("we also finetune CRIS and CLIPSeg with the pooled datasets comprising only endoscopic and
+    # all datasets") and Table 2's "Endoscopy Pooled" and "Pooled" rows, scored on their test sets.
+    return [study_spec(model, "finetune", pool, POOLED_PROMPT, POOLS[pool].eval_sets)
+            for model in ("cris", "clipseg") for pool in (ENDOSCOPY_POOL, ALL_POOL)]
+
+
+def mimic() -> list[ExperimentSpec]:
+    # Appendix F.2, Table 8 ("Finetuning" rows): CRIS and CLIPSeg on MIMIC-CXR lungs with the empty
+    # prompt (P0) and the radiology report (P1).
+    return [study_spec(model, "finetune", MIMIC, prompt) for model in ("cris", "clipseg") for prompt in ("p0", "p1")]
+
+
+def cnn() -> list[ExperimentSpec]:
+    # Table 2 and C.3: UNet, UNet++ and DeepLabV3+ (ResNet-50, ImageNet) on each of the 8 individual
+    # datasets and on both pools. No text: prompt P0, one run per dataset.
+    individual_runs = [study_spec(model, "finetune", name, "p0") for model in CNNS for name in INDIVIDUAL]
+    pooled_runs = [study_spec(model, "finetune", pool, "p0", POOLS[pool].eval_sets)
+                   for model in CNNS for pool in (ENDOSCOPY_POOL, ALL_POOL)]
+    return individual_runs + pooled_runs
+
+
+def zeroshot() -> list[ExperimentSpec]:
+    # Figure 2 (zero-shot): CRIS and CLIPSeg as pretrained, every dataset and prompt; no training.
+    # BiomedCLIPSeg(-D) have no pretrained decoder, so no zero-shot (section 2.1).
+    return [s for model in ("cris", "clipseg") for s in each_dataset_and_prompt(model, "zeroshot")]
+
+
+def zeroshot_mimic() -> list[ExperimentSpec]:
+    # Appendix F.2, Table 8 ("Zero-shot" rows): CRIS and CLIPSeg on MIMIC-CXR lungs, P0 and P1.
+    return [study_spec(model, "zeroshot", MIMIC, prompt) for model in ("cris", "clipseg") for prompt in ("p0", "p1")]
 
 
 def demo() -> list[ExperimentSpec]:
@@ -20,6 +106,82 @@ def demo() -> list[ExperimentSpec]:
     ]
 
 
-PROFILES: dict[str, Callable[[], list[ExperimentSpec]]] = {"demo": demo}
+@dataclass(frozen=True)
+class Block:
+    name: str
+    source: str  # where the paper lists these experiments
+    specs: Callable[[], list[ExperimentSpec]]
+    finetuning: bool  # counted among the paper's 442 finetuning experiments
+
+
+STUDY_BLOCKS: dict[str, Block] = {b.name: b for b in (
+    Block("individual", "App. C.1; Fig. 2, Table 2 (Individual): 4 VLSMs x 8 datasets x their prompts",
+          individual, True),
+    Block("frozen", "App. F.1; Tables 6, 7: CRIS, CLIPSeg with frozen encoders, 8 datasets x prompts", frozen, True),
+    Block("pooled", "App. C.1; Table 2 (Endoscopy Pooled, Pooled): CRIS, CLIPSeg x 2 pools", pooled, True),
+    Block("mimic", "App. F.2; Table 8 (Finetuning): CRIS, CLIPSeg x P0, P1", mimic, True),
+    Block("cnn", "App. C.3; Table 2: UNet, UNet++, DeepLabV3+ x (8 datasets + 2 pools)", cnn, False),
+    Block("zeroshot", "Fig. 2 (zero-shot): CRIS, CLIPSeg x 8 datasets x prompts; no training", zeroshot, False),
+    Block("zeroshot_mimic", "App. F.2; Table 8 (Zero-shot): CRIS, CLIPSeg x P0, P1; no training",
+          zeroshot_mimic, False),
+)}
+DEMO_BLOCK = Block("demo", "none: the embedded default (small CLIPSeg, synthetic data)", demo, False)
+
+# Blocks of each profile; --block picks among the study's blocks, all of them allowed.
+PROFILE_BLOCKS: dict[str, tuple[Block, ...]] = {
+    "demo": (DEMO_BLOCK,),
+    "study": tuple(b for b in STUDY_BLOCKS.values() if b.finetuning),
+}
+
+
+def blocks_for(profile: str, names: list[str] | None = None) -> tuple[Block, ...]:
+    """The blocks a launch runs: the profile's, or the study's blocks named with --block."""
+    if not names:
+        return PROFILE_BLOCKS[profile]
+    if profile != "study":
+        raise ValueError(f"--block picks blocks of --profile study, not of {profile!r}")
+    unknown = [n for n in names if n not in STUDY_BLOCKS]
+    if unknown:
+        raise ValueError(f"unknown block {unknown[0]!r}: expected one of {', '.join(STUDY_BLOCKS)}")
+    return tuple(STUDY_BLOCKS[n] for n in dict.fromkeys(names))
+
+
+@functools.cache
+def _block_names() -> dict[tuple[str, str, str, str], str]:
+    # (model, mode, train set, prompt) names one block: blocks differ in at least one of them.
+    return {(s.model, s.mode, s.train_set, s.prompt_type): block.name
+            for block in STUDY_BLOCKS.values() for s in block.specs()}
+
+
+def block_of(spec: ExperimentSpec) -> str:
+    """The study block a spec belongs to (found under --max-epochs too, which changes ids); for other
+    specs (the demo's), "model mode train-set"."""
+    key = (spec.model, spec.mode, spec.train_set, spec.prompt_type)
+    return _block_names().get(key, f"{spec.model} {spec.mode} {spec.train_set}")
+
+
+def specs_of(blocks: tuple[Block, ...]) -> list[ExperimentSpec]:
+    return [s for block in blocks for s in block.specs()]
+
+
+def block_summary(blocks: tuple[Block, ...], selected: list[ExperimentSpec]) -> list[str]:
+    """Lines for --dry-run: each block's name, count (after --only) and source, and how the
+    finetuning blocks compare with the paper's count."""
+    chosen = {s.id for s in selected}
+    lines = [f"{'block':<15} {'count':>5}  source in the paper"]
+    finetuning = 0
+    for block in blocks:
+        count = sum(s.id in chosen for s in block.specs())
+        finetuning += count if block.finetuning else 0
+        lines.append(f"{block.name:<15} {count:>5}  {block.source}")
+    if any(b.finetuning for b in blocks):
+        lines.append(f"finetuning experiments here: {finetuning}; the paper counts {PAPER_FINETUNING_TOTAL} "
+                     "(README, 'The study's grid', reconciles the two)")
+    return lines
+
+
+PROFILES: dict[str, Callable[[], list[ExperimentSpec]]] = {
+    name: (lambda blocks=blocks: specs_of(blocks)) for name, blocks in PROFILE_BLOCKS.items()
+}
 # Datasets each profile can generate itself when they are missing from --data.
 PROFILE_SYNTHETIC: dict[str, tuple[str, ...]] = {"demo": tuple(SYNTHETIC_DATASETS)}

@@ -5,18 +5,24 @@ Plain Python, no Ray: the Tune adapter, tests and notebooks all go through here.
 
 from __future__ import annotations
 
+import os
 import statistics
 
 import torch
 
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
+from trainables.feature_cache import FeatureCache, supports_feature_cache
 from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs
 from trainables.trainer import TrainConfig, Trainer
 
 
-def prepare(spec: dict, data: str) -> tuple[Trainer, dict[str, SegmentationSplit]]:
-    """Build the model, data and Trainer of an experiment; returns the Trainer and the test splits."""
+def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer, dict[str, SegmentationSplit]]:
+    """Build the model, data and Trainer of an experiment; returns the Trainer and the test splits.
+
+    In ``frozen`` mode the encoders' outputs come from the node's feature cache (computed once per
+    node) unless ``feature_cache`` is False or the environment sets ``VLSM_FEATURE_CACHE=0``.
+    """
     store = ShardStore(data)
     inputs = model_inputs(spec["model"], spec["size"])
 
@@ -35,7 +41,11 @@ def prepare(spec: dict, data: str) -> tuple[Trainer, dict[str, SegmentationSplit
                          bce_weight=spec["bce_weight"], encoder_lr_scale=spec["encoder_lr_scale"],
                          encoder_prefixes=ENCODER_PREFIXES[spec["model"]], seed=spec["seed"])
     tokenizer = build_tokenizer(spec["model"], spec["weights"])
-    return Trainer(model, tokenizer, inputs, config, train_set, val_set), test_sets
+    features = None
+    if (spec["mode"] == "frozen" and feature_cache and os.environ.get("VLSM_FEATURE_CACHE", "1") != "0"
+            and supports_feature_cache(model)):
+        features = FeatureCache(model, tokenizer, inputs, spec["model"], ENCODER_PREFIXES[spec["model"]])
+    return Trainer(model, tokenizer, inputs, config, train_set, val_set, feature_cache=features), test_sets
 
 
 def summarize(spec: dict, trainer: Trainer, per_image: dict[str, dict[str, float]]) -> dict:

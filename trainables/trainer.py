@@ -74,7 +74,8 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, tokenizer, inputs: ModelInputs, config: TrainConfig,
-                 train_set: SegmentationSplit, val_set: SegmentationSplit, device: torch.device | None = None):
+                 train_set: SegmentationSplit, val_set: SegmentationSplit, device: torch.device | None = None,
+                 feature_cache=None):
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device)
         self.tokenizer, self.inputs, self.config = tokenizer, inputs, config
@@ -85,8 +86,11 @@ class Trainer:
         self.mean = torch.tensor(inputs.mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(inputs.std, device=self.device).view(1, 3, 1, 1) * 255
         # bf16 autocast where the accelerator has it; plain fp32 on CPU.
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                       enabled=self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        # Frozen encoders: a trainables.feature_cache.FeatureCache serves their outputs, and only the
+        # decoder runs here.
+        self.feature_cache = feature_cache
         self.epoch = 0  # epochs completed
         self.best_dice = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -94,22 +98,34 @@ class Trainer:
 
     # -- data ----------------------------------------------------------------------------------
     def _collate(self, samples: list[dict]) -> dict:
-        return {
-            "image": torch.stack([s["image"] for s in samples]),
+        batch = {
             "mask": torch.stack([s["mask"] for s in samples]),
             "full_masks": [s["full_mask"] for s in samples],
             "sample_ids": [s["sample_id"] for s in samples],
-            **tokenize(self.tokenizer, [s["text"] for s in samples], self.inputs.context_length),
         }
+        if "features" in samples[0]:  # the encoders' outputs, from the feature cache
+            batch["features"] = {part: {k: torch.stack([s["features"][part][k] for s in samples])
+                                        for k in samples[0]["features"][part]} for part in ("image", "text")}
+            return batch
+        return {**batch, "image": torch.stack([s["image"] for s in samples]),
+                **tokenize(self.tokenizer, [s["text"] for s in samples], self.inputs.context_length)}
 
     def _loader(self, dataset: SegmentationSplit, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed + self.epoch)
         # A training batch of one breaks BatchNorm (CRIS's sentence projection, the CNNs): drop it.
         drop_last = shuffle and len(dataset) % self.config.batch_size == 1
+        if self.feature_cache is not None:
+            dataset = self.feature_cache.wrap(dataset, self.device, self.bf16)
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle, generator=generator,
                           collate_fn=self._collate, drop_last=drop_last)
 
     def _forward(self, batch: dict) -> torch.Tensor:
+        if "features" in batch:  # run the decoder only, on the cached encoder outputs
+            image, text = ({k: v.to(self.device).float() if v.is_floating_point() else v.to(self.device)
+                            for k, v in batch["features"][part].items()} for part in ("image", "text"))
+            with self.autocast:
+                logits = self.model.decode(image, text, (self.inputs.input_size, self.inputs.input_size))
+            return logits.float()
         pixels = (batch["image"].to(self.device, non_blocking=True).float() - self.mean) / self.std
         with self.autocast:
             logits = self.model(pixels, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))

@@ -2,12 +2,18 @@
 
 A trial's config holds only its ``experiment_id`` (so Tune's tables show ids, not dicts); the
 specs, shard root and result storage are bound once with ``tune.with_parameters``.
+
+Resume: at most every ``checkpoint_interval_s`` (and after the last epoch) the trial replaces
+``experiments/<id>/checkpoint/trainer.pt`` in the result storage, whole, and writes a small
+``progress.json`` beside it. Any later trial of the same id, a Ray retry after a lost worker or a
+rerun of the grid after the driver was stopped, starts from that file: it is keyed by the
+experiment id alone, so it does not depend on Tune's experiment state or on which other
+experiments a launch holds. Tune itself gets no checkpoint, so the state is stored once.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 import time
 
 import ray
@@ -17,8 +23,8 @@ from ray import tune
 from datasets.shards import ShardError
 from orchestrator.results import ResultStore
 from trainables.experiment import prepare, summarize
+from trainables.trainer import Trainer
 
-STATE_FILE = "trainer.pt"
 # Checkpoint at most this often (and always after the last epoch): small models finish epochs in
 # about a second, and a checkpoint per epoch would flood storage and Tune's experiment snapshots.
 CHECKPOINT_INTERVAL_S = 30.0
@@ -43,27 +49,29 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
         tune.report({"failed": True, "error": str(e)[:500]})
         return
 
-    resumed_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:  # a retry after a lost worker continues where the last checkpoint ended
-        with checkpoint.as_directory() as d:
-            trainer.load_state_dict(torch.load(os.path.join(d, STATE_FILE), weights_only=True,
-                                               map_location=trainer.device))
-        resumed_from = trainer.epoch
-
+    resumed_from, state = None, stored_state(results, experiment_id, trainer.device)
+    if state is not None:
+        try:
+            trainer.load_state_dict(state)
+            resumed_from = trainer.epoch
+            print(f"{experiment_id}: resuming after epoch {resumed_from} from {results.checkpoint_uri(experiment_id)}")
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:  # the model changed since it was written
+            print(f"{experiment_id}: the checkpoint does not fit ({e}); starting from epoch 0")
+            trainer, test_sets = prepare(spec, data)  # the failed load may have changed some weights
+    write_progress(results, experiment_id, trainer)
     last_checkpoint = time.monotonic()
 
     def report(epoch) -> None:
         nonlocal last_checkpoint
-        metrics = {"epoch": epoch.epoch, "train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
-                   "val_dice": epoch.val_dice, "best_val_dice": trainer.best_dice, "lr": epoch.lr}
-        if not trainer.finished and time.monotonic() - last_checkpoint < checkpoint_interval_s:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(trainer.state_dict(), os.path.join(d, STATE_FILE))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        last_checkpoint = time.monotonic()
+        # timesteps_total is TensorBoard's x axis (Tune's TBX logger): the epoch, also across resumes.
+        metrics = {"epoch": epoch.epoch, "timesteps_total": epoch.epoch, "train_loss": epoch.train_loss,
+                   "val_loss": epoch.val_loss, "val_dice": epoch.val_dice, "best_val_dice": trainer.best_dice,
+                   "lr": epoch.lr}
+        if trainer.finished or time.monotonic() - last_checkpoint >= checkpoint_interval_s:
+            save_checkpoint(results, experiment_id, trainer)
+            write_progress(results, experiment_id, trainer)
+            last_checkpoint = time.monotonic()
+        tune.report(metrics)
 
     trainer.fit(on_epoch=report)
     per_image = {name: trainer.test(dataset) for name, dataset in test_sets.items()}
@@ -73,4 +81,37 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
         "resources": tune.get_context().get_trial_resources().required_resources,
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_ip": ray.util.get_node_ip_address(),
     }
+    if trainer.best_state is not None:  # before DONE: what evaluation runs (ablate, ood) reload
+        results.write_weights(experiment_id, trainer.best_state)
     results.write_result(spec, result, per_image)
+    results.clear_resume_state(experiment_id)  # after DONE: the checkpoint can be large
+
+
+def save_checkpoint(results: ResultStore, experiment_id: str, trainer: Trainer) -> None:
+    buf = io.BytesIO()
+    torch.save({"experiment_id": experiment_id, "trainer": trainer.state_dict()}, buf)
+    results.save_checkpoint(experiment_id, buf.getvalue())
+
+
+def write_progress(results: ResultStore, experiment_id: str, trainer: Trainer) -> None:
+    """What ``status`` shows of a running experiment; written with each checkpoint."""
+    best = trainer.best_dice if trainer.best_state is not None else None
+    results.write_progress(experiment_id, {"epoch": trainer.epoch, "max_epochs": trainer.config.max_epochs,
+                                           "best_val_dice": best})
+
+
+def stored_state(results: ResultStore, experiment_id: str, device: torch.device) -> dict | None:
+    """The trainer state stored for ``experiment_id``, or None if there is none or it cannot be read
+    (the trial then starts from epoch 0, and its next checkpoint replaces the file)."""
+    data = results.load_checkpoint(experiment_id)
+    if data is None:
+        return None
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location=device)
+        if not isinstance(state, dict) or state.get("experiment_id") != experiment_id:
+            raise ValueError("it is not a checkpoint of this experiment")
+        return state["trainer"]
+    except Exception as e:  # truncated or foreign bytes: any unpickling error means "unusable"
+        print(f"{experiment_id}: cannot read {results.checkpoint_uri(experiment_id)} ({type(e).__name__}: "
+              f"{str(e)[:300]}); starting from epoch 0")
+        return None

@@ -150,18 +150,29 @@ class BiomedCLIPSeg(nn.Module):
         hidden = text.transformer(input_ids=input_ids, attention_mask=attention_mask)
         return text.proj(text.pooler(hidden, attention_mask))
 
+    def encode_image(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {f"act{k}": a for k, a in enumerate(self.image_activations(pixel_values))}
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"embedding": self.text_embedding(input_ids, attention_mask)}
+
+    def decode(self, image: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
+               size: tuple[int, int]) -> torch.Tensor:
+        """Logits (B, 1, *size) from the towers' outputs."""
+        activations = [image[f"act{k}"] for k in range(len(self.spec.extract_blocks))]
+        logits = self.decoder(activations, text["embedding"]).logits
+        # The decoder squeezes the channel axis, and with it the batch axis of a batch of one.
+        logits = logits.reshape(activations[0].shape[0], 1, *logits.shape[-2:])
+        if logits.shape[-2:] != tuple(size):  # inputs that are not a multiple of the patch
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return logits
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.mode == "finetune" and torch.is_grad_enabled()):
-            activations = self.image_activations(pixel_values)
-            condition = self.text_embedding(input_ids, attention_mask)
-        logits = self.decoder(activations, condition).logits
-        # The decoder squeezes the channel axis, and with it the batch axis of a batch of one.
-        logits = logits.reshape(pixel_values.shape[0], 1, *logits.shape[-2:])
-        if logits.shape[-2:] != pixel_values.shape[-2:]:  # inputs that are not a multiple of the patch
-            logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
-
+            image = self.encode_image(pixel_values)
+            text = self.encode_text(input_ids, attention_mask)
+        return self.decode(image, text, pixel_values.shape[-2:])
 
 def _assemble(spec: BiomedCLIPSegSpec, mode: str) -> BiomedCLIPSeg:
     # Built alone, the decoder's layers would copy a config with no attention implementation set.

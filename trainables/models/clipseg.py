@@ -37,18 +37,37 @@ class CLIPSeg(nn.Module):
         self.net, self.mode = net, mode
         net.clip.requires_grad_(mode == "finetune")
 
+    def train(self, mode: bool = True) -> CLIPSeg:
+        super().train(mode)
+        if self.mode != "finetune":  # frozen encoders compute the same features in training and evaluation
+            self.net.clip.eval()
+        return self
+
+    def encode_image(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CLIP vision activations at the extract layers, (B, 1 + grid tokens, width) each."""
+        vision = self.net.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
+                                            interpolate_pos_encoding=True)
+        return {f"act{k}": vision.hidden_states[i + 1] for k, i in enumerate(self.net.extract_layers)}
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CLIP's pooled, projected text embedding: the decoder's condition."""
+        text = self.net.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return {"embedding": text.pooler_output}
+
+    def decode(self, image: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
+               size: tuple[int, int]) -> torch.Tensor:
+        """Logits (B, 1, H, W) from the encoders' outputs; the decoder's output is at the input size."""
+        activations = [image[f"act{k}"] for k in range(len(self.net.extract_layers))]
+        logits = self.net.decoder(activations, text["embedding"]).logits
+        # The decoder squeezes the channel axis, and with it the batch axis of a batch of one.
+        return logits.reshape(activations[0].shape[0], 1, *logits.shape[-2:])
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
-        clip, layers = self.net.clip, self.net.extract_layers
         with torch.set_grad_enabled(self.mode == "finetune" and torch.is_grad_enabled()):
-            vision = clip.vision_model(pixel_values=pixel_values, output_hidden_states=True,
-                                       interpolate_pos_encoding=True)
-            activations = [vision.hidden_states[i + 1] for i in layers]
-            text = clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        logits = self.net.decoder(activations, text).logits
-        # The decoder squeezes the channel axis, and with it the batch axis of a batch of one.
-        return logits.reshape(pixel_values.shape[0], 1, *logits.shape[-2:])
-
+            image = self.encode_image(pixel_values)
+            text = self.encode_text(input_ids, attention_mask)
+        return self.decode(image, text, pixel_values.shape[-2:])
 
 def build_clipseg(mode: str, size: str, weights: str | None = None) -> CLIPSeg:
     """``weights``: a hub id (``CIDAS/clipseg-rd64-refined``) or a local folder; None for random init."""

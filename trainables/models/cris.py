@@ -324,17 +324,31 @@ class CRIS(nn.Module):
             self.backbone.eval()
         return self
 
+    def encode_image(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        c3, c4, c5 = self.backbone.encode_image(pixel_values)
+        return {"c3": c3, "c4": c4, "c5": c5}
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        words, state = self.backbone.encode_text(input_ids, attention_mask)
+        # The decoder masks padding from the attention mask, so it travels with the features.
+        return {"words": words, "state": state, "attention_mask": attention_mask}
+
+    def decode(self, image: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
+               size: tuple[int, int]) -> torch.Tensor:
+        """Logits (B, 1, *size) from the backbone's outputs."""
+        words, state, attention_mask = text["words"], text["state"], text["attention_mask"]
+        # True at padding; a prompt with no real token masks nothing rather than yielding NaN.
+        pad_mask = (attention_mask == 0) & attention_mask.bool().any(1, keepdim=True)
+        fq = self.decoder(self.neck((image["c3"], image["c4"], image["c5"]), state), words, pad_mask)
+        logits = self.proj(fq, state)
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.mode == "finetune" and torch.is_grad_enabled()):
-            feats = self.backbone.encode_image(pixel_values)
-            words, state = self.backbone.encode_text(input_ids, attention_mask)
-        # True at padding; a prompt with no real token masks nothing rather than yielding NaN.
-        pad_mask = (attention_mask == 0) & attention_mask.bool().any(1, keepdim=True)
-        fq = self.decoder(self.neck(feats, state), words, pad_mask)
-        logits = self.proj(fq, state)
-        return F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
-
+            image = self.encode_image(pixel_values)
+            text = self.encode_text(input_ids, attention_mask)
+        return self.decode(image, text, pixel_values.shape[-2:])
 
 def _key_report(missing: list[str], unexpected: list[str]) -> str:
     def some(keys: list[str]) -> str:

@@ -1,0 +1,184 @@
+"""The node cache: each node downloads a remote shard file once, checked, and reads it locally after that.
+
+Layout under the cache folder (``$VLSM_CACHE``, default ``~/.cache/vlsm-tune``)::
+
+    shards/<root>-<hash>/<dataset>/<sha256[:16]>-<file>   verified copies of remote shard files
+    shards/.../<...>.part    a download in progress; the next process to take the lock resumes it
+    shards/.../<...>.lock    flock: one process per file downloads, the others wait, then read the copy
+    decoded/...              decoded, resized arrays (datasets/decoded.py)
+
+A copy becomes visible (renamed to its final name) only after its sha256 matched the manifest, so
+every process on the node (Ray trials are separate processes) can read a visible copy without the
+lock. Local-folder roots are read in place and never copied.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyarrow.fs as pafs
+
+from datasets.shards import ShardError
+
+CACHE_ENV = "VLSM_CACHE"
+DEFAULT_CACHE = "~/.cache/vlsm-tune"
+CHUNK_BYTES = 8 << 20  # one ranged GET per chunk: a killed download loses at most this much
+
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> str:
+    """The node's cache folder: ``$VLSM_CACHE`` or ``~/.cache/vlsm-tune``."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
+
+
+@contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """An exclusive lock shared by every process on this node (released if the holder dies)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+b") as f:  # append mode: opening never truncates another holder's file
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60]
+
+
+class NodeCache:
+    """Shard copies and decoded arrays on this node's disk, shared by all its processes.
+
+    Reads of remote storage are retried ``attempts`` times with exponential backoff from
+    ``backoff_s`` seconds; then a ShardError names the file, the attempts and what to check.
+    """
+
+    def __init__(self, path: str | None = None, attempts: int = 4, backoff_s: float = 0.5):
+        self.path = os.path.abspath(os.path.expanduser(path)) if path else cache_root()
+        self.attempts, self.backoff_s = attempts, backoff_s
+
+    def __repr__(self) -> str:
+        return f"NodeCache({self.path!r})"
+
+    @property
+    def shards_dir(self) -> str:
+        return os.path.join(self.path, "shards")
+
+    @property
+    def decoded_dir(self) -> str:
+        return os.path.join(self.path, "decoded")
+
+    def shard_path(self, root: str, dataset: str, entry: dict) -> str:
+        """Where the verified copy of a manifest entry lives: keyed by root, dataset, file and sha256."""
+        root_key = f"{safe_name(root.split('://', 1)[-1])}-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
+        name = f"{entry['sha256'][:16]}-{safe_name(entry['path'])}"
+        return os.path.join(self.shards_dir, root_key, safe_name(dataset), name)
+
+    def read(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str, entry: dict) -> bytes:
+        """The bytes of a shard file, checked against the manifest's sha256, downloaded once per node.
+
+        Raises FileNotFoundError when storage lacks the file (the caller names it as missing).
+        """
+        local = self.fetch(fs, remote_path, uri, root, dataset, entry)
+        with open(local, "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() == entry["sha256"]:
+            return data
+        # The copy went bad on this disk after it was verified: drop it and download it again.
+        log.warning("node-cache copy %s of %s no longer matches its sha256; downloading it again", local, uri)
+        with file_lock(local + ".lock"):
+            if os.path.exists(local) and file_sha256(local) != entry["sha256"]:
+                os.remove(local)
+        with open(self.fetch(fs, remote_path, uri, root, dataset, entry), "rb") as f:
+            return f.read()
+
+    def fetch(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str, entry: dict) -> str:
+        """Path of a verified local copy of a remote shard file; the first process on the node downloads it."""
+        target = self.shard_path(root, dataset, entry)
+        if os.path.exists(target):  # visible means verified: no lock needed
+            return target
+        with file_lock(target + ".lock"):
+            if not os.path.exists(target):  # another process may have finished while we waited
+                self._download(fs, remote_path, uri, target, entry, dataset)
+        return target
+
+    def _download(self, fs: pafs.FileSystem, remote_path: str, uri: str, target: str, entry: dict,
+                  dataset: str) -> None:
+        part = target + ".part"  # a fixed name, so a killed process's partial download is found again
+        for fresh in (False, True):
+            if fresh and os.path.exists(part):
+                os.remove(part)
+            resumed = self._with_retries(uri, lambda: self._copy(fs, remote_path, uri, part))
+            digest = file_sha256(part)
+            if digest == entry["sha256"]:
+                os.replace(part, target)
+                return
+            if not resumed:  # a whole fresh download that does not match: the stored file is bad
+                break
+            # A resumed partial may hold bytes of an older file: never use it, start from zero once.
+            log.warning("resumed download of %s does not match its sha256; downloading it from the start", uri)
+        os.remove(part)
+        raise ShardError(f"corrupt shard {uri}: sha256 {digest[:12]}... does not match the manifest's "
+                         f"{entry['sha256'][:12]}...; re-ingest {dataset!r}.")
+
+    def _copy(self, fs: pafs.FileSystem, remote_path: str, uri: str, part: str) -> bool:
+        """Download into ``part``, continuing from what it holds; True when it continued a partial file."""
+        with fs.open_input_file(remote_path) as source:
+            size = source.size()
+            offset = os.path.getsize(part) if os.path.exists(part) else 0
+            if offset > size:  # not a prefix of this file
+                offset = 0
+            start = offset
+            if offset:
+                log.info("resuming download of %s at byte %d of %d", uri, offset, size)
+            else:
+                log.info("downloading %s (%.1f MB) into the node cache", uri, size / 1e6)
+            source.seek(offset)
+            with open(part, "r+b" if offset else "wb") as out:
+                out.seek(offset)
+                out.truncate()
+                while offset < size:
+                    chunk = source.read(min(CHUNK_BYTES, size - offset))
+                    if not chunk:
+                        raise OSError(f"{uri} ended at byte {offset} of {size}")
+                    out.write(chunk)
+                    offset += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        return start > 0
+
+    def _with_retries(self, uri: str, action):
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return action()
+            except FileNotFoundError:
+                raise
+            except OSError as e:  # pyarrow's S3 errors are OSErrors
+                if attempt == self.attempts:
+                    raise ShardError(
+                        f"cannot read {uri} after {attempt} attempts (last error: {e}). Check that the "
+                        "bucket and file exist, that the credentials can read them (AWS_ACCESS_KEY_ID / "
+                        "AWS_PROFILE / instance role), that AWS_ENDPOINT_URL is right if you set it, and "
+                        "that this node can reach the storage."
+                    ) from None
+                delay = self.backoff_s * 2 ** (attempt - 1)
+                log.warning("reading %s failed (%s); attempt %d of %d, retrying in %.1f s",
+                            uri, e, attempt, self.attempts, delay)
+                time.sleep(delay)

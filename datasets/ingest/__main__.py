@@ -1,0 +1,115 @@
+"""``python -m datasets.ingest {medvlsm,raw}``: a dataset folder into shards, a manifest and a report.
+
+Exit status: 0 written (problems, if any, quarantined and listed in ``<to>/<name>/quarantine.json``);
+1 under --strict on the first problem (nothing written), or when no row is valid; 2 on a usage or
+storage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from datasets.ingest.medvlsm import FAMILIES, TEST_ONLY, LayoutError, medvlsm_records
+from datasets.ingest.rows import REPORT_NAME, IngestError, StrictError, ingest
+from datasets.shards import ShardError, ShardStore
+from prompts.templates import PROMPT_TYPES
+
+
+def cmd_medvlsm(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    name = args.name or folder.resolve().name
+    family = args.family or FAMILIES.get(name)
+    if name in TEST_ONLY and not args.test_only:
+        print(f"note: the study used {name} only for testing; --test-only puts every annotation file in 'test'",
+              file=sys.stderr)
+    return run(lambda: medvlsm_records(folder, name, family, args.class_name, args.test_only),
+               args, name, family, str(folder))
+
+
+def cmd_raw(args: argparse.Namespace) -> int:
+    try:
+        readers = importlib.import_module("datasets.ingest.raw").READERS
+    except (ImportError, AttributeError) as e:
+        print(f"error: raw readers are not available ({e}): datasets/ingest/raw/__init__.py must define READERS",
+              file=sys.stderr)
+        return 2
+    if args.dataset not in readers:
+        print(f"error: no raw reader {args.dataset!r}; known: {', '.join(sorted(readers))}", file=sys.stderr)
+        return 2
+    reader = readers[args.dataset]
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"error: download folder {folder} does not exist", file=sys.stderr)
+        return 2
+    name = args.name or reader.name
+    return run(lambda: reader.records(folder, args.seed), args, name, reader.family, str(folder))
+
+
+def run(records, args: argparse.Namespace, name: str, family: str | None, source: str) -> int:
+    store = ShardStore(args.to)
+    try:
+        manifest, report = ingest(records, store, name, family, source, strict=args.strict,
+                                  progress=not args.quiet)
+    except StrictError as e:
+        print(f"error (--strict): {e.problem}\nnothing was written to {store.root}/{name}", file=sys.stderr)
+        return 1
+    except IngestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    print(f"shards: {store.root}/{name}/manifest.json ({', '.join(manifest.prompt_types)}); "
+          f"report: {store.root}/{name}/{REPORT_NAME}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m datasets.ingest",
+                                  description="Ingest a dataset into Parquet shards (a folder or s3://).")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{medvlsm,raw}")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--to", required=True, help="shard root: a folder or s3://bucket/prefix")
+        p.add_argument("--strict", action="store_true",
+                       help="stop at the first bad record and write nothing (default: quarantine it and go on)")
+        p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    medvlsm = sub.add_parser("medvlsm", help="the study's released layout data/<name>/{anns,images,masks}",
+                             description="Read anns/<split>.json with images/ and masks/; prompts are kept "
+                                         "verbatim. Duplicates are quarantined, images shared by splits noted.")
+    medvlsm.add_argument("folder", help="the dataset folder, e.g. data/kvasir_polyp")
+    medvlsm.add_argument("--name", help="dataset name in the shards (default: the folder's name)")
+    medvlsm.add_argument("--family", choices=sorted(PROMPT_TYPES),
+                         help="prompt family recorded in the manifest (default: from the study's folder name)")
+    medvlsm.add_argument("--class-name", help="class name of every row (default: CAMUS structure, BUSI "
+                                              "'tumor', else the P1 prompt)")
+    medvlsm.add_argument("--test-only", action="store_true",
+                         help="every annotation file goes to split 'test' (CVC-300, ColonDB, ETIS in the study)")
+    common(medvlsm)
+    medvlsm.set_defaults(func=cmd_medvlsm)
+
+    raw = sub.add_parser("raw", help="an original public download (Kvasir-SEG, CAMUS, BUSI, ...)",
+                         description="Read an original distribution, make the study's splits (seeded) and "
+                                     "generate prompts with prompts/.")
+    raw.add_argument("dataset", help="which distribution (see the error message for the list)")
+    raw.add_argument("folder", help="the download folder")
+    raw.add_argument("--name", help="dataset name in the shards (default: the reader's)")
+    raw.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+    common(raw)
+    raw.set_defaults(func=cmd_raw)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (LayoutError, ShardError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""``python -m datasets.validate <root> [--dataset NAME]``: check every row of every shard.
+
+Per dataset: the manifest parses; every file it lists exists, matches its sha256 and row count, and
+the split counts add up; every row has the dataset's name and split, a unique sample_id, an image
+and a mask that decode, a binary 0/255 single-channel mask the size of the image and of the row's
+height/width, and for every prompt type of the manifest a non-empty list of strings (non-empty
+strings, but p0 may be [""]). Prints OK per dataset or each problem with file, row and field; exits
+1 if any problem was found, 2 if the root cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import posixpath
+import sys
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from datasets.decoded import decode_mask
+from datasets.shards import BASE_FIELDS, ShardError, ShardStore
+
+BATCH_ROWS = 100  # one row group at a time keeps memory small for large shards
+
+
+@dataclass
+class DatasetCheck:
+    dataset: str
+    rows: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def image_hw(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.height, image.width
+
+
+def check_row(row: dict, where: str, dataset: str, split: str, prompt_types: tuple[str, ...]) -> list[str]:
+    """Problems of one row, each naming the row and the field."""
+    problems = []
+    for name, expected in (("dataset", dataset), ("split", split)):
+        if row.get(name) != expected:
+            problems.append(f"{where}, field {name!r}: {row.get(name)!r}, expected {expected!r}")
+    if not row.get("class_name"):
+        problems.append(f"{where}, field 'class_name': empty")
+    try:
+        h, w = image_hw(row["image"])
+    except (OSError, ValueError, TypeError, Image.DecompressionBombError) as e:
+        problems.append(f"{where}, field 'image': does not decode ({type(e).__name__}: {e})")
+        h = w = None
+    try:
+        mask = decode_mask(row["mask"], where)
+    except (ShardError, TypeError) as e:
+        problems.append(str(e))
+        mask = None
+    if (h, w) != (row["height"], row["width"]) and h is not None:
+        problems.append(f"{where}, field 'height'/'width': row says {row['height']}x{row['width']}, "
+                        f"image is {h}x{w} (HxW)")
+    if mask is not None and mask.shape != (row["height"], row["width"]):
+        problems.append(f"{where}, field 'mask': {mask.shape[0]}x{mask.shape[1]} (HxW), "
+                        f"row says {row['height']}x{row['width']}")
+    for prompt_type in prompt_types:
+        texts = row.get(prompt_type)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            problems.append(f"{where}, field {prompt_type!r}: {texts!r}; expected a non-empty list of strings")
+        elif prompt_type != "p0" and not all(t.strip() for t in texts):
+            problems.append(f"{where}, field {prompt_type!r}: holds an empty string; only p0 may be empty")
+    return problems
+
+
+def validate_dataset(store: ShardStore, dataset: str) -> DatasetCheck:
+    check = DatasetCheck(dataset)
+    try:
+        manifest = store.manifest(dataset)
+    except (ShardError, KeyError) as e:
+        check.problems.append(f"{dataset}/manifest.json: {e}")
+        return check
+    expected_columns = {f.name for f in BASE_FIELDS} | set(manifest.prompt_types) | {"metadata"}
+    sample_ids: dict[str, str] = {}
+    for split, entry in manifest.splits.items():
+        listed = sum(f["rows"] for f in entry["files"])
+        if listed != entry["rows"]:
+            check.problems.append(f"{dataset}/manifest.json, split {split!r}: says {entry['rows']} rows, "
+                                  f"its files say {listed}")
+        check.rows[split] = 0
+        for file in entry["files"]:
+            label = f"{dataset}/{file['path']}"
+            try:
+                with store.fs.open_input_stream(posixpath.join(store.path, dataset, file["path"])) as f:
+                    data = f.read()
+            except FileNotFoundError:
+                check.problems.append(f"{label}: listed in the manifest but missing")
+                continue
+            if hashlib.sha256(data).hexdigest() != file["sha256"]:
+                check.problems.append(f"{label}: sha256 does not match the manifest")
+            try:
+                parquet = pq.ParquetFile(pa.BufferReader(data))
+            except (pa.ArrowInvalid, OSError) as e:
+                check.problems.append(f"{label}: not a readable Parquet file ({e})")
+                continue
+            missing = expected_columns - set(parquet.schema_arrow.names)
+            if missing:
+                check.problems.append(f"{label}: missing column(s) {', '.join(sorted(missing))}")
+                continue
+            if parquet.metadata.num_rows != file["rows"]:
+                check.problems.append(f"{label}: holds {parquet.metadata.num_rows} rows, the manifest says "
+                                      f"{file['rows']}")
+            index = 0
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+                for row in batch.to_pylist():
+                    where = f"{label} row {index} (sample_id {row.get('sample_id')!r})"
+                    check.problems += check_row(row, where, dataset, split, manifest.prompt_types)
+                    sid = row.get("sample_id")
+                    if sid in sample_ids:
+                        check.problems.append(f"{where}, field 'sample_id': also used at {sample_ids[sid]}")
+                    sample_ids[sid] = f"{label} row {index}"
+                    index += 1
+            check.rows[split] += index
+    return check
+
+
+def validate(root: str, datasets: list[str] | None = None, out=sys.stdout) -> list[DatasetCheck]:
+    store = ShardStore(root)
+    names = datasets or store.datasets()
+    if not names:
+        print(f"no datasets (no */manifest.json) under {store.root}", file=out)
+    checks = []
+    for name in names:
+        check = validate_dataset(store, name)
+        checks.append(check)
+        counts = ", ".join(f"{s} {n}" for s, n in check.rows.items())
+        if check.ok:
+            print(f"OK {name}: {sum(check.rows.values())} rows ({counts})", file=out)
+        else:
+            print(f"FAILED {name}: {len(check.problems)} problem(s)", file=out)
+            for problem in check.problems:
+                print(f"  {problem}", file=out)
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datasets.validate",
+                                     description="Check every row of the shards under a root (folder or s3://).")
+    parser.add_argument("root", help="shard root: a folder or s3://bucket/prefix")
+    parser.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: all)")
+    args = parser.parse_args(argv)
+    try:
+        checks = validate(args.root, args.dataset)
+    except (ShardError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if checks and all(c.ok for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Evaluation runs: the study's zero-shot grid, and finished experiments' best weights scored again.
+
+- ``zeroshot`` (paper, Figure 2): pretrained weights on every dataset and prompt type. These are
+  experiments of mode ``zeroshot`` (the Trainer trains 0 epochs and scores the weights as built), run
+  by the grid runner like any other: they get experiment ids, DONE markers, the report's rows and
+  ``status`` counts, and they spread over the cluster's GPUs one trial each.
+- ``ablate`` (Figure 3): each finished experiment on its test sets with its prompt perturbed at
+  inference: one attribute replaced by an uncommon word or by its opposite, or the class name alone;
+  the unperturbed prompt is scored too, as the reference for the relative change.
+- ``ood`` (Table 3): each finished experiment trained on one endoscopy set, on all six polyp test sets.
+
+An evaluation of ``ablate`` or ``ood`` has an id like an experiment's, a readable slug and a short
+hash: ``ablate-<experiment id>-<test set>-opposite-location-1a2b3c4d``. Its results go to
+``<storage>/<study>/evaluations/<id>/``, in the experiments' layout (spec.json, result.json,
+per_image.parquet, DONE last, or FAILED.json). One Ray Tune trial per source experiment, named
+``<kind>-<experiment id>``, rebuilds the model once, loads the stored best weights
+(``best_model.pt``, which live in S3 on a cluster) and runs that experiment's evaluations that are
+not finished; one that breaks records FAILED.json and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+
+from datasets.shards import ShardError, ShardStore, absolute_uri
+from orchestrator.experiment import ExperimentSpec
+from orchestrator.results import ResultStore
+from prompts.perturb import OPPOSITES, Perturbation, PerturbationError
+from prompts.templates import TEMPLATE_ATTRIBUTES
+
+EVALUATIONS = "evaluations"  # the folder beside "experiments" in <storage>/<study>/
+KINDS = ("ablate", "ood")
+# Table 3's six polyp sets under the names ingest gives them: models trained on one of them
+# (Kvasir-SEG, ClinicDB, BKAI) are tested on all six.
+POLYP_TEST_SETS = ("kvasir_polyp", "clinicdb_polyp", "bkai_polyp", "cvc300_polyp", "colondb_polyp", "etis_polyp")
+# Values the ablation leaves alone: the class name (``class_only`` tests it) and whole sentences.
+NOT_PERTURBED = ("class_name", "description", "report")
+# The study's zero-shot CLIPSeg; CRIS needs its checkpoint file: --weights cris=PATH.pth.
+DEFAULT_ZEROSHOT_WEIGHTS = {"clipseg": "CIDAS/clipseg-rd64-refined"}
+
+
+def parse_perturbation(text: str | None) -> Perturbation | None:
+    """``opposite:location``, ``random_word:size``, ``class_only``; None or "" for no perturbation."""
+    if not text:
+        return None
+    kind, _, attribute = text.partition(":")
+    return Perturbation(kind, attribute or None)
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    kind: str  # ablate | ood
+    source: str  # id of the finished experiment whose best weights are scored
+    eval_set: str  # dataset whose test split is scored
+    prompt_type: str  # the prompt type given at inference (the one the source trained on)
+    perturbation: str | None = None  # e.g. "opposite:location"; None: the prompts as rendered
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown evaluation kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+        parse_perturbation(self.perturbation)  # a malformed one fails here, not in a trial
+
+    @property
+    def id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode())
+        change = f"-{self.perturbation.replace(':', '-')}" if self.perturbation else ""
+        return f"{self.kind}-{self.source}-{self.eval_set}{change}-{digest.hexdigest()[:8]}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvaluationSpec:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+# -- which evaluations ---------------------------------------------------------------------------
+def zeroshot_specs(weights: dict[str, str], prompts: dict[str, tuple[str, ...]], size: str = "full"
+                   ) -> list[ExperimentSpec]:
+    """One zero-shot experiment per (model and its weights, dataset, prompt type).
+
+    Training fields keep their defaults: they do not change a zero-shot score, and leaving them out
+    of the hash keeps the ids of these experiments independent of the training defaults.
+    """
+    return [ExperimentSpec(model=model, mode="zeroshot", train_set=dataset, prompt_type=prompt, size=size,
+                           weights=w)
+            for model, w in weights.items() for dataset, types_ in prompts.items() for prompt in types_]
+
+
+def ablation_perturbations(family: str, prompt_type: str, requested: list[str] | None = None) -> list[str | None]:
+    """None (the reference), then the perturbations of Figure 3 this prompt type can take.
+
+    By default: every attribute value the prompt shows replaced by an uncommon word, and by its
+    opposite where the attribute has opposites, and the class name alone (unless that is the prompt).
+    ``requested`` narrows the list to those perturbations, where the prompt shows their attribute.
+    """
+    shown = TEMPLATE_ATTRIBUTES[family][prompt_type]
+    if requested is None:
+        values = [a for a in shown if a not in NOT_PERTURBED]
+        requested = [f"random_word:{a}" for a in values] + [f"opposite:{a}" for a in values if a in OPPOSITES]
+        requested += [] if prompt_type == "p1" else ["class_only"]
+    return [None, *(p for p in requested if p == "class_only" or p.partition(":")[2] in shown)]
+
+
+def ablation_specs(sources: list[dict], store: ShardStore, requested: list[str] | None = None
+                   ) -> tuple[list[EvaluationSpec], list[str]]:
+    """The ablation of each source on each of its test sets; also the sources whose prompts cannot
+    be perturbed (e.g. prompt type ``random``, a dataset without a prompt family)."""
+    specs, skipped = [], []
+    for source in sources:
+        for eval_set in source["eval_sets"]:
+            family = store.manifest(eval_set).prompt_family
+            if source["prompt_type"] not in TEMPLATE_ATTRIBUTES.get(family, {}):
+                skipped.append(f"{source['id']} on {eval_set}")
+                continue
+            specs += [EvaluationSpec("ablate", source["id"], eval_set, source["prompt_type"], p)
+                      for p in ablation_perturbations(family, source["prompt_type"], requested)]
+    return specs, skipped
+
+
+def ood_specs(sources: list[dict], test_sets: tuple[str, ...]) -> list[EvaluationSpec]:
+    """Each source trained on one of ``test_sets``, scored on every one of them, itself included."""
+    return [EvaluationSpec("ood", s["id"], test_set, s["prompt_type"])
+            for s in sources if s["mode"] != "zeroshot" and s["train_set"] in test_sets for test_set in test_sets]
+
+
+def finished_sources(storage: str, study: str, patterns: list[str] | None) -> list[dict]:
+    """Specs (with their ids) of the finished experiments whose ids match ``patterns``."""
+    from orchestrator.run import select
+
+    found = []
+    for result in ResultStore(storage, study).results():
+        # from_dict fills fields added since the experiment ran with their defaults.
+        spec = {**ExperimentSpec.from_dict(result["spec"]).to_dict(), "id": result["experiment_id"]}
+        found.append(types.SimpleNamespace(id=spec["id"], spec=spec))
+    return [f.spec for f in select(found, patterns)]
+
+
+def evaluation_problems(evaluations: list[EvaluationSpec], sources: dict[str, dict], data: str,
+                        experiments: ResultStore) -> list[str]:
+    """Missing test splits, prompt types, shard files and best weights, before any trial starts."""
+    store, problems, seen = ShardStore(data), [], set()
+    for spec in evaluations:
+        if (spec.eval_set, spec.prompt_type) in seen:
+            continue
+        seen.add((spec.eval_set, spec.prompt_type))
+        try:
+            store.check_split(spec.eval_set, "test", spec.prompt_type)
+            problems += [f"missing shard {uri}: the manifest lists it; re-ingest {spec.eval_set!r}"
+                         for uri in store.missing_files(spec.eval_set, "test")]
+        except ShardError as e:
+            problems.append(f"{spec.id}: {e}")
+    for source_id in sorted({s.source for s in evaluations}):
+        if sources[source_id]["mode"] != "zeroshot" and not experiments.has_weights(source_id):
+            problems.append(f"{source_id}: no best_model.pt in {experiments.uri}/experiments/{source_id}/ (it "
+                            "finished before weights were stored); run it again after deleting its DONE "
+                            "marker, or leave it out with --only")
+    return sorted(set(problems))
+
+
+# -- running them --------------------------------------------------------------------------------
+@dataclass
+class EvaluationOutcome:
+    skipped: int  # finished before this launch
+    skipped_failed: list[str] = field(default_factory=list)  # failed before this launch, not retried
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # id -> error
+    unfinished: list[str] = field(default_factory=list)  # stopped before the end, e.g. by Ctrl-C
+
+
+def evaluation_result(spec: EvaluationSpec, source: dict, dice: dict[str, float], prompts: dict[str, str],
+                      run: dict) -> dict:
+    """The result.json of an evaluation: mean and spread of dice, and the prompt each image got."""
+    return {
+        "evaluation_id": spec.id, "kind": spec.kind, "spec": spec.to_dict(), "source": source["id"],
+        "source_spec": source,
+        "eval": {spec.eval_set: {"dice_mean": statistics.fmean(dice.values()),
+                                 "dice_std": statistics.pstdev(dice.values()), "n_images": len(dice)}},
+        "prompts": dict(sorted(prompts.items())), "run": run,
+    }
+
+
+def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: str, study: str,
+                     threads: int = 1) -> None:
+    """A Tune trial: one source experiment's pending evaluations, one after another."""
+    import ray
+    import torch
+    from ray import tune
+
+    from trainables.evaluate import Evaluator
+
+    job = jobs[config["job"]]
+    source = job["source"]
+    evaluations = ResultStore(storage, study, EVALUATIONS)
+    torch.set_num_threads(threads)
+    resources = tune.get_context().get_trial_resources().required_resources
+    if torch.cuda.is_available() and 0 < resources.get("GPU", 0) < 1:
+        torch.cuda.set_per_process_memory_fraction(resources["GPU"])  # trials sharing a GPU must fit
+    done = evaluations.finished_ids()  # a retry after a lost worker skips what already finished
+    pending = [spec for spec in map(EvaluationSpec.from_dict, job["evaluations"]) if spec.id not in done]
+    try:
+        state = ResultStore(storage, study).read_weights(source["id"])
+        if state is None and source["mode"] != "zeroshot":
+            raise FileNotFoundError(f"no best_model.pt stored for {source['id']}")
+        evaluator = Evaluator(source, state, data)
+    except Exception as e:  # every evaluation of this source needs the model: record them all
+        for spec in pending:
+            evaluations.write_failure(spec.id, spec.to_dict(), f"cannot rebuild {source['id']}: "
+                                                               f"{type(e).__name__}: {e}")
+        tune.report({"finished": 0, "failed": len(pending)})
+        return
+    counts = {"finished": 0, "failed": 0}
+    for spec in pending:
+        started = time.time()
+        try:
+            dice, prompts = evaluator.evaluate(spec.eval_set, spec.prompt_type, parse_perturbation(spec.perturbation))
+        except Exception as e:  # a broken evaluation (bad rows, an attribute a sample lacks) is recorded
+            evaluations.write_failure(spec.id, spec.to_dict(), f"{type(e).__name__}: {e}")
+            counts["failed"] += 1
+        else:
+            run = {"started_at": started, "finished_at": time.time(), "resources": resources,
+                   "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_ip": ray.util.get_node_ip_address()}
+            evaluations.write_result(spec.to_dict(), evaluation_result(spec, source, dice, prompts, run),
+                                     {spec.eval_set: dice}, record_id=spec.id)
+            counts["finished"] += 1
+        tune.report({**counts, "pending": len(pending) - counts["finished"] - counts["failed"]})
+
+
+def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict], *, data: str, storage: str,
+                    study: str, address: str | None = None, fake_gpus: int | None = None,
+                    gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
+                    max_failures: int = 1, retry_failed: bool = False, verbose: int = 1) -> EvaluationOutcome:
+    """Run the evaluations not finished yet (nor failed, unless ``retry_failed``) as Tune trials."""
+    import ray
+    from ray import tune
+
+    from orchestrator.grid_runner import check_shared_storage, start_ray
+    from search_spaces.defaults import gpu_fraction
+
+    data, storage = absolute_uri(data), absolute_uri(storage)
+    store = ResultStore(storage, study, EVALUATIONS)
+    done, failed = store.finished_ids(), store.failed_ids()
+    todo = [e for e in evaluations if e.id not in done and (retry_failed or e.id not in failed)]
+    outcome = EvaluationOutcome(skipped=sum(e.id in done for e in evaluations),
+                                skipped_failed=[] if retry_failed else [e.id for e in evaluations if e.id in failed])
+    print(f"{len(evaluations)} evaluations: {outcome.skipped} already finished in {store.uri}/{EVALUATIONS}, "
+          f"{len(outcome.skipped_failed)} failed before (--retry-failed reruns them), {len(todo)} to run")
+    if not todo:
+        return outcome
+
+    jobs: dict[str, dict] = {}
+    for spec in todo:
+        job = jobs.setdefault(f"{spec.kind}-{spec.source}", {"source": sources[spec.source], "evaluations": []})
+        job["evaluations"].append(spec.to_dict())
+
+    store.check_writable()
+    use_gpus = start_ray(address, fake_gpus, dashboard)
+
+    def resources(config: dict) -> dict:  # as the grid's: the model's GPU share unless overridden
+        model = jobs[config["job"]]["source"]["model"]
+        gpu = gpus_per_trial if gpus_per_trial is not None else gpu_fraction(model)
+        return {"cpu": cpus_per_trial, "gpu": gpu if use_gpus else 0}
+
+    try:
+        check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
+        trainable = tune.with_parameters(evaluation_trial, jobs=jobs, data=data, storage=storage, study=study,
+                                         threads=max(1, math.floor(cpus_per_trial)))
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            param_space={"job": tune.grid_search(list(jobs))},
+            tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["job"],
+                                        trial_dirname_creator=lambda t: t.config["job"]),
+            run_config=tune.RunConfig(name=f"tune-{EVALUATIONS}", storage_path=store.uri, verbose=verbose,
+                                      failure_config=tune.FailureConfig(max_failures=max_failures)),
+        )
+        errors = {r.config["job"]: repr(r.error) for r in tuner.fit() if r.error is not None}
+    finally:
+        ray.shutdown()
+
+    finished_now = store.finished_ids()
+    for name, job in jobs.items():
+        for spec in map(EvaluationSpec.from_dict, job["evaluations"]):
+            if spec.id in finished_now:
+                outcome.finished.append(spec.id)
+            elif name in errors:  # the trial crashed, after Ray's retries, before recording this one
+                store.write_failure(spec.id, spec.to_dict(), errors[name])
+                outcome.failed[spec.id] = errors[name]
+            elif failure := store.failure(spec.id):
+                outcome.failed[spec.id] = failure["error"]
+            else:
+                outcome.unfinished.append(spec.id)
+    return outcome
+
+
+# -- command line (python -m orchestrator.run zeroshot|ablate|ood) --------------------------------
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from orchestrator.run import DEFAULT_DATA, DEFAULT_STORAGE
+
+    def common(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--data", default=DEFAULT_DATA,
+                       help=f"shard root: a folder or s3://... (default: {DEFAULT_DATA})")
+        p.add_argument("--storage", default=DEFAULT_STORAGE,
+                       help=f"results root, a folder or s3://... (default: {DEFAULT_STORAGE})")
+        p.add_argument("--study", default="demo", help="study name under --storage (default: demo)")
+        p.add_argument("--only", action="append", metavar="PATTERN",
+                       help=f"only {what} whose id matches PATTERN (glob or substring); repeatable")
+        p.add_argument("--dry-run", action="store_true", help="list what would run and its status, run nothing")
+        p.add_argument("--retry-failed", action="store_true", help="run again those that failed before")
+        p.add_argument("--address", help="Ray cluster to join (e.g. auto); default: a local Ray")
+        p.add_argument("--fake-gpus", type=int, metavar="N", help="declare N logical GPUs on a local Ray")
+        p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial (default: the model's)")
+        p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs per trial (default: 1)")
+        p.add_argument("--max-failures", type=int, default=1, metavar="K",
+                       help="times Ray retries a crashed trial (default: 1)")
+        p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+        p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune progress output")
+
+    zeroshot = sub.add_parser(
+        "zeroshot", help="score pretrained weights on every dataset and prompt type (Figure 2)",
+        description="Zero-shot experiments: each model's pretrained weights on the test split of every "
+                    "dataset (with train, val and test splits) and every prompt type, as grid experiments of "
+                    "mode zeroshot: finished ones are skipped and the results join the grid's.")
+    common(zeroshot, "experiments")
+    zeroshot.add_argument("--weights", action="append", metavar="MODEL=WEIGHTS",
+                          help="a model and its weights (hub id, folder or file); repeatable "
+                               f"(default: {' '.join(f'{m}={w}' for m, w in DEFAULT_ZEROSHOT_WEIGHTS.items())})")
+    zeroshot.add_argument("--size", choices=("full", "small"), default="full",
+                          help="architecture size the weights fit (default: full)")
+    zeroshot.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets (default: every one in --data "
+                                                                        "with train, val and test splits)")
+    zeroshot.add_argument("--prompts", nargs="+", metavar="P", help="prompt types (default: all of each dataset)")
+    zeroshot.set_defaults(func=cmd_zeroshot)
+
+    ablate = sub.add_parser(
+        "ablate", help="score finished experiments with perturbed prompts (Figure 3)",
+        description="For each finished experiment chosen by --only: its best weights on its test sets with "
+                    "the prompt as trained and with each perturbation at inference (an attribute value "
+                    "replaced by an uncommon word or by its opposite, or the class name alone).")
+    common(ablate, "source experiments")
+    ablate.add_argument("--perturb", action="append", metavar="KIND[:ATTRIBUTE]",
+                        help="only this perturbation, e.g. opposite:location, random_word:size, class_only; "
+                             "repeatable (default: every one the prompt type can take)")
+    ablate.set_defaults(func=cmd_ablate)
+
+    ood = sub.add_parser(
+        "ood", help="score experiments trained on one polyp set on all of them (Table 3)",
+        description="For each finished experiment chosen by --only that trained on one of --test-sets: its "
+                    "best weights on the test split of every one of them.")
+    common(ood, "source experiments")
+    ood.add_argument("--test-sets", nargs="+", default=list(POLYP_TEST_SETS), metavar="NAME",
+                     help=f"the endoscopy sets (default: {' '.join(POLYP_TEST_SETS)})")
+    ood.set_defaults(func=cmd_ood)
+
+
+def parse_weights(items: list[str] | None) -> dict[str, str]:
+    weights = {}
+    for item in items or ():
+        model, sep, value = item.partition("=")
+        if not sep or not model or not value:
+            raise ValueError(f"--weights {item!r}: expected MODEL=WEIGHTS, e.g. clipseg=CIDAS/clipseg-rd64-refined")
+        # A local folder or file must be found by every worker: give its absolute path.
+        weights[model] = os.path.abspath(value) if os.path.exists(value) else value
+    return weights
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from orchestrator.grid_runner import input_problems, run_grid
+    from orchestrator.run import select
+
+    try:
+        weights = parse_weights(args.weights) or DEFAULT_ZEROSHOT_WEIGHTS
+        store = ShardStore(args.data)
+        datasets = args.datasets or [d for d in store.datasets()
+                                     if {"train", "val", "test"} <= set(store.manifest(d).splits)]
+        prompts = {d: tuple(args.prompts or store.manifest(d).prompt_types) for d in datasets}
+    except (ValueError, ShardError, OSError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    specs = select(zeroshot_specs(weights, prompts, args.size), args.only)
+    if not specs:
+        print(f"no zero-shot experiment: no dataset in {args.data}, or none matches --only {args.only}",
+              file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return _list(specs, ResultStore(args.storage, args.study), "experiments")
+    problems = input_problems(specs, args.data)
+    if problems:
+        print("cannot start; fix these first:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
+    outcome = run_grid(specs, data=args.data, storage=args.storage, study=args.study, address=args.address,
+                       fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
+                       cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
+                       max_failures=args.max_failures, retry_failed=args.retry_failed, verbose=args.verbose)
+    return _summary(outcome, "experiments", args)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    try:
+        for item in args.perturb or ():
+            parse_perturbation(item)
+        sources = finished_sources(args.storage, args.study, args.only)
+        evaluations, skipped = ablation_specs(sources, ShardStore(args.data), args.perturb)
+    except (PerturbationError, ShardError, OSError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    if skipped:
+        print(f"{len(skipped)} cannot be ablated (their prompt type has no attributes to perturb): "
+              + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    return _evaluate(args, evaluations, sources)
+
+
+def cmd_ood(args: argparse.Namespace) -> int:
+    try:
+        sources = finished_sources(args.storage, args.study, args.only)
+    except OSError as e:
+        print(e, file=sys.stderr)
+        return 2
+    return _evaluate(args, ood_specs(sources, tuple(args.test_sets)), sources)
+
+
+def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sources: list[dict]) -> int:
+    if not evaluations:
+        print(f"nothing to evaluate: no finished experiment under {args.storage.rstrip('/')}/{args.study} fits "
+              f"(--only {args.only}); `report` lists the finished ones", file=sys.stderr)
+        return 2
+    experiments = ResultStore(args.storage, args.study)
+    if args.dry_run:
+        return _list(evaluations, ResultStore(args.storage, args.study, EVALUATIONS), "evaluations")
+    by_id = {s["id"]: s for s in sources}
+    try:
+        problems = evaluation_problems(evaluations, by_id, args.data, experiments)
+    except OSError as e:
+        problems = [f"cannot read shards at {args.data} ({e}); check --data and your credentials"]
+    if problems:
+        print("cannot start; fix these first:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
+    outcome = run_evaluations(evaluations, by_id, data=args.data, storage=args.storage, study=args.study,
+                              address=args.address, fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
+                              cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
+                              max_failures=args.max_failures, retry_failed=args.retry_failed,
+                              verbose=args.verbose)
+    return _summary(outcome, "evaluations", args)
+
+
+def _list(specs: list, store: ResultStore, what: str) -> int:
+    done, failed = store.finished_ids(), store.failed_ids()
+    for spec in specs:
+        print(f"{spec.id:<100} {'done' if spec.id in done else 'failed' if spec.id in failed else 'pending'}")
+    print(f"total: {len(specs)} {what} ({sum(s.id in done for s in specs)} done, "
+          f"{sum(s.id in failed for s in specs)} failed)")
+    return 0
+
+
+def _summary(outcome, what: str, args: argparse.Namespace) -> int:
+    from orchestrator.report import write_report
+
+    ran = len(outcome.finished) + len(outcome.failed) + len(outcome.unfinished)
+    print(f"ran {ran} {what}: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
+          f"{len(outcome.unfinished)} stopped before the end, {outcome.skipped} skipped as already finished")
+    for record_id, error in outcome.failed.items():
+        print(f"  FAILED {record_id}: {error}", file=sys.stderr)
+    if outcome.skipped_failed:
+        print(f"  {len(outcome.skipped_failed)} {what} failed in an earlier launch and were skipped (see "
+              "FAILED.json in each; --retry-failed reruns them)", file=sys.stderr)
+    if outcome.unfinished:
+        print("  rerun the same command to run the stopped ones", file=sys.stderr)
+    md, csv_uri, rows = write_report(args.storage, args.study)
+    print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
+    return 1 if outcome.failed or outcome.unfinished or outcome.skipped_failed else 0

@@ -1,0 +1,287 @@
+"""``python -m orchestrator.run hpo``: Table 4's search for one model, and the study's selection rule.
+
+A trial is one setting of Table 4 (optimizer, learning rate, scheduler, batch size) trained on every
+chosen dataset side by side, one epoch of each per step: it reports the mean validation dice over
+the datasets, which Optuna's TPE learns from and ASHA cuts weak settings on, and each dataset's best
+validation dice, which the selection rule reads. Sharing settings across datasets is what makes the
+study's rule (Appendix C.2: the setting "that showed optimal performance in most datasets") well
+defined: the selected setting is the one with the best validation dice on the most datasets.
+
+The grid never runs under ASHA; this search is where cutting trials short is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import posixpath
+import statistics
+import sys
+from collections import Counter
+
+from datasets.shards import ShardError, absolute_uri, filesystem_for, write_atomically
+from orchestrator.experiment import ExperimentSpec
+from search_spaces.defaults import SMALL_OVERRIDES, STUDY, STUDY_WEIGHTS, resources_for, training_defaults
+from search_spaces.hpo import (
+    BATCH_SIZES,
+    HPO_DATASETS,
+    HPO_PROMPT,
+    LR_RANGE,
+    OPTIMIZERS,
+    SCHEDULERS,
+    SEARCH_MODE,
+    SEARCHED,
+    tune_space,
+)
+
+METRIC, MODE = "val_dice", "max"
+SELECTION_FILE = "selection.json"
+RULE = ("the setting with the best validation dice on the most datasets (Appendix C.2: 'optimal performance "
+        "in most datasets'); a tie goes to the higher mean of the datasets' best validation dice")
+
+
+def hpo_uri(storage: str, study: str, model: str) -> str:
+    """Where a model's search keeps Tune's trials (``tune/``) and the selection."""
+    return f"{storage.rstrip('/')}/{study}/hpo/{model}"
+
+
+def base_spec(model: str, mode: str, size: str, prompt: str, max_epochs: int, weights: str | None) -> dict:
+    """The spec every trial starts from; a trial sets the searched fields and the dataset."""
+    sizing = {**SMALL_OVERRIDES} if size == "small" else {**STUDY}
+    spec = ExperimentSpec(model=model, mode=mode, train_set="-", prompt_type=prompt, weights=weights,
+                          **{**training_defaults(model), **sizing, "max_epochs": max_epochs})
+    return spec.to_dict()
+
+
+def trial_specs(base: dict, setting: dict, datasets: list[str]) -> dict[str, dict]:
+    """One spec per dataset for a setting; no test sets (the search reads validation dice only)."""
+    return {name: {**base, **{k: setting[k] for k in SEARCHED}, "train_set": name, "eval_sets": []}
+            for name in datasets}
+
+
+def search_trial(config: dict, base: dict, datasets: list[str], data: str, threads: int = 1) -> None:
+    """Ray Tune function trainable: train ``config``'s setting on every dataset, one epoch of each per
+    report, until the epoch budget or every dataset's early stopping."""
+    import torch
+    from ray import tune
+
+    from trainables.experiment import prepare
+
+    torch.set_num_threads(threads)
+    share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
+    if torch.cuda.is_available() and 0 < share < 1:
+        torch.cuda.set_per_process_memory_fraction(share)  # Ray does not enforce fractions
+    trainers = {name: prepare(spec, data)[0] for name, spec in trial_specs(base, config, datasets).items()}
+    latest: dict[str, float] = {}
+    while not all(t.finished for t in trainers.values()):
+        for name, trainer in trainers.items():
+            if not trainer.finished:
+                latest[name] = trainer.step().val_dice
+        best = {name: t.best_dice for name, t in trainers.items()}
+        tune.report({METRIC: statistics.fmean(latest.values()), "best_val_dice": statistics.fmean(best.values()),
+                     "epoch": max(t.epoch for t in trainers.values()),
+                     "val_dice_by_dataset": dict(latest), "best_val_dice_by_dataset": best})
+
+
+def trial_record(trial_id: str, config: dict, metrics: dict) -> dict:
+    best = metrics.get("best_val_dice_by_dataset") or {}
+    return {"trial_id": trial_id, "setting": {k: config[k] for k in SEARCHED},
+            "epochs": metrics.get("training_iteration", 0), "best_val_dice": dict(best),
+            "mean_best_val_dice": statistics.fmean(best.values()) if best else None}
+
+
+def select_setting(trials: list[dict], datasets: list[str]) -> dict:
+    """The study's rule over trial records (``trial_record``): each dataset's best trial, and the
+    setting best on the most datasets (ties: the higher mean best validation dice, then trial id)."""
+    usable = sorted((t for t in trials if all(d in t["best_val_dice"] for d in datasets)),
+                    key=lambda t: t["trial_id"])
+    if not usable:
+        raise ValueError(f"no trial reported a validation dice on every dataset ({', '.join(datasets)})")
+    per_dataset = {}
+    for name in datasets:
+        best = max(usable, key=lambda t: t["best_val_dice"][name])  # the first of equals: lowest trial id
+        per_dataset[name] = {"trial_id": best["trial_id"], "setting": best["setting"],
+                             "best_val_dice": best["best_val_dice"][name]}
+    wins = Counter(entry["trial_id"] for entry in per_dataset.values())
+    chosen = max(usable, key=lambda t: (wins[t["trial_id"]], t["mean_best_val_dice"]))
+    won = [d for d in datasets if per_dataset[d]["trial_id"] == chosen["trial_id"]]
+    return {
+        "rule": RULE,
+        "selected": {**chosen, "datasets_won": won, "wins": len(won), "of_datasets": len(datasets)},
+        "per_dataset": per_dataset,
+    }
+
+
+def write_json(uri: str, obj: dict) -> str:
+    fs, path = filesystem_for(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    write_atomically(fs, path, json.dumps(obj, indent=2, sort_keys=True).encode())
+    return uri
+
+
+def run_search(model: str, datasets: list[str], *, data: str, storage: str, study: str, size: str = "small",
+               mode: str | None = None, prompt: str = HPO_PROMPT, num_samples: int = 8, max_epochs: int = 4,
+               grace_period: int = 1, reduction_factor: float = 2, seed: int = 0, max_concurrent: int | None = 4,
+               weights: str | None = None, address: str | None = None, fake_gpus: int | None = None,
+               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, dashboard: bool = False,
+               verbose: int = 1) -> dict:
+    """Run the search and the selection; returns the selection record, also written to storage."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.grid_runner import check_shared_storage, start_ray
+
+    mode = mode or SEARCH_MODE[model]
+    data, storage = absolute_uri(data), absolute_uri(storage)
+    base = base_spec(model, mode, size, prompt, max_epochs, weights)
+    cpus = cpus_per_trial if cpus_per_trial is not None else (1.0 if size == "small" else None)
+    where = hpo_uri(storage, study, model)
+
+    use_gpus = start_ray(address, fake_gpus, dashboard)
+    try:
+        check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
+
+        def resources(config: dict) -> dict:
+            # An hpo trial holds one model per dataset; the sampled batch size sets the activations.
+            asked = resources_for({**base, "batch_size": config["batch_size"]}, gpus_per_trial, cpus,
+                                  replicas=len(datasets))
+            return {"cpu": asked["cpu"], "gpu": asked["gpu"] if use_gpus else 0}
+
+        threads = max(1, math.floor(cpus or resources_for(base)["cpu"]))
+        trainable = tune.with_resources(
+            tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data, threads=threads),
+            resources)
+        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+        if max_concurrent:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space(),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=num_samples, reuse_actors=True,
+                scheduler=ASHAScheduler(max_t=max_epochs, grace_period=grace_period,
+                                        reduction_factor=reduction_factor),
+                trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
+                trial_dirname_creator=lambda trial: f"{model}-{trial.trial_id}"),
+            run_config=tune.RunConfig(name="tune", storage_path=where, verbose=verbose),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+
+    trials = [trial_record(r.metrics.get("trial_id", posixpath.basename(r.path)), r.config, r.metrics)
+              for r in grid if r.error is None and r.metrics]
+    errors = {posixpath.basename(r.path): repr(r.error) for r in grid if r.error is not None}
+    selection = select_setting(trials, list(datasets))
+    record = {
+        "model": model, "mode": mode, "size": size, "prompt_type": prompt, "datasets": list(datasets),
+        "metric": f"{METRIC} ({MODE}), mean over the datasets; the rule reads each dataset's best",
+        "search": {"space": {"optimizer": list(OPTIMIZERS), "lr": {"loguniform": list(LR_RANGE)},
+                             "scheduler": list(SCHEDULERS), "batch_size": list(BATCH_SIZES)},
+                   "searcher": f"OptunaSearch (TPE, seed {seed})", "num_samples": num_samples,
+                   "scheduler": {"ASHA": {"max_t": max_epochs, "grace_period": grace_period,
+                                          "reduction_factor": reduction_factor, "time_attr": "training_iteration"}},
+                   "base_spec": {k: v for k, v in base.items() if k not in ("train_set", "eval_sets", *SEARCHED)}},
+        **selection,
+        "trials": sorted(trials, key=lambda t: t["trial_id"]),
+        "errors": errors,
+        "tune_dir": f"{where}/tune",
+    }
+    record["uri"] = write_json(f"{where}/{SELECTION_FILE}", record)
+    return record
+
+
+def describe(record: dict) -> list[str]:
+    """The selection in a few lines: the setting, its wins, and each dataset's best trial."""
+    def setting(s: dict) -> str:
+        return f"{s['optimizer']}, lr {s['lr']:.2e}, {s['scheduler']}, batch {s['batch_size']}"
+
+    chosen = record["selected"]
+    stopped = sum(t["epochs"] < record["search"]["scheduler"]["ASHA"]["max_t"] for t in record["trials"])
+    lines = [f"{len(record['trials'])} trials ({stopped} stopped before the last epoch), "
+             f"{len(record['errors'])} errors",
+             f"selected for {record['model']} ({record['mode']}, {record['size']}): {setting(chosen['setting'])}",
+             f"  best on {chosen['wins']} of {chosen['of_datasets']} datasets ({', '.join(chosen['datasets_won'])}); "
+             f"mean best validation dice {chosen['mean_best_val_dice']:.4f} (trial {chosen['trial_id']})",
+             "per dataset, the best trial:"]
+    for name, best in record["per_dataset"].items():
+        lines.append(f"  {name:<16} {best['best_val_dice']:.4f}  {best['trial_id']}: {setting(best['setting'])}")
+    lines.append(f"selection and evidence: {record['uri']}")
+    return lines
+
+
+def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_storage: str) -> None:
+    from search_spaces.defaults import MODEL_DEFAULTS
+
+    p.add_argument("--model", required=True, choices=sorted(MODEL_DEFAULTS), help="the model to search for")
+    p.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="datasets to search on; 'study' means the study's eight "
+                        f"({', '.join(HPO_DATASETS)}); default: the synthetic demo sets")
+    p.add_argument("--size", choices=("small", "full"), default="small",
+                   help="model size: small (tests, the embedded default) or full (the study; pretrained weights)")
+    p.add_argument("--mode", choices=("frozen", "finetune"),
+                   help="what trains (default: as the study, frozen for the CLIPSeg family, else finetune)")
+    p.add_argument("--prompt", default=HPO_PROMPT,
+                   help=f"prompt type on every dataset (default: {HPO_PROMPT}, a draw among P1..PN per sample)")
+    p.add_argument("--num-samples", type=int, default=8, metavar="N", help="settings to try (default: 8)")
+    p.add_argument("--max-epochs", type=int, default=4, metavar="E",
+                   help="epochs per trial, ASHA's max_t (default: 4)")
+    p.add_argument("--grace-period", type=int, default=1, metavar="E", help="ASHA grace period (default: 1)")
+    p.add_argument("--reduction-factor", type=float, default=2, metavar="R", help="ASHA reduction factor (default: 2)")
+    p.add_argument("--max-concurrent", type=int, default=4, metavar="K",
+                   help="trials running at once, so TPE learns from finished ones (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    p.add_argument("--data", default=default_data, help=f"shard root, folder or s3:// (default: {default_data})")
+    p.add_argument("--storage", default=default_storage,
+                   help=f"results root, folder or s3:// (default: {default_storage})")
+    p.add_argument("--study", help="study name under --storage (default: demo for --size small, else study)")
+    p.add_argument("--address", help="Ray cluster to join (e.g. auto); default: a local Ray")
+    p.add_argument("--fake-gpus", type=int, metavar="N", help="declare N logical GPUs on a local Ray")
+    p.add_argument("--gpus-per-trial", type=float, metavar="F",
+                   help="GPU share per trial (default: from the model and the sampled batch size)")
+    p.add_argument("--cpus-per-trial", type=float, metavar="C",
+                   help="CPUs per trial (default: 1 for small models, else the model's)")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune output (default: 1)")
+
+
+def cmd_hpo(args: argparse.Namespace) -> int:
+    from datasets.synthetic import SYNTHETIC_DATASETS
+    from orchestrator.grid_runner import input_problems
+    from orchestrator.run import ensure_synthetic
+
+    datasets = args.datasets or list(SYNTHETIC_DATASETS)
+    if datasets == ["study"]:
+        datasets = list(HPO_DATASETS)
+    study = args.study or ("demo" if args.size == "small" else "study")
+    mode = args.mode or SEARCH_MODE[args.model]
+    weights = STUDY_WEIGHTS[args.model] if args.size == "full" else None
+    base = base_spec(args.model, mode, args.size, args.prompt, args.max_epochs, weights)
+    specs = [ExperimentSpec.from_dict(spec) for spec in trial_specs(base, base, datasets).values()]
+    try:
+        if any(name in SYNTHETIC_DATASETS for name in datasets):
+            ensure_synthetic(args.data, "demo")
+        problems = input_problems(specs, args.data)
+    except ShardError as e:
+        problems = [str(e)]
+    except OSError as e:
+        problems = [f"cannot read shards at {args.data} ({e}); check --data and your credentials"]
+    if problems:
+        print("cannot start the search; fix these first:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
+    try:
+        record = run_search(args.model, datasets, data=args.data, storage=args.storage, study=study, size=args.size,
+                            mode=mode, prompt=args.prompt, num_samples=args.num_samples, max_epochs=args.max_epochs,
+                            grace_period=args.grace_period, reduction_factor=args.reduction_factor, seed=args.seed,
+                            max_concurrent=args.max_concurrent, weights=weights, address=args.address,
+                            fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
+                            cpus_per_trial=args.cpus_per_trial, verbose=args.verbose)
+    except ValueError as e:  # no trial finished an epoch on every dataset
+        print(f"no setting selected: {e}", file=sys.stderr)
+        return 1
+    print(*describe(record), sep="\n")
+    return 0

@@ -1,0 +1,53 @@
+"""Score a finished experiment's best weights on any test split, prompt type and prompt perturbation.
+
+Plain Python, no Ray: the evaluation runs (``ablate``, ``ood``) call it from Tune trials, tests and
+notebooks call it directly. The model is rebuilt from the experiment's spec, with the same seed (so
+the frozen random weights come back identical) or the same pretrained weights, and the stored best
+weights, which hold only what training changed, are loaded over it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from datasets.segmentation import SegmentationSplit
+from datasets.shards import ShardStore
+from prompts.perturb import Perturbation
+from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs
+from trainables.trainer import TrainConfig, Trainer
+
+
+def load_best_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load trainable weights over a rebuilt model; a state that does not fit it is an error."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise ValueError(f"the best weights of {source} do not fit the model its spec builds: missing "
+                         f"{sorted(trainable & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
+class Evaluator:
+    """One experiment's model, built once, scored on as many (dataset, prompt, perturbation) as asked."""
+
+    def __init__(self, spec: dict, best_state: dict[str, torch.Tensor] | None, data: str,
+                 device: torch.device | None = None):
+        self.spec, self.store = spec, ShardStore(data)
+        self.inputs = model_inputs(spec["model"], spec["size"])
+        torch.manual_seed(spec["seed"])  # as in trainables.experiment.prepare: the same frozen init
+        model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"])
+        if best_state is not None:  # None: a zero-shot experiment, evaluated as built
+            load_best_state(model, best_state, spec.get("id", spec["model"]))
+        config = TrainConfig(batch_size=spec["batch_size"], bce_weight=spec["bce_weight"], seed=spec["seed"],
+                             encoder_prefixes=ENCODER_PREFIXES[spec["model"]], max_epochs=0)
+        # The Trainer's evaluation path (batching, normalisation, autocast, dice at the original
+        # size) is what scored the experiment; it needs no training data here.
+        self.trainer = Trainer(model, build_tokenizer(spec["model"], spec["weights"]), self.inputs, config,
+                               train_set=None, val_set=None, device=device)
+
+    def evaluate(self, dataset: str, prompt_type: str, perturbation: Perturbation | None = None
+                 ) -> tuple[dict[str, float], dict[str, str]]:
+        """Dice per test image, and the prompt each image was given."""
+        split = SegmentationSplit(self.store, dataset, "test", prompt_type, self.inputs.input_size, train=False,
+                                  seed=self.spec["seed"], perturbation=perturbation)
+        _, dice = self.trainer.evaluate(split)
+        return dice, {split.sample_ids[i]: split.prompt(i) for i in range(len(split))}
