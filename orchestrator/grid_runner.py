@@ -112,6 +112,10 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
              if outcome.skipped_failed else "")
           + (f"{len(retried)} failed before (retried), " if retried else "")
           + f"{len(todo)} to run" + (f", {resumable} of them from their checkpoints" if resumable else ""))
+    # A driver stopped between a trial's DONE and its cleanup leaves the resume state behind.
+    for experiment_id in sorted(done):
+        if results.CHECKPOINT in files[experiment_id] or results.PROGRESS in files[experiment_id]:
+            results.clear_resume_state(experiment_id)
     if not todo:
         return outcome
 

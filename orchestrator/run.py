@@ -52,8 +52,6 @@ def ensure_synthetic(data: str, profile: str) -> None:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from orchestrator.grid_runner import input_problems, run_grid
-    from orchestrator.report import write_report
     from orchestrator.results import ResultStore, StorageError
 
     try:
@@ -69,13 +67,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
         from search_spaces.grid import block_summary, blocks_for
 
         done = ResultStore(args.storage, study).finished_ids()
-        print(f"{'experiment id':<52} {'model':<8} {'mode':<9} {'train set':<14} prompt  status")
+        print(f"{'experiment id':<52} {'model':<15} {'mode':<9} {'train set':<15} prompt  status")
         for s in specs:
             state = "done" if s.id in done else "pending"
-            print(f"{s.id:<52} {s.model:<8} {s.mode:<9} {s.train_set:<14} {s.prompt_type:<7} {state}")
+            print(f"{s.id:<52} {s.model:<15} {s.mode:<9} {s.train_set:<15} {s.prompt_type:<7} {state}")
         print(*block_summary(blocks_for(args.profile, args.block), specs), sep="\n")
         print(f"total: {len(specs)} experiments ({sum(s.id in done for s in specs)} done)")
         return 0
+    # Imported here, after --dry-run: they load PyTorch and every model, which a listing does not need.
+    from orchestrator.grid_runner import input_problems, run_grid
+    from orchestrator.report import write_report
+
     try:
         ensure_synthetic(args.data, args.profile)
         problems = input_problems(specs, args.data)

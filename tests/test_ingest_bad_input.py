@@ -199,3 +199,13 @@ def test_raw_command_line(tmp_path):
     assert "kvasir_polyp" in unknown.stderr
     wrong = run_ingest("raw", "busi", str(download), "--to", str(shards))
     assert wrong.returncode == 2 and f"error: {download}" in wrong.stderr
+
+
+def test_no_valid_row_writes_nothing(tmp_path):
+    folder = make_layout(tmp_path / "data", "polyps", {"train": [polyp_entry("a")]})
+    (folder / "masks/a.png").unlink()
+    result = run_ingest("medvlsm", str(folder), "--to", str(tmp_path / "shards"))
+    assert result.returncode == 1
+    assert "no valid rows for dataset 'polyps'; nothing written" in result.stderr
+    assert "masks/a.png not found" in result.stderr
+    assert not (tmp_path / "shards").exists() or not list((tmp_path / "shards").rglob("*.*"))

@@ -110,12 +110,16 @@ def test_test_only_dataset(tmp_path):
                               "etis_polyp", "non_radiology", str(only_test), progress=False)
     assert list(manifest.splits) == ["test"] and report.rows == {"test": 6}
 
-    # Released CVC-300 has train.json and test.json, both scored as test: --test-only pools them.
-    two_files = make_layout(tmp_path / "data", "cvc300_polyp", {"train": entries[:2], "test": entries[2:]})
+    # Released CVC-300 has train.json and test.json, both scored as test: --test-only pools them,
+    # and an entry in both files is then a duplicate within "test".
+    two_files = make_layout(tmp_path / "data", "cvc300_polyp", {"train": entries[:3], "test": entries[2:]})
     result = run_ingest("medvlsm", str(two_files), "--to", str(tmp_path / "shards"), "--test-only")
     assert result.returncode == 0, result.stderr
     assert list(store.manifest("cvc300_polyp").splits) == ["test"]
     assert len(rows_by_id(store, "cvc300_polyp", "test")) == 6
+    [repeat] = json.loads((tmp_path / "shards/cvc300_polyp" / REPORT_NAME).read_text())["quarantined"]
+    assert repeat["source"].startswith("anns/test.json entry 0")
+    assert "duplicate of anns/train.json entry 2" in repeat["reason"]
 
 
 def test_other_record_variants(tmp_path):
@@ -134,7 +138,7 @@ def test_other_record_variants(tmp_path):
     assert report.rows == {"train": 4} and report.quarantined == []
     rows = rows_by_id(store, "dfu", "train")
     assert "bbox" not in rows["b"]["metadata"] and rows["a"]["metadata"]["bbox"] == "1,2,3,4"
-    assert rows["c"]["metadata"] == {"img_name": "c.png", "mask_name": "c.png"}
+    assert rows["c"]["metadata"] == {"img_name": "c.png", "mask_name": "c.png", "anns": "train.json"}
     assert rows["d"]["metadata"]["segment_id"] == "17"
     for name, row in rows.items():
         assert row["p0"] == [""] and row["p1"] == ["polyp"]

@@ -4,6 +4,7 @@ from every member with distinct ids, and the pools and their evaluation sets are
 import pytest
 from torch.utils.data import DataLoader
 
+from datasets.ingest.medvlsm import FAMILIES, TEST_ONLY
 from datasets.pooled import POOLED_VIEWS, PooledSplit, member_splits, open_split, pooled_rows
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import RANDOM_PROMPT, ShardError, ShardStore
@@ -80,8 +81,13 @@ def test_pools_and_evaluation_sets_are_the_studys():
     assert len(everything.members) == 8 and len(everything.eval_sets) == 11
 
 
-def test_pools_agree_with_the_grid():
+def test_pools_and_ingest_names_agree_with_the_grid():
+    """The grid's dataset table (search_spaces/datasets.py) and the data side name the same things."""
     grid = pytest.importorskip("search_spaces.datasets")
     for name, view in POOLED_VIEWS.items():
         assert set(grid.POOLS[name].members) == set(view.members)
         assert set(grid.POOLS[name].eval_sets) == set(view.eval_sets)
+    for name, info in grid.DATASETS.items():
+        if name in FAMILIES:  # the released layout's folders (MIMIC-CXR lungs has none)
+            assert FAMILIES[name] == info.prompt_family
+            assert (name in TEST_ONLY) == info.test_only

@@ -174,6 +174,7 @@ def medvlsm_records(folder: Path, dataset: str, family: str | None = None, class
     mask_ids: dict[Path, str] = {}
     used_ids: set[str] = set()
     masks_root = folder / "masks"
+    seen: dict[str, dict[tuple[Path, Path], str]] = {}  # split -> (image, mask) -> first entry using them
     for anns in annotation_files(folder):
         split = "test" if test_only else anns.stem
         file_label = f"anns/{anns.name}"
@@ -190,7 +191,7 @@ def medvlsm_records(folder: Path, dataset: str, family: str | None = None, class
             continue
         images_dir = lookup_folder(folder, "images", anns.stem)
         masks_dir = lookup_folder(folder, "masks", anns.stem)
-        seen_here: dict[tuple[Path, Path], str] = {}
+        seen_here = seen.setdefault(split, {})  # per split: --test-only pools several files into one
         for i, entry in enumerate(entries):
             source = f"{file_label} entry {i}"
             if not isinstance(entry, dict):
@@ -231,6 +232,6 @@ def medvlsm_records(folder: Path, dataset: str, family: str | None = None, class
                 sample_id=sample_id, split=split, source=f"{source}: {image} + {mask}",
                 load_image=_image_loader(image), load_mask=lambda mask=mask: load_binary_mask(mask),
                 class_name=class_name or class_name_of(family, prompts, entry["mask_name"], dataset),
-                metadata=entry_metadata(entry), prompts=prompts,
+                metadata={**entry_metadata(entry), "anns": anns.name}, prompts=prompts,
             )
 

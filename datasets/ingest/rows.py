@@ -240,18 +240,15 @@ def ingest(records: Callable[[], Iterable[Record | RowProblem]], store: ShardSto
                             progress=Progress(f"{dataset} (checking)") if progress else None):
             pass
     report = IngestReport(dataset, source)
+    meter = Progress(dataset) if progress else None
+    rows = shard_rows(records(), dataset, family, report, strict, meter)
+    first = next(rows, None)  # its prompt types are the dataset's; none at all: nothing is touched
+    if first is None:
+        raise IngestError(f"{source}: no valid rows for dataset {dataset!r}; nothing written\n{report.summary()}")
     dataset_dir = f"{store.path}/{dataset}"
     for stale in ("manifest.json", REPORT_NAME):
         if store.fs.get_file_info(f"{dataset_dir}/{stale}").is_file:
             store.fs.delete_file(f"{dataset_dir}/{stale}")
-    meter = Progress(dataset) if progress else None
-    rows = shard_rows(records(), dataset, family, report, strict, meter)
-    first = next(rows, None)
-    if first is None:
-        store.fs.create_dir(dataset_dir, recursive=True)
-        write_atomically(store.fs, f"{dataset_dir}/{REPORT_NAME}", report.to_json().encode())
-        raise IngestError(f"{source}: no valid rows for dataset {dataset!r}; nothing written but the report "
-                          f"{store.root}/{dataset}/{REPORT_NAME}\n{report.summary()}")
     manifest = store.write_dataset(dataset, _chain(first, rows), prompt_types_of(first), prompt_family=family)
     if meter:
         meter.print()

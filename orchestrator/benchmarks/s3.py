@@ -63,8 +63,11 @@ def counting_s3_server(port: int = 0, counts: ServedCounts | None = None):
     moto keeps its buckets per Python process, so a server restarted on the same port (after
     ``stop_server``) serves the same objects again.
     """
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     counts = counts or ServedCounts()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

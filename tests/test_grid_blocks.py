@@ -1,0 +1,107 @@
+"""The study's grid: every block the paper itemizes, with stable ids, and resources that follow the batch."""
+
+from collections import Counter
+
+from cli import run_cli
+from orchestrator.grid_runner import trial_resources
+from search_spaces.datasets import DATASETS, POOLS, prompt_types
+from search_spaces.defaults import GPU_MEMORY_GIB, RESOURCES, estimated_memory_gib, resources_for
+from search_spaces.grid import PROFILES, STUDY_BLOCKS, block_of, blocks_for, specs_of
+
+# Pinned literals, computed once: if one changes, every stored result of that experiment is orphaned.
+PINNED = {
+    "cris-finetune-kvasir_polyp-p0-828a7aa1", "clipseg-finetune-kvasir_polyp-p6-6e8d33ba",
+    "biomedclipseg-finetune-busi-p3-573d5993", "biomedclipseg_d-finetune-chexlocalize-p6-2e731371",
+    "cris-frozen-camus-p7-bc05f8b1", "clipseg-frozen-kvasir_polyp-p6-ab9a2ee4",
+    "cris-finetune-pooled_polyp-random-91315d9a", "clipseg-finetune-pooled_all-random-c7ee74ca",
+    "cris-finetune-mimic_cxr_lungs-p0-fe3be58d", "clipseg-finetune-mimic_cxr_lungs-p1-8113202c",
+}
+PINNED_OTHER_BLOCKS = {"unet-finetune-kvasir_polyp-p0-67a6ef9d", "deeplabv3plus-finetune-pooled_all-p0-38986a51",
+                       "cris-zeroshot-kvasir_polyp-p0-1328fa8b", "clipseg-zeroshot-mimic_cxr_lungs-p1-f0a6e58b"}
+COUNTS = {"individual": 288, "frozen": 144, "pooled": 4, "mimic": 4, "cnn": 30, "zeroshot": 144, "zeroshot_mimic": 4}
+
+
+def test_blocks_itemize_the_paper():
+    counts = {name: len(block.specs()) for name, block in STUDY_BLOCKS.items()}
+    assert counts == COUNTS
+    # Appendix C.1: 72 individual finetuning experiments per VLSM (50 non-radiology + 22 radiology).
+    per_model = Counter(s.model for s in STUDY_BLOCKS["individual"].specs())
+    assert per_model == {"cris": 72, "clipseg": 72, "biomedclipseg": 72, "biomedclipseg_d": 72}
+    per_dataset = Counter(s.train_set for s in STUDY_BLOCKS["individual"].specs() if s.model == "cris")
+    assert per_dataset == {"kvasir_polyp": 10, "clinicdb_polyp": 10, "bkai_polyp": 10, "isic": 10, "dfu": 10,
+                           "camus": 8, "busi": 7, "chexlocalize": 7}
+    study = PROFILES["study"]()
+    assert len(study) == 440 and {block_of(s) for s in study} == {"individual", "frozen", "pooled", "mimic"}
+    everything = specs_of(tuple(STUDY_BLOCKS.values()))
+    assert len({s.id for s in everything}) == len(everything) == sum(COUNTS.values())
+    # The test-only endoscopy sets are never trained on; pooled endoscopy is scored on all six.
+    assert not {s.train_set for s in everything} & {n for n, d in DATASETS.items() if d.test_only}
+    endoscopy_pooled = [s for s in everything if s.train_set == "pooled_polyp"]
+    assert len(endoscopy_pooled) == 5 and all(len(s.eval_sets) == 6 for s in endoscopy_pooled)
+    # The grid runs to the paper's stopping rule: patience 50 (CLIPSeg family), 10 (CRIS), 20 (CNNs).
+    patience = {s.model: s.patience for s in everything}
+    assert patience == {"cris": 10, "clipseg": 50, "biomedclipseg": 50, "biomedclipseg_d": 50,
+                        "unet": 20, "unetpp": 20, "deeplabv3plus": 20}
+
+
+def test_study_ids_are_pinned():
+    ids = {s.id for s in PROFILES["study"]()}
+    assert PINNED <= ids
+    assert PINNED_OTHER_BLOCKS <= {s.id for s in specs_of(blocks_for("study", ["cnn", "zeroshot", "zeroshot_mimic"]))}
+    assert not PINNED_OTHER_BLOCKS & ids
+
+
+def test_every_study_dataset_and_prompt_is_in_the_table():
+    for spec in specs_of(tuple(STUDY_BLOCKS.values())):
+        assert spec.prompt_type in prompt_types(spec.train_set), spec.id
+        assert all(name in DATASETS for name in spec.eval_sets), spec.id
+        if spec.train_set in POOLS:
+            assert spec.eval_sets == POOLS[spec.train_set].eval_sets
+    assert POOLS["pooled_all"].prompt_types[-1] == "random" and "p7" not in POOLS["pooled_all"].prompt_types
+
+
+def test_resources_follow_the_batch():
+    clipseg = {"model": "clipseg", "mode": "frozen", "size": "full", "batch_size": 128}
+    assert resources_for(clipseg) == {"cpu": RESOURCES["clipseg"]["cpus"], "gpu": 0.5}
+    assert estimated_memory_gib(clipseg) <= 0.5 * GPU_MEMORY_GIB
+    # A batch that does not fit the model's share gets the next one up, up to a whole GPU.
+    unet = {"model": "unet", "mode": "finetune", "size": "full", "batch_size": 16}
+    assert resources_for(unet)["gpu"] == 0.25
+    assert estimated_memory_gib({**unet, "batch_size": 128}) > 0.25 * GPU_MEMORY_GIB
+    assert resources_for({**unet, "batch_size": 128})["gpu"] == 0.5
+    assert resources_for({**clipseg, "mode": "finetune"})["gpu"] == 1.0
+    # An hpo trial holding eight models needs more than one holding a single model.
+    assert estimated_memory_gib(clipseg, replicas=8) > estimated_memory_gib(clipseg)
+    # Overrides win; the small test models keep the model's share.
+    assert resources_for({**unet, "batch_size": 128}, 0.25, 3) == {"cpu": 3, "gpu": 0.25}
+    assert resources_for({**unet, "size": "small", "batch_size": 128})["gpu"] == 0.25
+    # The grid asks Ray for exactly this, per trial.
+    specs = {"a": unet, "b": {**unet, "batch_size": 128}}
+    resources = trial_resources(specs, cpus=1.0, gpus=None, use_gpus=True)
+    assert resources({"experiment_id": "a"})["gpu"] == 0.25 and resources({"experiment_id": "b"})["gpu"] == 0.5
+
+
+def test_dry_run_lists_blocks_without_data(tmp_path):
+    data = tmp_path / "no-shards-here"
+    result = run_cli("grid", "--dry-run", "--profile", "study", "--data", str(data), "--storage", str(tmp_path / "runs"),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in STUDY_BLOCKS}
+    assert set(rows) == {"individual", "frozen", "pooled", "mimic"}
+    for name, line in rows.items():
+        assert line.split()[1] == str(COUNTS[name]) and "Table" in line
+    assert "total: 440 experiments (0 done)" in result.stdout
+    assert "finetuning experiments here: 440; the paper counts 442" in result.stdout
+    assert sum(line.startswith(tuple(PINNED)) for line in lines) == len(PINNED)
+    assert not data.exists()  # a dry run reads no data
+
+    picked = run_cli("grid", "--dry-run", "--profile", "study", "--block", "cnn", "--block", "zeroshot",
+                     "--only", "kvasir", "--data", str(data), "--storage", str(tmp_path / "runs"), timeout=300)
+    assert picked.returncode == 0, picked.stderr
+    counts = {line.split()[0]: line.split()[1] for line in picked.stdout.splitlines()
+              if line.split() and line.split()[0] in STUDY_BLOCKS}
+    assert counts == {"cnn": "3", "zeroshot": "20"} and "total: 23 experiments" in picked.stdout
+
+    wrong = run_cli("grid", "--dry-run", "--block", "cnn", "--storage", str(tmp_path / "runs"), timeout=300)
+    assert wrong.returncode == 2 and "--profile study" in wrong.stderr

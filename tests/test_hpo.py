@@ -1,0 +1,91 @@
+"""Table 4's search: OptunaSearch with ASHA on real trials, then the study's selection rule."""
+
+import itertools
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+from cli import run_cli
+from datasets.shards import ShardStore
+from datasets.synthetic import synthetic_rows
+from orchestrator.hpo import select_setting
+from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
+from search_spaces.hpo import BATCH_SIZES, LR_RANGE, OPTIMIZERS, SCHEDULERS
+
+MAX_EPOCHS = 4
+DATASETS = ("tiny_single", "tiny_pairs")
+
+
+def write_tiny(root: Path) -> None:
+    """Two small synthetic sets (one object per image; two, only one in the mask) for fast trials."""
+    store = ShardStore(str(root))
+    for name, two_objects in zip(DATASETS, (0.0, 1.0)):
+        rows = itertools.chain(*(synthetic_rows(name, split, n, two_objects, seed=0)
+                                 for split, n in (("train", 24), ("val", 12), ("test", 4))))
+        store.write_dataset(name, rows, NON_RADIOLOGY_PROMPT_TYPES, prompt_family="non_radiology")
+
+
+def last_results(tune_dir: Path) -> dict[str, dict]:
+    """Tune's own record of each trial: the last line of its result.json."""
+    results = {}
+    for path in tune_dir.glob("*/result.json"):
+        last = json.loads(path.read_text().strip().splitlines()[-1])
+        results[last["trial_id"]] = last
+    return results
+
+
+def test_search_stops_weak_trials_and_selects_by_the_rule(tmp_path):
+    write_tiny(tmp_path / "shards")
+    storage = tmp_path / "runs"
+    result = run_cli("hpo", "--model", "clipseg", "--datasets", *DATASETS, "--num-samples", "8",
+                     "--max-epochs", str(MAX_EPOCHS), "--data", str(tmp_path / "shards"), "--storage", str(storage),
+                     "--seed", "0", "--cpus-per-trial", "1", "--verbose", "0", timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    where = storage / "demo" / "hpo" / "clipseg"
+    selection = json.loads((where / "selection.json").read_text())
+    trials = last_results(where / "tune")
+    assert len(trials) == 8 and not selection["errors"]
+
+    # Optuna sampled Table 4's space; ASHA (grace 1, reduction 2) stopped some before the last epoch.
+    for trial in trials.values():
+        config = trial["config"]
+        assert config["optimizer"] in OPTIMIZERS and config["scheduler"] in SCHEDULERS
+        assert config["batch_size"] in BATCH_SIZES and LR_RANGE[0] <= config["lr"] <= LR_RANGE[1]
+    epochs = [t["training_iteration"] for t in trials.values()]
+    assert min(epochs) < MAX_EPOCHS and max(epochs) == MAX_EPOCHS, epochs
+    assert len({json.dumps(t["config"], sort_keys=True) for t in trials.values()}) == 8
+
+    # The rule, recomputed from Tune's records: each dataset's best trial, then the most wins.
+    best = {i: t["best_val_dice_by_dataset"] for i, t in trials.items()}
+    for name in DATASETS:
+        winner = max(sorted(best), key=lambda i: best[i][name])
+        evidence = selection["per_dataset"][name]
+        assert evidence["trial_id"] == winner and math.isclose(evidence["best_val_dice"], best[winner][name])
+        assert evidence["setting"] == {k: trials[winner]["config"][k] for k in evidence["setting"]}
+    wins = Counter(selection["per_dataset"][name]["trial_id"] for name in DATASETS)
+    top = max(wins.values())
+    tied = [i for i in sorted(best) if wins[i] == top]
+    expected = max(tied, key=lambda i: sum(best[i].values()))
+    assert selection["selected"]["trial_id"] == expected and selection["selected"]["wins"] == top
+    assert selection["selected"]["setting"] == {k: trials[expected]["config"][k] for k in selection["selected"]["setting"]}
+    assert "selected for clipseg" in result.stdout and str(where / "selection.json") in result.stdout
+
+
+def record(trial_id: str, lr: float, scores: dict[str, float]) -> dict:
+    return {"trial_id": trial_id, "setting": {"optimizer": "adamw", "lr": lr, "scheduler": "cosine", "batch_size": 32},
+            "epochs": 4, "best_val_dice": scores, "mean_best_val_dice": sum(scores.values()) / len(scores)}
+
+
+def test_rule_counts_wins_before_means():
+    # b is best on two of three datasets; c has the highest mean (one big win) but wins only once.
+    trials = [record("a", 1e-3, {"x": 0.50, "y": 0.50, "z": 0.50}),
+              record("b", 2e-3, {"x": 0.71, "y": 0.72, "z": 0.10}),
+              record("c", 3e-3, {"x": 0.70, "y": 0.70, "z": 0.99}),
+              record("d", 4e-3, {"x": 0.90})]  # not scored on every dataset: left out
+    chosen = select_setting(trials, ["x", "y", "z"])
+    assert chosen["selected"]["trial_id"] == "b" and chosen["selected"]["datasets_won"] == ["x", "y"]
+    assert chosen["per_dataset"]["z"] == {"trial_id": "c", "setting": trials[2]["setting"], "best_val_dice": 0.99}
+    # A tie in wins goes to the higher mean.
+    tie = select_setting(trials[1:3], ["y", "z"])
+    assert tie["selected"]["trial_id"] == "c" and tie["selected"]["wins"] == 1
