@@ -156,20 +156,26 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
         trainable = tune.with_resources(
             tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data, threads=threads),
             resources)
-        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
-        if max_concurrent:
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=tune_space(),
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, search_alg=searcher, num_samples=num_samples, reuse_actors=True,
-                scheduler=ASHAScheduler(max_t=max_epochs, grace_period=grace_period,
-                                        reduction_factor=reduction_factor),
-                trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
-                trial_dirname_creator=lambda trial: f"{model}-{trial.trial_id}"),
-            run_config=tune.RunConfig(name="tune", storage_path=where, verbose=verbose),
-        )
+        if tune.Tuner.can_restore(f"{where}/tune"):
+            # The same command again: an interrupted search goes on (searcher state included), a
+            # finished one only re-derives the selection. Another --study starts a new search.
+            print(f"continuing the search in {where}/tune")
+            tuner = tune.Tuner.restore(f"{where}/tune", trainable=trainable, resume_errored=True)
+        else:
+            searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+            if max_concurrent:
+                searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=tune_space(),
+                tune_config=tune.TuneConfig(
+                    metric=METRIC, mode=MODE, search_alg=searcher, num_samples=num_samples, reuse_actors=True,
+                    scheduler=ASHAScheduler(max_t=max_epochs, grace_period=grace_period,
+                                            reduction_factor=reduction_factor),
+                    trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
+                    trial_dirname_creator=lambda trial: f"{model}-{trial.trial_id}"),
+                run_config=tune.RunConfig(name="tune", storage_path=where, verbose=verbose),
+            )
         grid = tuner.fit()
     finally:
         ray.shutdown()

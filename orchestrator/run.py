@@ -139,7 +139,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 2
         args.profile = args.study or "demo"
     study = args.study or args.profile
-    specs = build_specs(args)
+    try:
+        specs = build_specs(args)
+    except ValueError as e:  # --block with another profile
+        print(e, file=sys.stderr)
+        return 2
     if not specs:
         print(f"no experiment of profile {args.profile!r} matches --only {args.only}", file=sys.stderr)
         return 2
@@ -215,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--study", help="study name under --storage (default: the profile name)")
     status.add_argument("--profile", choices=sorted(PROFILES),
                         help="the grid the study runs (default: the study name, else demo)")
+    status.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
+                        help="as for grid: with --profile study, only this block (repeatable)")
     status.add_argument("--only", action="append", metavar="PATTERN", help="as for grid; repeatable")
     status.add_argument("--max-epochs", type=int, metavar="E", help="as for grid (it changes the experiment ids)")
     status.set_defaults(func=cmd_status)

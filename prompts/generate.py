@@ -40,6 +40,9 @@ def row_attributes(family: str, row: Mapping) -> dict[str, str]:
 
 def row_prompts(family: str, attributes: Mapping[str, str]) -> dict[str, list[str]]:
     """Every prompt type of the family whose attributes the row has; the rest are left out."""
+    if family == "busi" and attributes.get("tumor_type") == "normal":
+        # A normal image has one sentence ("No tumor ...") at every level; nothing else to show.
+        return render(family, attributes, PROMPT_TYPES[family])
     usable = [p for p in PROMPT_TYPES[family]
               if all(a in attributes for a in TEMPLATE_ATTRIBUTES[family].get(p, ()) if a != "description")]
     return render(family, attributes, usable)

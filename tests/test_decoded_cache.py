@@ -1,4 +1,4 @@
-"""The decoded cache: the same arrays as decoding directly, built once per node, reused, rebuilt when a shard changes."""
+"""The decoded cache: the arrays of a direct decode, built once per node, reused, rebuilt when a shard changes."""
 
 import hashlib
 import io
@@ -18,8 +18,6 @@ from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardError, ShardStore
 from datasets.synthetic import synthetic_rows
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
-from trainables.models import build_model, build_tokenizer, model_inputs
-from trainables.trainer import TrainConfig, Trainer
 
 SIZE = 64
 
@@ -150,6 +148,10 @@ def test_a_bad_row_leaves_no_cache_behind(tmp_path):
 
 
 def test_training_on_the_cached_split_matches_the_direct_path(root, tmp_path):
+    # Imported here: the spawned processes above import this module and need none of it.
+    from trainables.models import build_model, build_tokenizer, model_inputs
+    from trainables.trainer import TrainConfig, Trainer
+
     torch.set_num_threads(2)
     inputs = model_inputs("clipseg", "small")
     results = []
@@ -158,8 +160,8 @@ def test_training_on_the_cached_split_matches_the_direct_path(root, tmp_path):
         val = SegmentationSplit(store, "tiny", "val", "p6", inputs.input_size, train=False)
         torch.manual_seed(0)
         model = build_model("clipseg", "frozen", "small")
-        trainer = Trainer(model, build_tokenizer("clipseg"), inputs, TrainConfig(batch_size=4, max_epochs=2), train, val,
-                          device=torch.device("cpu"))
+        config = TrainConfig(batch_size=4, max_epochs=2)
+        trainer = Trainer(model, build_tokenizer("clipseg"), inputs, config, train, val, device=torch.device("cpu"))
         trainer.fit()
         results.append((trainer.best_dice, trainer.evaluate(val)[1]))
     (cached_best, cached_dice), (direct_best, direct_dice) = results

@@ -135,18 +135,18 @@ def test_zeroshot_scores_pretrained_weights_on_every_dataset_and_prompt(trained,
     listed = run_cli(*args, "--dry-run")
     assert listed.returncode == 0, listed.stderr[-3000:]
     assert "total: 20 experiments (0 done" in listed.stdout  # two datasets x P0-P9
-    run = run_cli(*args, "--prompts", "p0", "p6")
+    run = run_cli(*args, "--prompts", "p6")  # one prompt type of the 10 keeps the test short
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    assert "4 experiments: 0 already finished" in run.stdout and "4 finished, 0 failed" in run.stdout
+    assert "2 experiments: 0 already finished" in run.stdout and "2 finished, 0 failed" in run.stdout
     experiments = ResultStore(trained.storage, "zeroshot")
     results = experiments.results()
     assert sorted((r["spec"]["train_set"], r["spec"]["prompt_type"]) for r in results) == [
-        (s, p) for s in sorted(SETS) for p in ("p0", "p6")]
+        (s, "p6") for s in sorted(SETS)]
     for r in results:
         assert r["spec"]["mode"] == "zeroshot" and r["spec"]["weights"] == str(weights) and r["epochs"] == 0
         assert r["eval"][r["spec"]["train_set"]]["n_images"] == 40 and r["best_val_dice"] is None
         assert not experiments.has_weights(r["experiment_id"])  # nothing was trained
     # The score is the saved weights' own: evaluated here, outside Ray, they give the same dice.
-    one = next(r for r in results if r["spec"]["prompt_type"] == "p6")
+    one = results[0]
     dice, _ = Evaluator(one["spec"], None, trained.data).evaluate(one["spec"]["train_set"], "p6")
     assert mean(dice) == pytest.approx(one["eval"][one["spec"]["train_set"]]["dice_mean"], abs=1e-9)

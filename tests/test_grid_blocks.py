@@ -3,6 +3,7 @@
 from collections import Counter
 
 from cli import run_cli
+
 from orchestrator.grid_runner import trial_resources
 from search_spaces.datasets import DATASETS, POOLS, prompt_types
 from search_spaces.defaults import GPU_MEMORY_GIB, RESOURCES, estimated_memory_gib, resources_for
@@ -83,8 +84,8 @@ def test_resources_follow_the_batch():
 
 def test_dry_run_lists_blocks_without_data(tmp_path):
     data = tmp_path / "no-shards-here"
-    result = run_cli("grid", "--dry-run", "--profile", "study", "--data", str(data), "--storage", str(tmp_path / "runs"),
-                     timeout=300)
+    result = run_cli("grid", "--dry-run", "--profile", "study", "--data", str(data),
+                     "--storage", str(tmp_path / "runs"), timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in STUDY_BLOCKS}

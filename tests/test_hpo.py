@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from cli import run_cli
+
 from datasets.shards import ShardStore
 from datasets.synthetic import synthetic_rows
 from orchestrator.hpo import select_setting
@@ -68,7 +69,8 @@ def test_search_stops_weak_trials_and_selects_by_the_rule(tmp_path):
     tied = [i for i in sorted(best) if wins[i] == top]
     expected = max(tied, key=lambda i: sum(best[i].values()))
     assert selection["selected"]["trial_id"] == expected and selection["selected"]["wins"] == top
-    assert selection["selected"]["setting"] == {k: trials[expected]["config"][k] for k in selection["selected"]["setting"]}
+    chosen = selection["selected"]["setting"]
+    assert chosen == {k: trials[expected]["config"][k] for k in chosen}
     assert "selected for clipseg" in result.stdout and str(where / "selection.json") in result.stdout
 
 

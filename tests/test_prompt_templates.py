@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from prompts.generate import row_prompts
 from prompts.metadata import (
     CHEXPERT_OBSERVATIONS,
     age_in_words,
@@ -350,6 +351,8 @@ def test_busi_normal_image_has_one_sentence_for_every_type():
     rendered = render("busi", attributes)
     assert rendered.pop("p0") == [""]
     assert rendered == {t: ["No tumor in the breast ultrasound image."] for t in PROMPT_TYPES["busi"][1:]}
+    # row_prompts, which drops types whose attributes a row lacks, still gives a normal image all of them
+    assert row_prompts("busi", attributes) == render("busi", attributes)
 
 
 # --- CheXlocalize and MIMIC-CXR ---------------------------------------------------------------

@@ -24,7 +24,7 @@ from datasets.ingest.records import Record, RowError, RowNote, RowProblem
 from datasets.shards import Manifest, ShardStore, write_atomically
 from prompts.generate import row_attributes, row_prompts
 from prompts.metadata import store_attributes
-from prompts.templates import PROMPT_TYPES, render
+from prompts.templates import PROMPT_TYPES
 
 REPORT_NAME = "quarantine.json"
 PROMPT_TYPE = re.compile(r"p\d+")
@@ -131,14 +131,13 @@ def generated_prompts(family: str, row: dict) -> tuple[dict[str, list[str]], dic
     try:
         attributes = row_attributes(family, row)
         prompts = row_prompts(family, attributes)
-        # row_prompts leaves out types whose attributes a row lacks; some still render (a normal
-        # BUSI image says "No tumor ..." at every level), the rest are an error for this row.
-        missing = [p for p in PROMPT_TYPES[family] if p not in prompts]
-        if missing:
-            prompts.update(render(family, attributes, missing))
     except (KeyError, ValueError) as e:
         raise RowError(f"cannot generate {family} prompts: {e.args[0] if e.args else e}") from None
-    return {p: prompts[p] for p in PROMPT_TYPES[family]}, attributes
+    missing = [p for p in PROMPT_TYPES[family] if p not in prompts]
+    if missing:  # row_prompts leaves out the types whose attributes the row lacks
+        raise RowError(f"cannot generate {family} prompts {', '.join(missing)}: the row lacks attributes "
+                       f"they show (has: {', '.join(sorted(attributes))})")
+    return prompts, attributes
 
 
 def record_row(record: Record, dataset: str, family: str | None) -> dict:
