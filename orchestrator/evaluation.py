@@ -37,16 +37,17 @@ from orchestrator.experiment import ExperimentSpec
 from orchestrator.results import ResultStore
 from prompts.perturb import OPPOSITES, Perturbation, PerturbationError
 from prompts.templates import TEMPLATE_ATTRIBUTES
+from search_spaces.datasets import ENDOSCOPY, POOLS
+from search_spaces.defaults import STUDY_WEIGHTS
 
 EVALUATIONS = "evaluations"  # the folder beside "experiments" in <storage>/<study>/
 KINDS = ("ablate", "ood")
-# Table 3's six polyp sets under the names ingest gives them: models trained on one of them
-# (Kvasir-SEG, ClinicDB, BKAI) are tested on all six.
-POLYP_TEST_SETS = ("kvasir_polyp", "clinicdb_polyp", "bkai_polyp", "cvc300_polyp", "colondb_polyp", "etis_polyp")
+# Table 3: models trained on one endoscopy set (Kvasir-SEG, ClinicDB, BKAI) tested on all six.
+POLYP_TEST_SETS = ENDOSCOPY
 # Values the ablation leaves alone: the class name (``class_only`` tests it) and whole sentences.
 NOT_PERTURBED = ("class_name", "description", "report")
-# The study's zero-shot CLIPSeg; CRIS needs its checkpoint file: --weights cris=PATH.pth.
-DEFAULT_ZEROSHOT_WEIGHTS = {"clipseg": "CIDAS/clipseg-rd64-refined"}
+# Figure 2's zero-shot models with the study's weights (BiomedCLIPSeg has no pretrained decoder).
+DEFAULT_ZEROSHOT_WEIGHTS = {model: STUDY_WEIGHTS[model] for model in ("cris", "clipseg")}
 
 
 def parse_perturbation(text: str | None) -> Perturbation | None:
@@ -89,11 +90,12 @@ def zeroshot_specs(weights: dict[str, str], prompts: dict[str, tuple[str, ...]],
                    ) -> list[ExperimentSpec]:
     """One zero-shot experiment per (model and its weights, dataset, prompt type).
 
-    Training fields keep their defaults: they do not change a zero-shot score, and leaving them out
-    of the hash keeps the ids of these experiments independent of the training defaults.
+    Built as the grid's zero-shot blocks build theirs, so with the study's weights at full size the
+    ids are the same: ``zeroshot`` and ``grid --block zeroshot`` skip each other's finished work.
     """
-    return [ExperimentSpec(model=model, mode="zeroshot", train_set=dataset, prompt_type=prompt, size=size,
-                           weights=w)
+    from search_spaces.grid import study_spec
+
+    return [dataclasses.replace(study_spec(model, "zeroshot", dataset, prompt), weights=w, size=size)
             for model, w in weights.items() for dataset, types_ in prompts.items() for prompt in types_]
 
 
@@ -208,6 +210,9 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
         torch.cuda.set_per_process_memory_fraction(resources["GPU"])  # trials sharing a GPU must fit
     done = evaluations.finished_ids()  # a retry after a lost worker skips what already finished
     pending = [spec for spec in map(EvaluationSpec.from_dict, job["evaluations"]) if spec.id not in done]
+    if not pending:
+        tune.report({"finished": 0, "failed": 0, "pending": 0})
+        return
     try:
         state = ResultStore(storage, study).read_weights(source["id"])
         if state is None and source["mode"] != "zeroshot":
@@ -245,7 +250,7 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
     from ray import tune
 
     from orchestrator.grid_runner import check_shared_storage, start_ray
-    from search_spaces.defaults import gpu_fraction
+    from search_spaces.defaults import resources_for
 
     data, storage = absolute_uri(data), absolute_uri(storage)
     store = ResultStore(storage, study, EVALUATIONS)
@@ -266,9 +271,8 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
     store.check_writable()
     use_gpus = start_ray(address, fake_gpus, dashboard)
 
-    def resources(config: dict) -> dict:  # as the grid's: the model's GPU share unless overridden
-        model = jobs[config["job"]]["source"]["model"]
-        gpu = gpus_per_trial if gpus_per_trial is not None else gpu_fraction(model)
+    def resources(config: dict) -> dict:  # the source's training share, as the grid gave it: ample
+        gpu = resources_for(jobs[config["job"]]["source"], gpus_per_trial, cpus_per_trial)["gpu"]
         return {"cpu": cpus_per_trial, "gpu": gpu if use_gpus else 0}
 
     try:
@@ -328,8 +332,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     zeroshot = sub.add_parser(
         "zeroshot", help="score pretrained weights on every dataset and prompt type (Figure 2)",
         description="Zero-shot experiments: each model's pretrained weights on the test split of every "
-                    "dataset (with train, val and test splits) and every prompt type, as grid experiments of "
-                    "mode zeroshot: finished ones are skipped and the results join the grid's.")
+                    "dataset (with train, val and test splits; pools left out) and every prompt type, as grid "
+                    "experiments of mode zeroshot, built as the grid's zero-shot block builds them: finished "
+                    "ones are skipped and the results join the grid's.")
     common(zeroshot, "experiments")
     zeroshot.add_argument("--weights", action="append", metavar="MODEL=WEIGHTS",
                           help="a model and its weights (hub id, folder or file); repeatable "
@@ -368,6 +373,8 @@ def parse_weights(items: list[str] | None) -> dict[str, str]:
         model, sep, value = item.partition("=")
         if not sep or not model or not value:
             raise ValueError(f"--weights {item!r}: expected MODEL=WEIGHTS, e.g. clipseg=CIDAS/clipseg-rd64-refined")
+        if model not in STUDY_WEIGHTS:
+            raise ValueError(f"--weights {item!r}: unknown model {model!r} (known: {', '.join(STUDY_WEIGHTS)})")
         # A local folder or file must be found by every worker: give its absolute path.
         weights[model] = os.path.abspath(value) if os.path.exists(value) else value
     return weights
@@ -380,8 +387,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     try:
         weights = parse_weights(args.weights) or DEFAULT_ZEROSHOT_WEIGHTS
         store = ShardStore(args.data)
-        datasets = args.datasets or [d for d in store.datasets()
-                                     if {"train", "val", "test"} <= set(store.manifest(d).splits)]
+        datasets = args.datasets or [d for d in store.datasets() if d not in POOLS
+                                     and {"train", "val", "test"} <= set(store.manifest(d).splits)]
         prompts = {d: tuple(args.prompts or store.manifest(d).prompt_types) for d in datasets}
     except (ValueError, ShardError, OSError) as e:
         print(e, file=sys.stderr)
@@ -416,7 +423,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if skipped:
         print(f"{len(skipped)} cannot be ablated (their prompt type has no attributes to perturb): "
               + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-    return _evaluate(args, evaluations, sources)
+    return _evaluate(args, evaluations, sources, "")
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
@@ -425,13 +432,15 @@ def cmd_ood(args: argparse.Namespace) -> int:
     except OSError as e:
         print(e, file=sys.stderr)
         return 2
-    return _evaluate(args, ood_specs(sources, tuple(args.test_sets)), sources)
+    return _evaluate(args, ood_specs(sources, tuple(args.test_sets)), sources,
+                     f" trained on one of {', '.join(args.test_sets)}")
 
 
-def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sources: list[dict]) -> int:
+def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sources: list[dict], which: str) -> int:
     if not evaluations:
-        print(f"nothing to evaluate: no finished experiment under {args.storage.rstrip('/')}/{args.study} fits "
-              f"(--only {args.only}); `report` lists the finished ones", file=sys.stderr)
+        chosen = f" matching --only {' '.join(args.only)}" if args.only else ""
+        print(f"nothing to evaluate: no finished experiment{chosen}{which} under "
+              f"{args.storage.rstrip('/')}/{args.study}; `report` lists the finished ones", file=sys.stderr)
         return 2
     experiments = ResultStore(args.storage, args.study)
     if args.dry_run:

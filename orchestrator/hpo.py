@@ -22,7 +22,14 @@ from collections import Counter
 
 from datasets.shards import ShardError, absolute_uri, filesystem_for, write_atomically
 from orchestrator.experiment import ExperimentSpec
-from search_spaces.defaults import SMALL_OVERRIDES, STUDY, STUDY_WEIGHTS, resources_for, training_defaults
+from search_spaces.defaults import (
+    FINETUNE_ENCODER_LR_SCALE,
+    SMALL_OVERRIDES,
+    STUDY,
+    STUDY_WEIGHTS,
+    resources_for,
+    training_defaults,
+)
 from search_spaces.hpo import (
     BATCH_SIZES,
     HPO_DATASETS,
@@ -41,6 +48,10 @@ RULE = ("the setting with the best validation dice on the most datasets (Appendi
         "in most datasets'); a tie goes to the higher mean of the datasets' best validation dice")
 
 
+class SearchStopped(Exception):
+    """The search ended before every trial did; its state is saved and the same command resumes it."""
+
+
 def hpo_uri(storage: str, study: str, model: str) -> str:
     """Where a model's search keeps Tune's trials (``tune/``) and the selection."""
     return f"{storage.rstrip('/')}/{study}/hpo/{model}"
@@ -49,7 +60,9 @@ def hpo_uri(storage: str, study: str, model: str) -> str:
 def base_spec(model: str, mode: str, size: str, prompt: str, max_epochs: int, weights: str | None) -> dict:
     """The spec every trial starts from; a trial sets the searched fields and the dataset."""
     sizing = {**SMALL_OVERRIDES} if size == "small" else {**STUDY}
+    encoder_lr_scale = FINETUNE_ENCODER_LR_SCALE[model] if mode == "finetune" else 1.0  # as the grid's
     spec = ExperimentSpec(model=model, mode=mode, train_set="-", prompt_type=prompt, weights=weights,
+                          encoder_lr_scale=encoder_lr_scale,
                           **{**training_defaults(model), **sizing, "max_epochs": max_epochs})
     return spec.to_dict()
 
@@ -179,6 +192,9 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
         grid = tuner.fit()
     finally:
         ray.shutdown()
+    if grid.num_terminated + grid.num_errors < num_samples:  # Ctrl-C, or the driver lost
+        raise SearchStopped(f"the search stopped after {grid.num_terminated} of {num_samples} trials; "
+                            "rerun the same command to continue it")
 
     trials = [trial_record(r.metrics.get("trial_id", posixpath.basename(r.path)), r.config, r.metrics)
               for r in grid if r.error is None and r.metrics]
@@ -259,12 +275,16 @@ def cmd_hpo(args: argparse.Namespace) -> int:
     from datasets.synthetic import SYNTHETIC_DATASETS
     from orchestrator.grid_runner import input_problems
     from orchestrator.run import ensure_synthetic
+    from search_spaces.grid import CNNS
 
     datasets = args.datasets or list(SYNTHETIC_DATASETS)
     if datasets == ["study"]:
         datasets = list(HPO_DATASETS)
     study = args.study or ("demo" if args.size == "small" else "study")
     mode = args.mode or SEARCH_MODE[args.model]
+    if mode == "frozen" and args.model in CNNS:
+        print(f"{args.model} is a CNN baseline: it trains end to end (--mode finetune)", file=sys.stderr)
+        return 2
     weights = STUDY_WEIGHTS[args.model] if args.size == "full" else None
     base = base_spec(args.model, mode, args.size, args.prompt, args.max_epochs, weights)
     specs = [ExperimentSpec.from_dict(spec) for spec in trial_specs(base, base, datasets).values()]
@@ -286,7 +306,7 @@ def cmd_hpo(args: argparse.Namespace) -> int:
                             max_concurrent=args.max_concurrent, weights=weights, address=args.address,
                             fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                             cpus_per_trial=args.cpus_per_trial, verbose=args.verbose)
-    except ValueError as e:  # no trial finished an epoch on every dataset
+    except (SearchStopped, ValueError) as e:  # interrupted, or no trial scored every dataset
         print(f"no setting selected: {e}", file=sys.stderr)
         return 1
     print(*describe(record), sep="\n")

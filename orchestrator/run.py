@@ -160,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m orchestrator.run",
         description="Run the VLSM transfer-learning study as Ray Tune trials and tabulate the results.")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{grid,report,status,hpo,zeroshot,ablate,ood}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{grid,report,status,hpo,zeroshot,ablate,ood,plan}")
 
     grid = sub.add_parser("grid", help="run a grid of experiments (skips finished ones)",
                           description="Run every experiment of a profile as a Ray Tune trial. Finished "
@@ -209,6 +209,15 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results root (default: {DEFAULT_STORAGE})")
     report.add_argument("--study", default="demo", help="study name under --storage (default: demo)")
     report.set_defaults(func=cmd_report)
+
+    plan = sub.add_parser("plan", help="estimate GPU-hours, makespan and cost of a grid or search before running it",
+                          description="Estimate a grid's (or an hpo search's) GPU-hours, makespan and cost on a "
+                                      "cluster shape from stored step times, against one experiment at a time "
+                                      "on one GPU. See orchestrator/plan.py for the model of a trial's time.")
+    from orchestrator.plan import add_plan_arguments, cmd_plan
+
+    add_plan_arguments(plan, DEFAULT_DATA)
+    plan.set_defaults(func=cmd_plan)
 
     status = sub.add_parser("status", help="per block: experiments done, running, failed, pending; best dice; ETA",
                             description="Where a study stands, from one listing of its storage: per block the "

@@ -160,7 +160,7 @@ def test_training_on_the_cached_split_matches_the_direct_path(root, tmp_path):
         val = SegmentationSplit(store, "tiny", "val", "p6", inputs.input_size, train=False)
         torch.manual_seed(0)
         model = build_model("clipseg", "frozen", "small")
-        config = TrainConfig(batch_size=4, max_epochs=2)
+        config = TrainConfig(batch_size=4, max_epochs=1)
         trainer = Trainer(model, build_tokenizer("clipseg"), inputs, config, train, val, device=torch.device("cpu"))
         trainer.fit()
         results.append((trainer.best_dice, trainer.evaluate(val)[1]))

@@ -150,3 +150,25 @@ def test_zeroshot_scores_pretrained_weights_on_every_dataset_and_prompt(trained,
     one = results[0]
     dice, _ = Evaluator(one["spec"], None, trained.data).evaluate(one["spec"]["train_set"], "p6")
     assert mean(dice) == pytest.approx(one["eval"][one["spec"]["train_set"]]["dice_mean"], abs=1e-9)
+
+
+def test_zeroshot_builds_the_grids_zero_shot_experiments():
+    from orchestrator.evaluation import DEFAULT_ZEROSHOT_WEIGHTS, zeroshot_specs
+    from search_spaces.datasets import DATASETS, INDIVIDUAL
+    from search_spaces.grid import zeroshot
+
+    # Same ids: `zeroshot` and `grid --block zeroshot` skip each other's finished experiments.
+    specs = zeroshot_specs(DEFAULT_ZEROSHOT_WEIGHTS, {d: DATASETS[d].prompt_types for d in INDIVIDUAL})
+    assert sorted(s.id for s in specs) == sorted(s.id for s in zeroshot())
+
+
+def test_each_prompt_type_gets_the_perturbations_it_can_take():
+    from orchestrator.evaluation import ablation_perturbations
+
+    camus = ablation_perturbations("camus", "p7")  # class, shape, view, cycle, age, sex, quality
+    assert camus[0] is None and "class_only" in camus
+    assert {"opposite:view", "opposite:cycle", "opposite:sex", "opposite:quality", "random_word:age"} <= set(camus)
+    assert "opposite:age" not in camus and not any(p and p.endswith("class_name") for p in camus)
+    assert ablation_perturbations("non_radiology", "p1") == [None]  # the class name alone is P1 itself
+    assert ablation_perturbations("non_radiology", "p6", ["opposite:location", "opposite:description"]) == [
+        None, "opposite:location"]

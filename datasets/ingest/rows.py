@@ -24,6 +24,7 @@ from datasets.ingest.records import Record, RowError, RowNote, RowProblem
 from datasets.shards import Manifest, ShardStore, write_atomically
 from prompts.generate import row_attributes, row_prompts
 from prompts.metadata import store_attributes
+from prompts.parse import PromptParseError, parse_attributes
 from prompts.templates import PROMPT_TYPES
 
 REPORT_NAME = "quarantine.json"
@@ -140,8 +141,20 @@ def generated_prompts(family: str, row: dict) -> tuple[dict[str, list[str]], dic
     return prompts, attributes
 
 
-def record_row(record: Record, dataset: str, family: str | None) -> dict:
-    """The shard row of one record; RowError (or OSError/ValueError from a loader) if it cannot be one."""
+def imported_attributes(family: str, row: dict, notes: list[str]) -> dict[str, str]:
+    """Metadata entries of the attributes that re-render the row's imported prompts exactly (for the
+    perturbation ablation); none, and a note, when the prompts do not read back as the templates."""
+    try:
+        return store_attributes(parse_attributes(family, {p: row[p] for p in prompt_types_of(row)}))
+    except PromptParseError as e:
+        notes.append(f"prompts kept verbatim, but no template attributes stored, so perturbation runs "
+                     f"cannot use this row: {e}")
+        return {}
+
+
+def record_row(record: Record, dataset: str, family: str | None, notes: list[str] | None = None) -> dict:
+    """The shard row of one record; RowError (or OSError/ValueError from a loader) if it cannot be one.
+    What is worth a look but keeps the row (prompts that are not the family's templates) goes to `notes`."""
     image = record.load_image()
     if not isinstance(image, bytes):
         raise RowError(f"image loader returned {type(image).__name__}, expected encoded bytes")
@@ -160,6 +173,8 @@ def record_row(record: Record, dataset: str, family: str | None) -> dict:
            "metadata": metadata}
     if record.prompts is not None:
         row.update(checked_prompts(record.prompts))
+        if family is not None:
+            row["metadata"] = {**metadata, **imported_attributes(family, row, [] if notes is None else notes)}
     elif family is None:
         raise RowError("the record has no prompts and no prompt family was given to generate them (--family)")
     else:
@@ -205,8 +220,9 @@ def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str |
             problem(RowProblem(reason=f"sample_id {item.sample_id!r} already used by {seen[item.sample_id]}",
                                **where))
             continue
+        notes: list[str] = []
         try:
-            row = record_row(item, dataset, family)
+            row = record_row(item, dataset, family, notes)
         except (RowError, OSError, ValueError) as e:
             problem(RowProblem(reason=str(e) or type(e).__name__, **where))
             continue
@@ -217,6 +233,8 @@ def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str |
                                       f"{', '.join(prompt_types)} (set by its first row)", **where))
             continue
         seen[item.sample_id] = item.source
+        # Not under --strict's rule: the row is written as imported; only the ablation cannot use it.
+        report.notes += [RowNote(reason=note, **where) for note in notes]
         report.rows[item.split] = report.rows.get(item.split, 0) + 1
         if progress:
             progress.update(rows=1)
