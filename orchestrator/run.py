@@ -107,7 +107,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
               "(see FAILED.json in each; --retry-failed reruns them):", *outcome.skipped_failed, sep="\n    ",
               file=sys.stderr)
     if outcome.unfinished:
-        print("  rerun the same command to run the stopped experiments", file=sys.stderr)
+        # Tune's own hint on Ctrl-C, Tuner.restore, does not apply: the trials resume from storage.
+        print("  rerun the same command to resume the stopped experiments from their checkpoints", file=sys.stderr)
     md, csv_uri, rows = write_report(args.storage, study)
     print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
     return 1 if outcome.failed or outcome.unfinished or outcome.skipped_failed else 0

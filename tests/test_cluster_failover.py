@@ -145,14 +145,15 @@ def _session_of(pid: int) -> int | None:
 
 
 def checkpoints(s3, bucket: str) -> dict[str, int]:
-    """Experiment id -> the highest checkpoint index stored under Tune's experiment folder."""
+    """Experiment id -> the epoch of its resume checkpoint in S3 (the trial writes progress.json after
+    each checkpoint, and once with epoch 0 when it starts)."""
     found: dict[str, int] = {}
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/demo/tune/")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/demo/experiments/")
     for page in pages:
         for obj in page.get("Contents", []):
-            match = re.match(r"runs/demo/tune/([^/]+)/checkpoint_(\d+)/", obj["Key"])
+            match = re.fullmatch(r"runs/demo/experiments/([^/]+)/progress.json", obj["Key"])
             if match:
-                found[match[1]] = max(found.get(match[1], -1), int(match[2]))
+                found[match[1]] = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())["epoch"]
     return found
 
 
@@ -198,9 +199,8 @@ def test_grid_survives_losing_a_node_and_resumes_its_trials_from_checkpoints(s3_
 
         # Kill the second node only once (a) all four trials run, on both nodes, seen live from the trial
         # worker processes' working dirs (which name the node's temp dir and the experiment; with one CPU
-        # per node this is two and two), and (b) each trial on the second node has a checkpoint_000001 or
-        # later in S3: its first checkpoint was reported to Tune a checkpoint interval earlier, so a retry
-        # has something to resume from.
+        # per node this is two and two), and (b) each trial on the second node has a checkpoint of epoch 1
+        # or later in S3 (experiments/<id>/checkpoint/trainer.pt), so a retry has something to resume from.
         deadline = time.monotonic() + 180
         while True:
             on_head, on_worker, saved = head.trials(), worker.trials(), checkpoints(s3, bucket)

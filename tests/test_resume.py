@@ -87,6 +87,13 @@ def test_a_killed_grid_resumes_from_checkpoints_and_finishes_every_experiment_on
     finished_before = {k: v for k, v in listing(s3, bucket, prefix).items() if k.split("/")[3] in done
                        and "/checkpoint/" not in k and not k.endswith(("/checkpoint/", "/progress.json"))}
 
+    # status sees the stopped grid as it is: finished, interrupted (running, as far as storage shows), pending.
+    shown = run_cli("status", "--storage", f"{s3_bucket}/runs", *args[1:args.index("--data")], timeout=120)
+    total = next(line.split()[1:] for line in shown.stdout.splitlines() if line.startswith("total "))
+    done_n, running_n, failed_n, pending_n = map(int, total[:4])
+    assert (done_n, failed_n) == (len(done), 0) and running_n >= len(interrupted), shown.stdout
+    assert done_n + running_n + pending_n == len(PICK), shown.stdout
+
     rerun_started = time.monotonic()
     rerun = run_cli(*args)
     print(f"the rerun took {time.monotonic() - rerun_started:.0f} s")

@@ -113,5 +113,5 @@ def stored_state(results: ResultStore, experiment_id: str, device: torch.device)
         return state["trainer"]
     except Exception as e:  # truncated or foreign bytes: any unpickling error means "unusable"
         print(f"{experiment_id}: cannot read {results.checkpoint_uri(experiment_id)} ({type(e).__name__}: "
-              f"{str(e)[:300]}); starting from epoch 0")
+              f"{str(e).split('. ')[0][:200]}); starting from epoch 0")
         return None
