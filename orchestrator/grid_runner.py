@@ -8,6 +8,7 @@ fails the same way again); the others start, from their stored checkpoint where 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from datasets.shards import ShardError, ShardStore, absolute_uri
@@ -64,13 +65,18 @@ def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool) -> bo
     """Join a cluster, or start a local Ray; returns whether trials should ask for GPUs."""
     import ray
 
+    from trainables.models import WEIGHTS_ROOT_ENV
+
+    # Trials resolve relative weights paths against the folder this command runs in.
+    runtime_env = {"env_vars": {WEIGHTS_ROOT_ENV: os.environ.get(WEIGHTS_ROOT_ENV, os.getcwd())}}
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
         # An autoscaling cluster may have no GPU node yet: asking for GPUs is what starts one.
         return True
     # address="local" starts a new Ray even where `ray start` left one running; N logical GPUs
     # make fractional-GPU scheduling work (and testable) on machines without any.
-    ray.init(address="local", num_gpus=fake_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    ray.init(address="local", num_gpus=fake_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+             runtime_env=runtime_env)
     if ray.cluster_resources().get("GPU", 0):
         return True
     print("no GPUs on this machine: trials run on CPU (use --fake-gpus N to test fractional scheduling)")

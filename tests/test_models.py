@@ -110,3 +110,19 @@ def test_clipseg_reloads_from_a_folder_it_was_saved_to(tmp_path):
     # from_pretrained may pick another attention kernel than the constructor: equal up to rounding.
     torch.testing.assert_close(before, after, atol=1e-5, rtol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+
+
+def test_relative_weights_paths_resolve_against_the_commands_folder(tmp_path, monkeypatch):
+    from trainables.models import WEIGHTS_ROOT_ENV, resolve_weights
+
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "cris_best.pth").write_bytes(b"x")
+    trial_dir = tmp_path / "trial"
+    trial_dir.mkdir()
+    monkeypatch.chdir(trial_dir)  # where Ray runs a trial: not where the user typed the command
+    monkeypatch.setenv(WEIGHTS_ROOT_ENV, str(tmp_path))
+    assert resolve_weights("pretrain/cris_best.pth") == str(tmp_path / "pretrain" / "cris_best.pth")
+    assert resolve_weights("CIDAS/clipseg-rd64-refined") == "CIDAS/clipseg-rd64-refined"  # a hub id
+    assert resolve_weights(None) is None
+    monkeypatch.delenv(WEIGHTS_ROOT_ENV)
+    assert resolve_weights("pretrain/cris_best.pth") == "pretrain/cris_best.pth"

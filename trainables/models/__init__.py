@@ -9,6 +9,7 @@ returns logits ``(B, 1, H, W)`` at the input size; the CNNs ignore the text.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,9 +70,26 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Ray runs trials in folders of their own: the driver names the folder it was started in here,
+# so that a relative weights path such as "pretrain/cris_best.pth" means the same in every trial.
+WEIGHTS_ROOT_ENV = "VLSM_WEIGHTS_ROOT"
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """A local weights path as the user meant it; anything else (a hub id, None) unchanged."""
+    if not weights or os.path.isabs(weights) or os.path.exists(weights):
+        return weights
+    root = os.environ.get(WEIGHTS_ROOT_ENV)
+    if root and os.path.exists(os.path.join(root, weights)):
+        return os.path.join(root, weights)
+    return weights
+
+
 def build_tokenizer(name: str, weights: str | None = None):
     """The tokenizer a model reads its prompts with (CNNs get one too, and ignore its ids)."""
     from trainables.tokenizers import clip_bpe_tokenizer, load_tokenizer
+
+    weights = resolve_weights(weights)
 
     if name == "clipseg":
         return load_tokenizer(weights)  # pretrained CLIPSeg folders bring their own
@@ -96,4 +114,4 @@ def build_model(name: str, mode: str = "frozen", size: str = "small", weights: s
         raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}: expected one of {', '.join(SIZES)}")
-    return BUILDERS[name](mode=mode, size=size, weights=weights)
+    return BUILDERS[name](mode=mode, size=size, weights=resolve_weights(weights))
