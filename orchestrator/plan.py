@@ -360,11 +360,28 @@ def calibrate(specs: list[dict], data: str, device: str, path: str, threads: int
     lines.append(f"trial process start {start_s:.1f} s; Ray start {grid_start_s:.1f} s")
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(table, f, indent=1)
-        f.write("\n")
+        f.write(_dump(table))
     os.replace(tmp, path)
     lines.append(f"stored in {path}")
     return lines
+
+
+def _dump(table: dict) -> str:
+    """The table as JSON with one line per entry, so a diff shows which entries a calibration changed."""
+    def block(entries: dict, indent: str) -> str:
+        return "{\n" + ",\n".join(f"{indent}  {json.dumps(k)}: {json.dumps(v)}" for k, v in entries.items()) \
+            + f"\n{indent}}}"
+
+    parts = []
+    for key, value in table.items():
+        if key == "devices":
+            devices = ",\n".join(f"    {json.dumps(d)}: {block(e, '    ')}" for d, e in value.items())
+            parts.append(f'  "devices": {{\n{devices}\n  }}')
+        elif isinstance(value, dict):
+            parts.append(f"  {json.dumps(key)}: {block(value, '  ')}")
+        else:
+            parts.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def _ray_start_seconds() -> float:

@@ -56,7 +56,7 @@ def test_trials_starting_together_download_each_shard_once(counted_s3, bucket, t
     counts = counted_s3["counts"]
     counts.clear()
     cache_dir = str(tmp_path / "node")
-    run_trials(root, "tiny", "train", [cache_dir], trials_per_node=4)
+    assert run_trials(root, "tiny", "train", [cache_dir], trials_per_node=4) == [12] * 4
     for path, size in sizes.items():
         assert served(counts, bucket, path)[1] == size, f"{path}: bytes served != its size (downloaded twice?)"
     # A later trial on the node reads only the manifest.
@@ -65,7 +65,7 @@ def test_trials_starting_together_download_each_shard_once(counted_s3, bucket, t
     assert table["sample_id"].to_pylist() == [f"tiny-train-{i:05d}" for i in range(12)]
     assert counts.served("GET", ".parquet") == (0, 0)
     # Without the cache each trial downloads everything: the baseline the cache removes.
-    run_trials(root, "tiny", "train", [None], trials_per_node=2)
+    assert run_trials(root, "tiny", "train", [None], trials_per_node=2) == [12] * 2
     assert counts.served("GET", ".parquet")[1] == 2 * sum(sizes.values())
 
 

@@ -3,8 +3,9 @@
 In ``frozen`` mode the image and text encoders never change, yet the plain loop runs them on every
 sample of every epoch. Here their outputs are computed once per (encoder weights, dataset, split,
 input size) for images and once per set of prompt strings for text, stored as fp16 ``.npy`` files
-(memory-mapped when read) under ``$VLSM_CACHE/features`` (default ``~/.cache/vlsm-tune/features``),
-and shared by every trial on the node: every prompt type of a dataset reuses its image features.
+(memory-mapped when read) under the node cache's ``features/`` (``$VLSM_CACHE``, default
+``~/.cache/vlsm-tune``; see datasets/cache.py), and shared by every trial on the node: every
+prompt type of a dataset reuses its image features.
 
 A cache entry is a folder written under a temporary name and renamed, while holding an exclusive
 ``fcntl.flock`` on a lock file beside it, so trials that start together build it once and never
@@ -20,7 +21,6 @@ Models opt in with ``encode_image(pixels) -> dict``, ``encode_text(ids, mask) ->
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -32,15 +32,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from datasets.cache import cache_root, file_lock
 from trainables.models import ModelInputs
 from trainables.tokenizers import tokenize
 
 ENCODE_BATCH = 16  # samples per encoder forward while building
 
 
-def cache_root() -> str:
-    base = os.environ.get("VLSM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vlsm-tune")
-    return os.path.join(base, "features")
+def features_root() -> str:
+    return os.path.join(cache_root(), "features")
 
 
 def supports_feature_cache(model: nn.Module) -> bool:
@@ -58,18 +58,6 @@ def weights_digest(model: nn.Module, prefixes: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
-    """An exclusive lock across the node's processes (released if the holder dies)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     # Floating features are kept in fp16 (half the disk and page cache); masks and ids as they are.
     return t.detach().to("cpu", torch.float16 if t.is_floating_point() else t.dtype).numpy()
@@ -79,7 +67,7 @@ def write_entry(folder: str, build) -> None:
     """Create ``folder`` once on this node: ``build(tmp_folder)`` writes it under a temporary name."""
     if os.path.exists(os.path.join(folder, "meta.json")):
         return
-    with locked(folder + ".lock"):
+    with file_lock(folder + ".lock"):
         if os.path.exists(os.path.join(folder, "meta.json")):  # another trial built it while we waited
             return
         tmp = f"{folder}.tmp-{os.getpid()}"
@@ -105,7 +93,7 @@ class FeatureCache:
             raise ValueError(f"{type(model).__name__} has no encode_image/encode_text/decode: "
                              "it cannot run from cached features")
         self.model, self.tokenizer, self.inputs = model, tokenizer, inputs
-        self.root = root or cache_root()
+        self.root = root or features_root()
         self.identity = f"{model_name}-{weights_digest(model, encoder_prefixes)}"
         self.wrapped: dict[int, FeatureSplit] = {}
         self.built = {"image": 0, "text": 0}  # entries this process computed (the rest were on disk)

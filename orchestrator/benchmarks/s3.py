@@ -107,28 +107,41 @@ def bench_rows(dataset: str, split: str, n: int, seed: int = 0):
                "class_name": "polyp", "p0": [""], "metadata": {}}
 
 
-def read_as_trial(uri: str, dataset: str, split: str, cache_dir: str | None, barrier) -> int:
-    """One trial: wait for the others, then read the split (through the node cache when given)."""
+def read_as_trial(uri: str, dataset: str, split: str, cache_dir: str | None, barrier, results) -> None:
+    """One trial: wait for the others, read the split (through the node cache when given), report its rows."""
     from datasets.cache import NodeCache
     from datasets.shards import ShardStore
 
     store = ShardStore(uri, cache=NodeCache(cache_dir) if cache_dir else False)
     barrier.wait()
-    return store.read_split(dataset, split).num_rows
+    results.put(store.read_split(dataset, split).num_rows)
+    results.close()
+    results.join_thread()
+    # The AWS SDK inside pyarrow can abort at interpreter exit ("terminate called without an active
+    # exception", apache/arrow#34314) after the work is done: leave without the interpreter's teardown.
+    os._exit(0)
 
 
-def run_trials(uri: str, dataset: str, split: str, cache_dirs: list[str | None], trials_per_node: int) -> None:
-    """Start ``trials_per_node`` processes per cache dir (one dir per simulated node) together."""
+def run_trials(uri: str, dataset: str, split: str, cache_dirs: list[str | None], trials_per_node: int) -> list[int]:
+    """Start ``trials_per_node`` processes per cache dir (one dir per simulated node) together; rows each read."""
     context = multiprocessing.get_context("spawn")  # a fresh process, like a Ray trial
     jobs = [cache for cache in cache_dirs for _ in range(trials_per_node)]
-    barrier = context.Barrier(len(jobs))
-    processes = [context.Process(target=read_as_trial, args=(uri, dataset, split, cache, barrier)) for cache in jobs]
+    barrier, results = context.Barrier(len(jobs)), context.Queue()
+    processes = [context.Process(target=read_as_trial, args=(uri, dataset, split, cache, barrier, results))
+                 for cache in jobs]
     for p in processes:
         p.start()
-    for p in processes:
-        p.join(300)
-        if p.exitcode != 0:
-            raise RuntimeError(f"trial process {p.pid} exited with {p.exitcode}")
+    try:
+        rows = [results.get(timeout=600) for _ in processes]
+    finally:
+        for p in processes:
+            p.join(60)
+            if p.is_alive():
+                p.kill()
+    failed = [f"{p.pid}: {p.exitcode}" for p in processes if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"trial processes exited with errors ({', '.join(failed)})")
+    return rows
 
 
 def add_arguments(parser) -> None:
@@ -162,7 +175,8 @@ def run(args) -> int:
                                   ("node cache", [os.path.join(tmp, f"node{i}") for i in range(args.nodes)])):
                 counts.clear()
                 began = time.perf_counter()
-                run_trials(uri, "bench", "train", caches, args.trials)
+                rows = run_trials(uri, "bench", "train", caches, args.trials)
+                assert rows == [args.rows] * len(rows), rows
                 seconds = time.perf_counter() - began
                 requests, served = counts.served("GET", ".parquet")
                 ratio = served / shard_bytes

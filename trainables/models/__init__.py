@@ -3,7 +3,9 @@
 Architecture and weights are kept apart: every model builds offline from a config with random
 weights, and loads pretrained weights only when ``weights`` names a hub id, a local folder or a
 checkpoint file. Every model's forward takes ``(pixel_values, input_ids, attention_mask)`` and
-returns logits ``(B, 1, H, W)`` at the input size; the CNNs ignore the text.
+returns logits ``(B, 1, H, W)`` at the input size; the CNNs ignore the text. The VLSMs split it
+into ``encode_image``, ``encode_text`` and ``decode`` (forward is the three in a row), so frozen
+encoders can run once and be read back (trainables/feature_cache.py).
 """
 
 from __future__ import annotations
