@@ -15,7 +15,6 @@ folder and renamed into place: it is never visible half-written.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import hashlib
 import io
@@ -38,7 +37,7 @@ from datasets.cache import NodeCache, file_lock, safe_name
 from datasets.shards import Manifest, ShardError, ShardStore
 
 # Bump when decoding changes (resize filter, draft): every cached split is then rebuilt.
-DECODER_VERSION = 1
+DECODER_VERSION = 2
 DECODE_COLUMNS = ["sample_id", "image", "mask", "height", "width"]
 
 log = logging.getLogger(__name__)
@@ -115,6 +114,7 @@ class DecodedSplit:
         return len(self.sample_ids)
 
     def full_mask(self, i: int) -> np.ndarray:
+        """Row ``i``'s mask at its original size, boolean."""
         offset, height, width = (int(v) for v in self.full_index[i])
         packed = self.full_bits[offset:offset + (height * width + 7) // 8]
         return np.unpackbits(packed, count=height * width).reshape(height, width).view(bool)
@@ -128,7 +128,7 @@ def default_workers() -> int:
 def _decode_into(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest,
                  images: np.ndarray, masks: np.ndarray, write_bits: Callable[[bytes], object],
                  workers: int) -> tuple[list[str], np.ndarray]:
-    """Decode every row into ``images``/``masks`` (threads: PIL releases the GIL while it decodes),
+    """Decode every row into ``images``/``masks`` (threads: PIL and torch release the GIL as they work),
     and the packed original-size masks through ``write_bits``, in row order. One shard file is in
     memory at a time. Returns the sample ids and the full-mask index."""
     sample_ids: list[str] = []
@@ -148,7 +148,7 @@ def _decode_into(store: ShardStore, dataset: str, split: str, size: int, manifes
                 images[i], masks[i, 0], full = decode_row(image, mask, height, width, where, size)
                 return np.packbits(full).tobytes(), full.shape
 
-            results = (pool or builtins).map(decode, enumerate(rows, start))
+            results = (pool.map if pool else map)(decode, enumerate(rows, start))
             try:
                 for i, (bits, shape) in enumerate(results, start):
                     index[i] = (offset, *shape)

@@ -221,7 +221,7 @@ class ShardStore:
             if self.cache is not None and self.remote:
                 data = self.cache.read(self.fs, path, uri, self.root, dataset, entry)
                 digest = entry["sha256"]  # the cache checked it, and raises on a mismatch
-            else:  # a local folder is read in place
+            else:  # a local folder, read in place (or storage read directly, without a cache)
                 with self.fs.open_input_stream(path) as f:
                     data = f.read()
                 digest = hashlib.sha256(data).hexdigest()
