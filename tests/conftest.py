@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 
 import pytest
@@ -17,6 +19,14 @@ os.environ.update({
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 })
+# The node caches (shards, decoded splits, frozen features) of this test session live in a folder
+# of its own, never in the user's ~/.cache; every process the tests start inherits it.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="vlsm-test-cache-")
+os.environ["VLSM_CACHE"] = _SESSION_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

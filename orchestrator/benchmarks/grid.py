@@ -5,8 +5,8 @@ small CPU share) and sleeps ``--sleep`` seconds, so ``gpus / fraction`` trials f
 ideal makespan is ``ceil(trials / concurrent) x sleep``. Measured: Tuner.fit from start to end
 (what a user waits for once Ray is up), plus Ray's start and the span from the first trial's start
 to the last one's end (the packing alone, without Tune's own start and finish). By default the
-grid runs twice on one Ray: with Tune's ``reuse_actors`` off (as the grid runner), where every trial
-starts a process, and on, where the second wave reuses the first wave's processes.
+grid runs twice on one Ray: with Tune's ``reuse_actors`` off, where every trial
+starts a process, and on (as the grid runner), where the second wave reuses the first wave's processes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpu-fraction", type=float, default=0.25, help="GPU share per trial (default: 0.25)")
     parser.add_argument("--cpus", type=int, default=2, help="logical CPUs of the local Ray (default: 2)")
     parser.add_argument("--reuse-actors", choices=("no", "yes", "both"), default="both",
-                        help="Tune's reuse_actors: no (as the grid runner), yes, or both side by side (default)")
+                        help="Tune's reuse_actors: no, yes (as the grid runner), or both side by side (default)")
 
 
 def sleep_trial(config: dict) -> None:
