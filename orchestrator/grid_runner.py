@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from datasets.pooled import member_splits
 from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
 from orchestrator.results import ResultStore, StorageError
@@ -37,7 +38,10 @@ def input_problems(specs: list[ExperimentSpec], data: str) -> list[str]:
                 raise ValueError(f"unknown mode {spec.mode!r}: expected one of {', '.join(MODES)}")
         except ValueError as e:
             problems.append(f"{spec.id}: {e}")
-        wanted = [(spec.train_set, "train"), (spec.train_set, "val")] + [(s, "test") for s in spec.eval_sets]
+        # A pooled train set needs its members' splits; a zero-shot experiment only its test sets.
+        trained = [] if spec.mode == "zeroshot" else member_splits(spec.train_set, "train") + member_splits(
+            spec.train_set, "val")
+        wanted = trained + [(s, "test") for s in spec.eval_sets]
         for dataset, split in wanted:
             key = (dataset, split, spec.prompt_type)
             if key in seen:

@@ -91,3 +91,29 @@ def test_pools_and_ingest_names_agree_with_the_grid():
         if name in FAMILIES:  # the released layout's folders (MIMIC-CXR lungs has none)
             assert FAMILIES[name] == info.prompt_family
             assert (name in TEST_ONLY) == info.test_only
+
+
+def test_a_grid_experiment_trains_on_a_pool_and_scores_its_members(store):
+    """What the grid's pooled block runs: prepare() reads the pool's members, trains, and tests."""
+    from orchestrator.experiment import ExperimentSpec
+    from orchestrator.grid_runner import input_problems
+    from trainables.experiment import prepare
+
+    for name in SIZES:  # test splits to score the pooled model on
+        manifest = store.manifest(name)
+        rows = [*store.iter_rows(name, "train"), *store.iter_rows(name, "val"),
+                *({**r, "split": "test", "sample_id": r["sample_id"] + "-t"} for r in store.iter_rows(name, "val"))]
+        store.write_dataset(name, rows, manifest.prompt_types)
+    spec = ExperimentSpec(model="clipseg", mode="finetune", train_set="pooled_polyp", prompt_type=RANDOM_PROMPT,
+                          eval_sets=("kvasir_polyp", "bkai_polyp"), size="small", batch_size=4, max_epochs=1)
+    assert input_problems([spec], store.root) == []
+    trainer, test_sets = prepare({**spec.to_dict(), "id": spec.id}, store.root)
+    assert len(trainer.train_set) == 12 and len(trainer.val_set) == 5
+    trainer.fit()
+    assert trainer.epoch == 1
+    assert {name: len(trainer.test(split)) for name, split in test_sets.items()} == {"kvasir_polyp": 2,
+                                                                                     "bkai_polyp": 1}
+    # A pool whose member is missing is named before any trial starts.
+    missing = ExperimentSpec(model="clipseg", mode="finetune", train_set="pooled_all", prompt_type=RANDOM_PROMPT,
+                             eval_sets=("kvasir_polyp",), size="small")
+    assert any("isic" in problem for problem in input_problems([missing], store.root))

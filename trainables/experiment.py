@@ -10,6 +10,7 @@ import statistics
 
 import torch
 
+from datasets.pooled import PooledSplit, open_split
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from trainables.feature_cache import FeatureCache, supports_feature_cache
@@ -26,10 +27,14 @@ def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer,
     store = ShardStore(data)
     inputs = model_inputs(spec["model"], spec["size"])
 
-    def split(dataset: str, name: str, train: bool) -> SegmentationSplit:
-        return SegmentationSplit(store, dataset, name, spec["prompt_type"], inputs.input_size, train, spec["seed"])
+    def split(dataset: str, name: str, train: bool) -> SegmentationSplit | PooledSplit:
+        # A pooled train set (pooled_polyp, pooled_all) reads its members' splits one after another.
+        return open_split(store, dataset, name, spec["prompt_type"], inputs.input_size, train, spec["seed"])
 
-    train_set, val_set = split(spec["train_set"], "train", True), split(spec["train_set"], "val", False)
+    if spec["mode"] == "zeroshot":  # evaluated as built: nothing to train or validate on
+        train_set = val_set = None
+    else:
+        train_set, val_set = split(spec["train_set"], "train", True), split(spec["train_set"], "val", False)
     test_sets = {name: split(name, "test", False) for name in spec["eval_sets"]}
     torch.manual_seed(spec["seed"])  # random-init weights are part of the experiment
     model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"])
@@ -43,7 +48,7 @@ def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer,
     tokenizer = build_tokenizer(spec["model"], spec["weights"])
     features = None
     if (spec["mode"] == "frozen" and feature_cache and os.environ.get("VLSM_FEATURE_CACHE", "1") != "0"
-            and supports_feature_cache(model)):
+            and supports_feature_cache(model) and not isinstance(train_set, PooledSplit)):
         features = FeatureCache(model, tokenizer, inputs, spec["model"], ENCODER_PREFIXES[spec["model"]])
     return Trainer(model, tokenizer, inputs, config, train_set, val_set, feature_cache=features), test_sets
 

@@ -74,7 +74,8 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, tokenizer, inputs: ModelInputs, config: TrainConfig,
-                 train_set: SegmentationSplit, val_set: SegmentationSplit, device: torch.device | None = None,
+                 train_set: SegmentationSplit | None, val_set: SegmentationSplit | None,
+                 device: torch.device | None = None,
                  feature_cache=None):
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device)
