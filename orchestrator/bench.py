@@ -1,6 +1,6 @@
 """Benchmarks that print the baseline and the new path side by side, with medians.
 
-    python -m orchestrator.bench {data,s3,frozen,grid} [options]
+    python -m orchestrator.bench {data,s3,frozen,grid,gpu} [options]
 
 Each benchmark is a module of ``orchestrator.benchmarks`` with ``HELP``, ``add_arguments(parser)``
 and ``run(args) -> int``; this file only dispatches.
@@ -16,7 +16,7 @@ import sys
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-BENCHMARKS = ("data", "s3", "frozen", "grid")
+BENCHMARKS = ("data", "s3", "frozen", "grid", "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -308,14 +308,15 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
 
 # -- command line (python -m orchestrator.run zeroshot|ablate|ood) --------------------------------
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from orchestrator.run import DEFAULT_DATA, DEFAULT_STORAGE
+    from orchestrator.run import DEFAULT_DATA, DEFAULT_STORAGE, add_study_arguments
+    from search_spaces.grid import PROFILES
 
     def common(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--data", default=DEFAULT_DATA,
                        help=f"shard root: a folder or s3://... (default: {DEFAULT_DATA})")
         p.add_argument("--storage", default=DEFAULT_STORAGE,
                        help=f"results root, a folder or s3://... (default: {DEFAULT_STORAGE})")
-        p.add_argument("--study", default="demo", help="study name under --storage (default: demo)")
+        add_study_arguments(p, sorted(PROFILES))
         p.add_argument("--only", action="append", metavar="PATTERN",
                        help=f"only {what} whose id matches PATTERN (glob or substring); repeatable")
         p.add_argument("--dry-run", action="store_true", help="list what would run and its status, run nothing")

@@ -7,8 +7,8 @@
 A trial's time is ``start + setup + epochs x (train rows x train time per sample + val rows x eval
 time per sample) + test rows x eval time per sample``, plus, in frozen mode, computing the feature
 cache once per (model, dataset) on the node. Step times come from ``search_spaces/step_times.json``
-(measured on the device type, by ``python -m trainables.bench`` or ``plan --calibrate``), else from
-the paper's reported minutes and epochs per experiment (Appendix C.1). Epochs: the paper's reported
+(measured on the device type by ``python -m orchestrator.bench gpu --save`` or ``plan --calibrate``),
+else from the paper's reported minutes and epochs per experiment (Appendix C.1). Epochs: the paper's reported
 average where it gives one (CLIPSeg 90, CRIS 45, BiomedCLIPSeg 80, -D 50), else twice the
 early-stopping patience, never more than the spec's ``max_epochs``. Trials are packed in grid order
 onto the GPUs by their GPU share (``search_spaces.defaults.resources_for``), each at its solo speed
@@ -358,12 +358,17 @@ def calibrate(specs: list[dict], data: str, device: str, path: str, threads: int
                      f"batch {batch}; setup {setup_s:.1f} s; first epoch {first:.1f} s, later {steady:.1f} s")
     table.setdefault("grid_start_s", {})[device] = round(grid_start_s, 2)
     lines.append(f"trial process start {start_s:.1f} s; Ray start {grid_start_s:.1f} s")
+    save_step_times(table, path)
+    lines.append(f"stored in {path}")
+    return lines
+
+
+def save_step_times(table: dict, path: str = STEP_TIMES) -> None:
+    """Write the table in place (a temporary file renamed over it, so a reader never sees half of one)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(_dump(table))
     os.replace(tmp, path)
-    lines.append(f"stored in {path}")
-    return lines
 
 
 def _dump(table: dict) -> str:

@@ -115,12 +115,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.evaluation import EVALUATIONS
     from orchestrator.report import to_markdown, write_report
     from orchestrator.results import ResultStore
 
-    if not ResultStore(args.storage, args.study).finished_ids():
-        print(f"no finished experiments under {args.storage.rstrip('/')}/{args.study}: check --storage and --study",
-              file=sys.stderr)
+    if not (ResultStore(args.storage, args.study).finished_ids()
+            or ResultStore(args.storage, args.study, EVALUATIONS).finished_ids()):
+        print(f"no finished experiments or evaluations under {args.storage.rstrip('/')}/{args.study}: "
+              "check --storage, --study and --profile", file=sys.stderr)
         return 1
     md, csv_uri, rows = write_report(args.storage, args.study)
     print(to_markdown(rows))
@@ -208,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
                                         "from finished experiments; writes report.md and report.csv under "
                                         "<storage>/<study>/.")
     report.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results root (default: {DEFAULT_STORAGE})")
-    report.add_argument("--study", default="demo", help="study name under --storage (default: demo)")
+    add_study_arguments(report, sorted(PROFILES))
     report.set_defaults(func=cmd_report)
 
     plan = sub.add_parser("plan", help="estimate GPU-hours, makespan and cost of a grid or search before running it",
@@ -251,8 +253,17 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def add_study_arguments(p: argparse.ArgumentParser, profiles: list[str]) -> None:
+    """--profile and --study for commands that read a grid's results: the study is named after its grid."""
+    p.add_argument("--profile", choices=profiles, default="demo",
+                   help="the grid whose results to read (default: demo)")
+    p.add_argument("--study", help="study name under --storage (default: the profile name, as grid names it)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "study", "") is None and getattr(args, "profile", None):
+        args.study = args.profile  # one rule for every command: a study is named after its grid
     return args.func(args)
 
 

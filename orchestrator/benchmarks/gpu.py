@@ -22,13 +22,14 @@ printed as such, so the same code runs (and is tested) here.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
 import statistics
 import tempfile
-import threading
 import time
+from collections.abc import Iterator
 
 HELP = "step time per model at the study's batch sizes, and 1/2/4 frozen CLIPSeg trials sharing one GPU"
 CNNS = ("unet", "unetpp", "deeplabv3plus")
@@ -131,7 +132,7 @@ def _measure_cached_and_eval(name: str, mode: str, size: str, batch: int, steps:
     # Stored as the cache keeps them: fp16 floats on the host; the Trainer moves them every step.
     host = {part: {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype)
                    for k, v in feats.items()} for part, feats in features.items()}
-    del features
+    features.clear()  # free the device copies
     size_hw = (inputs.input_size, inputs.input_size)
 
     def on_device() -> tuple[dict, dict]:
@@ -178,6 +179,28 @@ def study_batch(model: str) -> int:
     from search_spaces.defaults import training_defaults
 
     return training_defaults(model)["batch_size"]
+
+
+def collect(queue, children: list) -> list[dict]:
+    """One result per child; a child that died without one (killed for memory, a crash in CUDA) gives
+    an error row, and the others, which would wait for it at the barrier, are stopped."""
+    import queue as queues
+
+    rows: list[dict] = []
+    while len(rows) < len(children):
+        try:
+            rows.append(queue.get(timeout=5))
+        except queues.Empty:
+            dead = [c for c in children if c.exitcode not in (None, 0)]
+            if dead:
+                for child in children:
+                    if child.is_alive():
+                        child.terminate()
+                rows.append({"error": f"a process exited with code {dead[0].exitcode} without a result"})
+                break
+    for child in children:
+        child.join()
+    return rows
 
 
 # -- part 2: N frozen CLIPSeg trials sharing the device --------------------------------------------
@@ -230,14 +253,12 @@ def _share_trial(barrier, shares: int, threads: int, size: str, batch: int, epoc
 def run_shares(shares: int, threads: int, args, data: str, cache_root: str) -> dict:
     context = multiprocessing.get_context("spawn")
     queue, barrier = context.Queue(), context.Barrier(shares)
-    children = [context.Process(target=_share_child, args=(queue, barrier, shares, threads, args.size, args.batch_shared,
-                                                           args.epochs, args.features, args.device, data, cache_root))
-                for _ in range(shares)]
+    child_args = (queue, barrier, shares, threads, args.size, args.batch_shared, args.epochs, args.features,
+                  args.device, data, cache_root)
+    children = [context.Process(target=_share_child, args=child_args) for _ in range(shares)]
     for child in children:
         child.start()
-    rows = [queue.get() for _ in children]
-    for child in children:
-        child.join()
+    rows = collect(queue, children)
     errors = [r["error"] for r in rows if "error" in r]
     if errors:
         return {"shares": shares, "error": errors[0]}
@@ -285,6 +306,22 @@ def save(rows: list[dict], device: str, device_name: str, path: str | None) -> s
 
 # -- the command ---------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _node_cache(path: str) -> Iterator[None]:
+    """A private node cache (decoded images, features) for the sharing trials, not the user's."""
+    from datasets.cache import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = path  # the spawned trials inherit it
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = previous
+
+
 def _fmt(value, spec: str, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
 
@@ -301,9 +338,11 @@ def run(args) -> int:
     args.steps = args.steps or (10 if on_cuda else 3)
     name = torch.cuda.get_device_name() if on_cuda else f"CPU, {os.cpu_count()} cores"
     print(f"on {name}: {args.size} models, random init, medians")
-    if not on_cuda or args.size != "full" or args.batch:
-        print("note: not the study's sizes" + (" (CPU stand-in: small models, small batches)" if not on_cuda else "")
-              + "; run on a CUDA GPU with the defaults for those")
+    differs = ([] if args.size == "full" else ["small models"]) + (
+        [f"batch {args.batch} for every model"] if args.batch else [] if on_cuda else [f"batch {CPU_BATCH} (CPU)"])
+    if differs:
+        print(f"note: not the study's sizes ({', '.join(differs)}); the study's: full models at batch 128 "
+              "(CLIPSeg, BiomedCLIPSeg), 32 (CRIS), 16 (CNNs), the defaults on a CUDA GPU")
 
     rows = []
     if args.models:
@@ -318,8 +357,8 @@ def run(args) -> int:
             child = context.Process(target=_model_child,
                                     args=(queue, model, mode, args.size, batch, args.steps, args.device))
             child.start()
-            row = queue.get()
-            child.join()
+            row = collect(queue, [child])[0]
+            row.setdefault("model", model)
             if "error" in row:
                 print(f"{model:<16} failed: {row['error']}", flush=True)
                 continue
@@ -342,26 +381,28 @@ def run(args) -> int:
               + f": batch {args.batch_shared}, {args.steps} steps per epoch, median of {args.epochs} epochs, "
               + ("decoder on the feature cache" if args.features == "cached" else "encoders every step"))
         print(f"{'trials':>6} {'threads':>7} {'total samples/s':>15} {'per trial':>10} {'speed-up':>9} "
-              f"{'start spread (s)':>16}")
+              f"{'slowdown':>9} {'start spread (s)':>16}")
         base = None
-        with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp, _node_cache(f"{tmp}/cache"):
             write_split_data(f"{tmp}/shards", rows_per_epoch, 1)
             for shares in args.shares:
-                threads = max(1, cpus // shares) if not on_cuda else max(1, min(4, cpus // shares))
+                threads = max(1, cpus // shares)
                 row = run_shares(shares, threads, args, f"{tmp}/shards", f"{tmp}/features")
                 if "error" in row:
                     print(f"{shares:>6} failed: {row['error']}", flush=True)
                     continue
-                base = base or row["total"] / shares
+                if shares == 1:
+                    base = row["total"]
+                speed_up = f"{row['total'] / base:>8.2f}x" if base else f"{'-':>9}"
+                slowdown = f"{base / row['per_process']:>8.2f}x" if base else f"{'-':>9}"
                 print(f"{shares:>6} {threads:>7} {row['total']:>15.1f} {row['per_process']:>10.1f} "
-                      f"{row['total'] / base:>8.2f}x {row['start_spread_s']:>16.2f}", flush=True)
-        print("total: the trials' samples/s added up; speed-up: over one trial alone; start spread: how far apart "
-              "the trials began after the barrier")
+                      f"{speed_up} {slowdown} {row['start_spread_s']:>16.2f}", flush=True)
+        print("total: the trials' samples/s added up; speed-up: total over one trial alone; slowdown: one trial's "
+              "epoch against running alone (the planner's --share-slowdown); start spread: how far apart the "
+              "trials began after the barrier")
 
     if args.save and rows:
         device = args.gpu_type or (device_type(name) if on_cuda else "cpu")
         print(f"\nstored {len(rows)} entries under {device!r} in {save(rows, device, name, args.step_times)}")
     return 0
 
-
-__all__ = ["run", "add_arguments", "measure_model", "device_type", "threading"]
