@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ from prompts.perturb import OPPOSITES, Perturbation, PerturbationError
 from prompts.templates import TEMPLATE_ATTRIBUTES
 from search_spaces.datasets import ENDOSCOPY, POOLS
 from search_spaces.defaults import STUDY_WEIGHTS
+from search_spaces.grid import CNNS
 
 EVALUATIONS = "evaluations"  # the folder beside "experiments" in <storage>/<study>/
 KINDS = ("ablate", "ood")
@@ -120,6 +120,9 @@ def ablation_specs(sources: list[dict], store: ShardStore, requested: list[str] 
     be perturbed (e.g. prompt type ``random``, a dataset without a prompt family)."""
     specs, skipped = [], []
     for source in sources:
+        if source["model"] in CNNS:  # they read no prompt: nothing to perturb
+            skipped.append(f"{source['id']} (a CNN reads no prompt)")
+            continue
         for eval_set in source["eval_sets"]:
             family = store.manifest(eval_set).prompt_family
             if source["prompt_type"] not in TEMPLATE_ATTRIBUTES.get(family, {}):
@@ -376,8 +379,9 @@ def parse_weights(items: list[str] | None) -> dict[str, str]:
             raise ValueError(f"--weights {item!r}: expected MODEL=WEIGHTS, e.g. clipseg=CIDAS/clipseg-rd64-refined")
         if model not in STUDY_WEIGHTS:
             raise ValueError(f"--weights {item!r}: unknown model {model!r} (known: {', '.join(STUDY_WEIGHTS)})")
-        # A local folder or file must be found by every worker: give its absolute path.
-        weights[model] = os.path.abspath(value) if os.path.exists(value) else value
+        # Kept as given, so ids do not depend on the machine: trials resolve relative paths against
+        # the folder this command runs in (trainables.models.resolve_weights).
+        weights[model] = value
     return weights
 
 

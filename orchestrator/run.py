@@ -131,8 +131,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.evaluation import EVALUATIONS
     from orchestrator.results import ResultStore
-    from orchestrator.status import collect, render
+    from orchestrator.status import collect, render, state_of
     from search_spaces.grid import PROFILES
 
     if args.profile is None:
@@ -153,6 +154,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     results = ResultStore(args.storage, study)
     where = f"{results.uri} (profile {args.profile}, {len(specs)} experiments)"
     print(render(collect(specs, results), where))
+    evaluations = [state_of(names) for names in ResultStore(args.storage, study, EVALUATIONS).listing().values()]
+    if evaluations:  # zeroshot runs are experiments above; ablate and ood runs live beside them
+        print(f"evaluations (ablate, ood): {evaluations.count('done')} done, {evaluations.count('failed')} failed, "
+              f"{len(evaluations) - evaluations.count('done') - evaluations.count('failed')} unfinished")
     return 0
 
 

@@ -59,6 +59,7 @@ class Block:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
     best_val_dice: float | None = None
     durations: list[float] = field(default_factory=list)  # full-run seconds of finished experiments
+    epochs: list[int] = field(default_factory=list)  # epochs finished experiments ran (early stopping)
     left_runs: float = 0.0  # experiments still to run, a running one counted by its epochs left
 
     def add_dice(self, dice: float | None) -> None:
@@ -101,7 +102,7 @@ def collect(specs: list[ExperimentSpec], results: ResultStore, now: float | None
         read = dict(zip(want, pool.map(lambda w: getattr(results, w[1])(w[0]), want)))
 
     blocks: dict[str, Block] = {}
-    running_now, stale = 0, []
+    running_now, stale, running = 0, [], []
     for spec in specs:
         block = blocks.setdefault(block_of(spec), Block(block_of(spec)))
         state = states[spec.id]
@@ -110,11 +111,12 @@ def collect(specs: list[ExperimentSpec], results: ResultStore, now: float | None
             block.add_dice(result.get("best_val_dice"))
             if (seconds := full_run_seconds(result)) is not None:
                 block.durations.append(seconds)
+            if result.get("epochs"):
+                block.epochs.append(result["epochs"])
         elif state == "running":
             progress = read[(spec.id, "progress")] or {}
             block.add_dice(progress.get("best_val_dice"))
-            epochs = progress.get("max_epochs") or spec.max_epochs
-            block.left_runs += 1 - min(progress.get("epoch", 0), epochs) / epochs if epochs else 1
+            running.append((block, spec, progress.get("epoch", 0)))
             updated = max(t for name, t in files[spec.id].items()
                           if name in (ResultStore.CHECKPOINT, ResultStore.PROGRESS))
             if now - progress.get("updated_at", updated) > STALE_AFTER_S:
@@ -123,6 +125,11 @@ def collect(specs: list[ExperimentSpec], results: ResultStore, now: float | None
                 running_now += 1
         elif state == "pending":
             block.left_runs += 1
+    for block, spec, epoch in running:
+        # Early stopping ends most runs long before max_epochs: what is left of a running one is
+        # measured against the epochs its block's finished experiments ran, when there are some.
+        expected = sum(block.epochs) / len(block.epochs) if block.epochs else spec.max_epochs
+        block.left_runs += 1 - epoch / max(expected, epoch + 1)
     failed = {i: (f or {}).get("error", "?") for (i, kind), f in read.items() if kind == "failure"}
     others = len(set(files) - set(states))
     return Status(list(blocks.values()), running_now, stale, failed, others)

@@ -87,6 +87,9 @@ def test_ablate_scores_every_perturbation_of_the_prompt_and_a_rerun_runs_nothing
     assert again.returncode == 0, again.stderr[-3000:]
     assert "12 evaluations: 12 already finished" in again.stdout and "0 to run" in again.stdout
     assert "Ray" not in again.stdout + again.stderr and trained.evaluations.finished_ids() == stored
+    shown = run_cli("status", "--storage", trained.storage)  # the demo study, as grid names it
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "evaluations (ablate, ood): 12 done, 0 failed, 0 unfinished" in shown.stdout, shown.stdout
 
 
 def test_ood_scores_each_model_on_every_polyp_set(trained):
