@@ -23,10 +23,7 @@ from torch.utils.data import Dataset
 
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardError, ShardStore
-
-POLYP_TRAIN = ("kvasir_polyp", "clinicdb_polyp", "bkai_polyp")
-POLYP_TEST_ONLY = ("cvc300_polyp", "colondb_polyp", "etis_polyp")
-OTHER_TRAIN = ("isic", "dfu", "camus", "busi", "chexlocalize")
+from search_spaces.datasets import POOLS
 
 
 @dataclass(frozen=True)
@@ -36,10 +33,9 @@ class PooledView:
     eval_sets: tuple[str, ...]  # datasets whose test split the study scored a model of this pool on
 
 
-POOLED_VIEWS: dict[str, PooledView] = {
-    "pooled_polyp": PooledView("pooled_polyp", POLYP_TRAIN, POLYP_TRAIN + POLYP_TEST_ONLY),
-    "pooled_all": PooledView("pooled_all", POLYP_TRAIN + OTHER_TRAIN, POLYP_TRAIN + POLYP_TEST_ONLY + OTHER_TRAIN),
-}
+# One table of the study's datasets and pools (search_spaces/datasets.py); this is its data-side view.
+POOLED_VIEWS: dict[str, PooledView] = {name: PooledView(name, pool.members, pool.eval_sets)
+                                       for name, pool in POOLS.items()}
 
 
 def member_splits(name: str, split: str) -> list[tuple[str, str]]:

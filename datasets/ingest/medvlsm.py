@@ -33,6 +33,7 @@ from PIL import Image
 
 from datasets.ingest.records import Record, RowError, RowNote, RowProblem
 from prompts.metadata import BUSI_CLASS_NAME, CAMUS_STRUCTURES
+from search_spaces.datasets import DATASETS
 
 SPLIT_ORDER = ("train", "val", "test")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -42,13 +43,11 @@ CAMUS_MASK_FOLDER = re.compile(r"mask_(\d)")
 MID_GREY = (32, 223)
 MAX_MID_GREY_SHARE = 0.05
 
-# Folder names of the released layout (naamiinepal/medvlsm data/<name>) and their prompt families.
-FAMILIES = {
-    **{name: "non_radiology" for name in ("kvasir_polyp", "clinicdb_polyp", "bkai_polyp", "cvc300_polyp",
-                                           "colondb_polyp", "cvc_colondb_polyp", "etis_polyp", "isic", "dfu")},
-    "busi": "busi", "camus": "camus", "chexlocalize": "chexlocalize",
-}
-TEST_ONLY = ("cvc300_polyp", "colondb_polyp", "cvc_colondb_polyp", "etis_polyp")
+# Folder names of the released layout (naamiinepal/medvlsm data/<name>) and their prompt families,
+# from the study's one dataset table; the study's pooled configs also spell ColonDB as below.
+COLONDB_ALIAS = "cvc_colondb_polyp"
+FAMILIES = {**{name: d.prompt_family for name, d in DATASETS.items()}, COLONDB_ALIAS: "non_radiology"}
+TEST_ONLY = (*(name for name, d in DATASETS.items() if d.test_only), COLONDB_ALIAS)
 
 
 class LayoutError(Exception):
