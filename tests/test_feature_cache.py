@@ -114,3 +114,25 @@ def test_concurrent_builders_build_once(tmp_path):
     assert len(open(log).read().split()) == 1
     assert os.listdir(tmp_path / "entry") == ["meta.json"]
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_a_killed_builders_leftover_is_removed_and_the_entry_built_once(tmp_path):
+    from trainables.feature_cache import write_entry
+
+    folder = str(tmp_path / "clipseg-v1-abc" / "images" / "synth" / "train-352")
+    leftover = f"{folder}.tmp-4242"  # a builder killed mid-write: no meta.json, gigabytes of features
+    os.makedirs(leftover)
+    with open(os.path.join(leftover, "x.npy"), "wb") as f:
+        f.write(b"\0" * 1024)
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            f.write('{"keys": []}')
+
+    write_entry(folder, build)
+    write_entry(folder, build)  # already there: not built again
+    assert len(calls) == 1 and not os.path.exists(leftover)
+    assert os.path.exists(os.path.join(folder, "meta.json"))
+    assert not [n for n in os.listdir(os.path.dirname(folder)) if ".tmp-" in n]

@@ -21,6 +21,7 @@ Models opt in with ``encode_image(pixels) -> dict``, ``encode_text(ids, mask) ->
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -37,6 +38,9 @@ from trainables.models import ModelInputs
 from trainables.tokenizers import tokenize
 
 ENCODE_BATCH = 16  # samples per encoder forward while building
+# Part of every entry's key: raise it when what encode_image / encode_text return changes (layers
+# taken, normalisation, dtype), so that no trial ever reads features an older version computed.
+FEATURES_VERSION = 1
 
 
 def features_root() -> str:
@@ -70,8 +74,11 @@ def write_entry(folder: str, build) -> None:
     with file_lock(folder + ".lock"):
         if os.path.exists(os.path.join(folder, "meta.json")):  # another trial built it while we waited
             return
+        # Under the lock no one else is building this entry: any temporary folder is a killed
+        # builder's leftover (features can be gigabytes), so it goes.
+        for leftover in glob.glob(glob.escape(folder) + ".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp = f"{folder}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         build(tmp)
         shutil.rmtree(folder, ignore_errors=True)  # a half-written leftover has no meta.json
@@ -94,7 +101,8 @@ class FeatureCache:
                              "it cannot run from cached features")
         self.model, self.tokenizer, self.inputs = model, tokenizer, inputs
         self.root = root or features_root()
-        self.identity = f"{model_name}-{weights_digest(model, encoder_prefixes)}"
+        self.identity = (f"{model_name}-v{FEATURES_VERSION}-{weights_digest(model, encoder_prefixes)}"
+                         f"-{hashlib.blake2b(repr((inputs.mean, inputs.std)).encode(), digest_size=4).hexdigest()}")
         self.wrapped: dict[int, FeatureSplit] = {}
         self.built = {"image": 0, "text": 0}  # entries this process computed (the rest were on disk)
 
