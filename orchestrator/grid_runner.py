@@ -105,7 +105,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
     import ray
     from ray import tune
 
-    from trainables.tune_trainable import CHECKPOINT_INTERVAL_S, train_experiment
+    from trainables.tune_trainable import train_experiment
 
     data, storage = absolute_uri(data), absolute_uri(storage)
     results = ResultStore(storage, study)
@@ -145,8 +145,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
         specs_by_id = {s.id: s.to_dict() for s in todo}
         trainable = tune.with_parameters(train_experiment, specs=specs_by_id, data=data, storage=storage,
                                          study=study, threads=max(1, math.floor(cpus_per_trial)),
-                                         checkpoint_interval_s=CHECKPOINT_INTERVAL_S if checkpoint_interval_s is None
-                                         else checkpoint_interval_s)
+                                         checkpoint_interval_s=checkpoint_interval_s)
         tuner = tune.Tuner(
             tune.with_resources(trainable, trial_resources(specs_by_id, cpus_per_trial, gpus_per_trial, use_gpus)),
             param_space={"experiment_id": tune.grid_search(list(specs_by_id))},

@@ -201,7 +201,8 @@ def parser() -> argparse.ArgumentParser:
     grid.add_argument("--max-failures", type=int, default=1, metavar="K",
                       help="times Ray retries a crashed trial from its last checkpoint (default: 1)")
     grid.add_argument("--checkpoint-interval", type=float, metavar="S",
-                      help="seconds between a trial's checkpoints (default: 30; always one after the last epoch)")
+                      help="seconds between a trial's checkpoints (default: 30, full-size models 300; "
+                           "always one after the last epoch)")
     grid.add_argument("--retry-failed", action="store_true",
                       help="rerun experiments that failed in an earlier launch (FAILED.json); "
                            "by default they are skipped and listed")

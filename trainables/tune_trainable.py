@@ -28,13 +28,18 @@ from trainables.trainer import Trainer
 # Checkpoint at most this often (and always after the last epoch): small models finish epochs in
 # about a second, and a checkpoint per epoch would flood storage and Tune's experiment snapshots.
 CHECKPOINT_INTERVAL_S = 30.0
+# A full-size finetuning checkpoint (weights, best weights, Adam state) is gigabytes: written to
+# storage every 30 s it would cost more than the epochs it protects.
+FULL_SIZE_CHECKPOINT_INTERVAL_S = 300.0
 
 
 def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: str, study: str,
-                     threads: int = 1, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+                     threads: int = 1, checkpoint_interval_s: float | None = None) -> None:
     experiment_id = config["experiment_id"]
     spec = {**specs[experiment_id], "id": experiment_id}
     results = ResultStore(storage, study)
+    if checkpoint_interval_s is None:
+        checkpoint_interval_s = FULL_SIZE_CHECKPOINT_INTERVAL_S if spec["size"] == "full" else CHECKPOINT_INTERVAL_S
     torch.set_num_threads(threads)
     started = time.time()
     gpu_share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
