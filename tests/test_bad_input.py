@@ -78,7 +78,7 @@ def test_unwritable_storage_is_reported_before_training(tmp_path, s3_endpoint):
 def test_report_on_an_empty_study_says_so(tmp_path):
     result = run_cli("report", "--storage", str(tmp_path), "--study", "typo", timeout=60)
     assert result.returncode == 1
-    assert f"no finished experiments under {tmp_path}/typo" in result.stderr
+    assert f"no finished experiments or evaluations under {tmp_path}/typo" in result.stderr
     assert not (tmp_path / "typo" / "report.md").exists()
 
 
