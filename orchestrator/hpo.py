@@ -73,13 +73,20 @@ def trial_specs(base: dict, setting: dict, datasets: list[str]) -> dict[str, dic
             for name in datasets}
 
 
-def search_trial(config: dict, base: dict, datasets: list[str], data: str, threads: int = 1) -> None:
+def search_trial(config: dict, base: dict, datasets: list[str], data: str, threads: int = 1,
+                 checkpoint_interval_s: float | None = None) -> None:
     """Ray Tune function trainable: train ``config``'s setting on every dataset, one epoch of each per
-    report, until the epoch budget or every dataset's early stopping."""
+    report, until the epoch budget or every dataset's early stopping. Checkpoints (every trainer's
+    state) let a continued search resume an interrupted trial where it stopped."""
+    import os
+    import tempfile
+    import time
+
     import torch
     from ray import tune
 
     from trainables.experiment import prepare
+    from trainables.tune_trainable import CHECKPOINT_INTERVAL_S, FULL_SIZE_CHECKPOINT_INTERVAL_S
 
     torch.set_num_threads(threads)
     share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
@@ -87,20 +94,44 @@ def search_trial(config: dict, base: dict, datasets: list[str], data: str, threa
         torch.cuda.set_per_process_memory_fraction(share)  # Ray does not enforce fractions
     trainers = {name: prepare(spec, data)[0] for name, spec in trial_specs(base, config, datasets).items()}
     latest: dict[str, float] = {}
+    resumed = None
+    if checkpoint := tune.get_checkpoint():  # Tuner.restore of an interrupted search
+        with checkpoint.as_directory() as d:
+            for name, trainer in trainers.items():
+                trainer.load_state_dict(torch.load(os.path.join(d, f"{name}.pt"), weights_only=True,
+                                                   map_location=trainer.device))
+            with open(os.path.join(d, "latest.json")) as f:
+                latest = json.load(f)
+        resumed = max(t.epoch for t in trainers.values())
+    interval = checkpoint_interval_s
+    if interval is None:
+        interval = FULL_SIZE_CHECKPOINT_INTERVAL_S if base["size"] == "full" else CHECKPOINT_INTERVAL_S
+    last_checkpoint = time.monotonic()
     while not all(t.finished for t in trainers.values()):
         for name, trainer in trainers.items():
             if not trainer.finished:
                 latest[name] = trainer.step().val_dice
         best = {name: t.best_dice for name, t in trainers.items()}
-        tune.report({METRIC: statistics.fmean(latest.values()), "best_val_dice": statistics.fmean(best.values()),
-                     "epoch": max(t.epoch for t in trainers.values()),
-                     "val_dice_by_dataset": dict(latest), "best_val_dice_by_dataset": best})
+        metrics = {METRIC: statistics.fmean(latest.values()), "best_val_dice": statistics.fmean(best.values()),
+                   "epoch": max(t.epoch for t in trainers.values()), "resumed_from_epoch": resumed,
+                   "val_dice_by_dataset": dict(latest), "best_val_dice_by_dataset": best}
+        if time.monotonic() - last_checkpoint < interval:
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            for name, trainer in trainers.items():
+                torch.save(trainer.state_dict(), os.path.join(d, f"{name}.pt"))
+            with open(os.path.join(d, "latest.json"), "w") as f:
+                json.dump(latest, f)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        last_checkpoint = time.monotonic()
 
 
 def trial_record(trial_id: str, config: dict, metrics: dict) -> dict:
     best = metrics.get("best_val_dice_by_dataset") or {}
     return {"trial_id": trial_id, "setting": {k: config[k] for k in SEARCHED},
             "epochs": metrics.get("training_iteration", 0), "best_val_dice": dict(best),
+            "resumed_from_epoch": metrics.get("resumed_from_epoch"),
             "mean_best_val_dice": statistics.fmean(best.values()) if best else None}
 
 
@@ -138,7 +169,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                grace_period: int = 1, reduction_factor: float = 2, seed: int = 0, max_concurrent: int | None = 4,
                weights: str | None = None, address: str | None = None, fake_gpus: int | None = None,
                gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, dashboard: bool = False,
-               verbose: int = 1) -> dict:
+               checkpoint_interval_s: float | None = None, verbose: int = 1) -> dict:
     """Run the search and the selection; returns the selection record, also written to storage."""
     import optuna
     import ray
@@ -167,7 +198,8 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
 
         threads = max(1, math.floor(cpus or resources_for(base)["cpu"]))
         trainable = tune.with_resources(
-            tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data, threads=threads),
+            tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data, threads=threads,
+                                 checkpoint_interval_s=checkpoint_interval_s),
             resources)
         if tune.Tuner.can_restore(f"{where}/tune"):
             # The same command again: an interrupted search goes on (searcher state included), a
@@ -187,7 +219,8 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                                             reduction_factor=reduction_factor),
                     trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
                     trial_dirname_creator=lambda trial: f"{model}-{trial.trial_id}"),
-                run_config=tune.RunConfig(name="tune", storage_path=where, verbose=verbose),
+                run_config=tune.RunConfig(name="tune", storage_path=where, verbose=verbose,
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
             )
         grid = tuner.fit()
     finally:
@@ -268,6 +301,8 @@ def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_sto
                    help="GPU share per trial (default: from the model and the sampled batch size)")
     p.add_argument("--cpus-per-trial", type=float, metavar="C",
                    help="CPUs per trial (default: 1 for small models, else the model's)")
+    p.add_argument("--checkpoint-interval", type=float, metavar="S",
+                   help="seconds between a trial's checkpoints (default: 30, full-size models 300)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune output (default: 1)")
 
 
@@ -305,7 +340,8 @@ def cmd_hpo(args: argparse.Namespace) -> int:
                             grace_period=args.grace_period, reduction_factor=args.reduction_factor, seed=args.seed,
                             max_concurrent=args.max_concurrent, weights=weights, address=args.address,
                             fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
-                            cpus_per_trial=args.cpus_per_trial, verbose=args.verbose)
+                            cpus_per_trial=args.cpus_per_trial, checkpoint_interval_s=args.checkpoint_interval,
+                            verbose=args.verbose)
     except (SearchStopped, ValueError) as e:  # interrupted, or no trial scored every dataset
         print(f"no setting selected: {e}", file=sys.stderr)
         return 1

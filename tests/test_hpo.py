@@ -91,3 +91,46 @@ def test_rule_counts_wins_before_means():
     # A tie in wins goes to the higher mean.
     tie = select_setting(trials[1:3], ["y", "z"])
     assert tie["selected"]["trial_id"] == "c" and tie["selected"]["wins"] == 1
+
+
+def test_a_stopped_search_continues_its_trials_from_their_checkpoints(tmp_path):
+    """Kill the hpo driver mid-trial, run the same command again: the interrupted trials go on from
+    their last checkpoint (Tuner.restore), not from epoch 0, and the selection is written."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cli import REPO, kill_session
+
+    write_tiny(tmp_path / "shards")
+    storage = tmp_path / "runs"
+    epochs = 8
+    args = ["hpo", "--model", "clipseg", "--datasets", *DATASETS, "--num-samples", "2", "--max-epochs", str(epochs),
+            "--grace-period", str(epochs), "--max-concurrent", "2", "--data", str(tmp_path / "shards"),
+            "--storage", str(storage), "--seed", "0", "--cpus-per-trial", "1", "--checkpoint-interval", "0",
+            "--verbose", "0"]
+    tune_dir = storage / "demo" / "hpo" / "clipseg" / "tune"
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "wb") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "orchestrator.run", *args], cwd=REPO, env=os.environ.copy(),
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        # Kill once Tune's experiment state knows of a trial checkpoint after epoch 2 and before the last.
+        while not any(f"checkpoint_{i:06d}" in p.read_text(errors="replace")
+                      for p in tune_dir.glob("experiment_state-*.json") for i in range(2, epochs - 1)):
+            assert driver.poll() is None, f"the search ended before the kill:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no checkpoint in time:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.3)
+    finally:
+        kill_session(driver)
+
+    rerun = run_cli(*args, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-4000:]
+    assert "continuing the search" in rerun.stdout
+    selection = json.loads((tune_dir.parent / "selection.json").read_text())
+    trials = selection["trials"]
+    assert len(trials) == 2 and all(set(t["best_val_dice"]) == set(DATASETS) for t in trials)
+    resumed = [t["resumed_from_epoch"] for t in trials if t["resumed_from_epoch"] is not None]
+    assert resumed and all(2 <= r < epochs for r in resumed), trials
