@@ -23,6 +23,8 @@ from torch import nn
 from transformers import BertConfig, BertTokenizerFast, CLIPSegConfig
 from transformers.models.clipseg.modeling_clipseg import CLIPSegDecoder, CLIPSegForImageSegmentation
 
+from trainables.models.segmenter import EncoderDecoderSegmenter
+
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOMEDBERT_HUB_ID = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 CLIPSEG_HUB_ID = "CIDAS/clipseg-rd64-refined"
@@ -111,7 +113,7 @@ def _build_towers(spec: BiomedCLIPSegSpec) -> nn.Module:
         return open_clip.create_model(write_open_clip_folder(root, spec), pretrained_text=False)
 
 
-class BiomedCLIPSeg(nn.Module):
+class BiomedCLIPSeg(EncoderDecoderSegmenter):
     """BiomedCLIP's image and text towers feeding a CLIPSeg decoder; logits at the input size.
 
     ``frozen`` and ``zeroshot`` run both towers without gradients and keep them in eval mode (so
@@ -167,12 +169,6 @@ class BiomedCLIPSeg(nn.Module):
             logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
         return logits
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(self.mode == "finetune" and torch.is_grad_enabled()):
-            image = self.encode_image(pixel_values)
-            text = self.encode_text(input_ids, attention_mask)
-        return self.decode(image, text, pixel_values.shape[-2:])
 
 def _assemble(spec: BiomedCLIPSegSpec, mode: str) -> BiomedCLIPSeg:
     # Built alone, the decoder's layers would copy a config with no attention implementation set.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+from trainables.models.segmenter import EncoderDecoderSegmenter
 
 
 def clipseg_config(size: str) -> CLIPSegConfig:
@@ -25,7 +26,7 @@ def clipseg_config(size: str) -> CLIPSegConfig:
     raise ValueError(f"unknown CLIPSeg size {size!r}")
 
 
-class CLIPSeg(nn.Module):
+class CLIPSeg(EncoderDecoderSegmenter):
     """CLIPSeg with its encoders run by us rather than inside Hugging Face's ``no_grad``.
 
     ``frozen`` trains the decoder only (what the study's numbers come from); ``finetune`` lets
@@ -62,12 +63,6 @@ class CLIPSeg(nn.Module):
         # The decoder squeezes the channel axis, and with it the batch axis of a batch of one.
         return logits.reshape(activations[0].shape[0], 1, *logits.shape[-2:])
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(self.mode == "finetune" and torch.is_grad_enabled()):
-            image = self.encode_image(pixel_values)
-            text = self.encode_text(input_ids, attention_mask)
-        return self.decode(image, text, pixel_values.shape[-2:])
 
 def build_clipseg(mode: str, size: str, weights: str | None = None) -> CLIPSeg:
     """``weights``: a hub id (``CIDAS/clipseg-rd64-refined``) or a local folder; None for random init."""

@@ -26,6 +26,8 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from open_clip.modified_resnet import AttentionPool2d
 from torch import nn
 
+from trainables.models.segmenter import EncoderDecoderSegmenter
+
 
 @dataclass(frozen=True)
 class CRISConfig:
@@ -81,6 +83,7 @@ def cris_config(size: str) -> CRISConfig:
 
 
 # --- backbone ---------------------------------------------------------------------------------
+
 
 class SpatialAttentionPool(AttentionPool2d):
     """CLIP's attention pool applied at every position: no class token, positional embedding
@@ -152,6 +155,7 @@ class CLIPBackbone(nn.Module):
 
 # --- neck -------------------------------------------------------------------------------------
 
+
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
@@ -204,6 +208,7 @@ class FPN(nn.Module):
 
 
 # --- decoder ----------------------------------------------------------------------------------
+
 
 def _sine(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """Interleaved sin/cos of ``positions`` (N,) at ``dim // 2`` frequencies: (N, dim)."""
@@ -276,6 +281,7 @@ class TransformerDecoder(nn.Module):
 
 # --- projector --------------------------------------------------------------------------------
 
+
 class Projector(nn.Module):
     """Upsample visual features x4, then convolve each sample with a 3x3 kernel and bias made from
     its own sentence state (one grouped convolution over the batch)."""
@@ -301,7 +307,8 @@ class Projector(nn.Module):
 
 # --- model ------------------------------------------------------------------------------------
 
-class CRIS(nn.Module):
+
+class CRIS(EncoderDecoderSegmenter):
     """``forward(pixel_values, input_ids, attention_mask) -> logits (B, 1, H, W)`` at the input size.
 
     ``frozen`` and ``zeroshot`` run both CLIP towers without gradients and keep their BatchNorm
@@ -343,12 +350,6 @@ class CRIS(nn.Module):
         logits = self.proj(fq, state)
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(self.mode == "finetune" and torch.is_grad_enabled()):
-            image = self.encode_image(pixel_values)
-            text = self.encode_text(input_ids, attention_mask)
-        return self.decode(image, text, pixel_values.shape[-2:])
 
 def _key_report(missing: list[str], unexpected: list[str]) -> str:
     def some(keys: list[str]) -> str:
