@@ -387,7 +387,7 @@ def parse_weights(items: list[str] | None) -> dict[str, str]:
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
     from orchestrator.grid_runner import input_problems, run_grid
-    from orchestrator.run import select
+    from orchestrator.run import select, summarize_outcome
 
     try:
         weights = parse_weights(args.weights) or DEFAULT_ZEROSHOT_WEIGHTS
@@ -413,7 +413,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
                        fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                        cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                        max_failures=args.max_failures, retry_failed=args.retry_failed, verbose=args.verbose)
-    return _summary(outcome, "experiments", args)
+    return summarize_outcome(outcome, "experiments", args.storage, args.study)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -442,6 +442,8 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sources: list[dict], which: str) -> int:
+    from orchestrator.run import summarize_outcome
+
     if not evaluations:
         chosen = f" matching --only {' '.join(args.only)}" if args.only else ""
         print(f"nothing to evaluate: no finished experiment{chosen}{which} under "
@@ -463,7 +465,7 @@ def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sourc
                               cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                               max_failures=args.max_failures, retry_failed=args.retry_failed,
                               verbose=args.verbose)
-    return _summary(outcome, "evaluations", args)
+    return summarize_outcome(outcome, "evaluations", args.storage, args.study)
 
 
 def _list(specs: list, store: ResultStore, what: str) -> int:
@@ -473,21 +475,3 @@ def _list(specs: list, store: ResultStore, what: str) -> int:
     print(f"total: {len(specs)} {what} ({sum(s.id in done for s in specs)} done, "
           f"{sum(s.id in failed for s in specs)} failed)")
     return 0
-
-
-def _summary(outcome, what: str, args: argparse.Namespace) -> int:
-    from orchestrator.report import write_report
-
-    ran = len(outcome.finished) + len(outcome.failed) + len(outcome.unfinished)
-    print(f"ran {ran} {what}: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
-          f"{len(outcome.unfinished)} stopped before the end, {outcome.skipped} skipped as already finished")
-    for record_id, error in outcome.failed.items():
-        print(f"  FAILED {record_id}: {error}", file=sys.stderr)
-    if outcome.skipped_failed:
-        print(f"  {len(outcome.skipped_failed)} {what} failed in an earlier launch and were skipped (see "
-              "FAILED.json in each; --retry-failed reruns them)", file=sys.stderr)
-    if outcome.unfinished:
-        print("  rerun the same command to run the stopped ones", file=sys.stderr)
-    md, csv_uri, rows = write_report(args.storage, args.study)
-    print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
-    return 1 if outcome.failed or outcome.unfinished or outcome.skipped_failed else 0

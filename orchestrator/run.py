@@ -76,7 +76,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
         return 0
     # Imported here, after --dry-run: they load PyTorch and every model, which a listing does not need.
     from orchestrator.grid_runner import input_problems, run_grid
-    from orchestrator.report import write_report
 
     try:
         ensure_synthetic(args.data, args.profile)
@@ -97,19 +96,27 @@ def cmd_grid(args: argparse.Namespace) -> int:
     except StorageError as e:
         print(e, file=sys.stderr)
         return 2
+    return summarize_outcome(outcome, "experiments", args.storage, study)
+
+
+def summarize_outcome(outcome, what: str, storage: str, study: str) -> int:
+    """Print what a launch did (of grid, zeroshot, ablate or ood), write the report; the exit code."""
+    from orchestrator.report import write_report
+
     ran = len(outcome.finished) + len(outcome.failed) + len(outcome.unfinished)
-    print(f"ran {ran} experiments: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
+    print(f"ran {ran} {what}: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
           f"{len(outcome.unfinished)} stopped before the end, {outcome.skipped} skipped as already finished")
-    for experiment_id, error in outcome.failed.items():
-        print(f"  FAILED {experiment_id}: {error}", file=sys.stderr)
+    for record_id, error in outcome.failed.items():
+        print(f"  FAILED {record_id}: {error}", file=sys.stderr)
     if outcome.skipped_failed:
-        print(f"  {len(outcome.skipped_failed)} experiments failed in an earlier launch and were skipped "
+        print(f"  {len(outcome.skipped_failed)} {what} failed in an earlier launch and were skipped "
               "(see FAILED.json in each; --retry-failed reruns them):", *outcome.skipped_failed, sep="\n    ",
               file=sys.stderr)
     if outcome.unfinished:
-        # Tune's own hint on Ctrl-C, Tuner.restore, does not apply: the trials resume from storage.
-        print("  rerun the same command to resume the stopped experiments from their checkpoints", file=sys.stderr)
-    md, csv_uri, rows = write_report(args.storage, study)
+        # Tune's own hint on Ctrl-C, Tuner.restore, does not apply: trials resume from storage.
+        print(f"  rerun the same command to finish the stopped {what} (training resumes from its checkpoints)",
+              file=sys.stderr)
+    md, csv_uri, rows = write_report(storage, study)
     print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
     return 1 if outcome.failed or outcome.unfinished or outcome.skipped_failed else 0
 
