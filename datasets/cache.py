@@ -15,12 +15,15 @@ lock. Local-folder roots are read in place and never copied.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import logging
 import os
 import re
+import shutil
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pyarrow.fs as pafs
@@ -49,6 +52,32 @@ def file_lock(path: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def build_once(folder: str, build: Callable[[str], None]) -> bool:
+    """Make ``folder`` exist once on this node: the first process calls ``build(tmp)`` to fill a
+    temporary folder, which is renamed into place with ``meta.json`` written last inside it; every
+    other process waits on the lock and uses that. Returns whether this process built it."""
+    done = os.path.join(folder, "meta.json")
+    if os.path.exists(done):  # visible means complete: no lock needed
+        return False
+    with file_lock(folder + ".lock"):
+        if os.path.exists(done):  # another process built it while we waited
+            return False
+        # Under the lock nobody else is building: temporary folders are killed builders' leftovers
+        # (gigabytes, for decoded splits and features), and a folder without meta.json is one too.
+        for leftover in glob.glob(glob.escape(folder) + ".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
+        os.makedirs(tmp)
+        try:
+            build(tmp)
+            os.rename(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return True
 
 
 def file_sha256(path: str) -> str:

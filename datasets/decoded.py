@@ -21,9 +21,7 @@ import io
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets.cache import NodeCache, file_lock, safe_name
+from datasets.cache import NodeCache, build_once, safe_name
 from datasets.shards import Manifest, ShardError, ShardStore
 
 # Bump when decoding changes (resize filter, draft): every cached split is then rebuilt.
@@ -188,46 +186,28 @@ def open_decoded(store: ShardStore, cache: NodeCache, dataset: str, split: str, 
     """The split decoded at ``size`` from the node cache; the first process on the node builds it."""
     manifest = manifest or store.check_split(dataset, split)
     folder = cache_folder(cache, dataset, split, size, manifest)
-    built = False
-    if not os.path.exists(os.path.join(folder, "meta.json")):
-        with file_lock(folder + ".lock"):
-            if not os.path.exists(os.path.join(folder, "meta.json")):  # nobody built it while we waited
-                _build(store, dataset, split, size, manifest, folder, workers or default_workers())
-                built = True
+    built = build_once(folder, lambda tmp: _build(store, dataset, split, size, manifest, tmp,
+                                                  workers or default_workers()))
     return _load(folder, built)
 
 
-def _build(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest, folder: str,
+def _build(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest, tmp: str,
            workers: int) -> None:
-    parent = os.path.dirname(folder)
-    for leftover in os.listdir(parent):  # from a build that was killed; we hold the lock
-        if leftover.startswith(os.path.basename(folder) + ".tmp-"):
-            shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
-    if os.path.exists(folder):  # no meta.json: not ours to trust
-        shutil.rmtree(folder)
     n = manifest.rows(split)
-    log.info("decoding %d rows of %s/%s at %dx%d into %s (%d threads)", n, dataset, split, size, size, folder, workers)
+    log.info("decoding %d rows of %s/%s at %dx%d (%d threads)", n, dataset, split, size, size, workers)
     began = time.perf_counter()
-    tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(tmp)
-    try:
-        images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), "w+", np.uint8, (n, 3, size, size))
-        masks = np.lib.format.open_memmap(os.path.join(tmp, "masks.npy"), "w+", np.uint8, (n, 1, size, size))
-        with open(os.path.join(tmp, "full_masks.bin"), "wb") as bits:
-            sample_ids, index = _decode_into(store, dataset, split, size, manifest, images, masks, bits.write,
-                                             workers)
-        images.flush()
-        masks.flush()
-        del images, masks
-        np.save(os.path.join(tmp, "full_index.npy"), index)
-        meta = {"version": DECODER_VERSION, "dataset": dataset, "split": split, "size": size,
-                "root": store.root, "files": manifest.splits[split]["files"], "sample_ids": sample_ids}
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), "w+", np.uint8, (n, 3, size, size))
+    masks = np.lib.format.open_memmap(os.path.join(tmp, "masks.npy"), "w+", np.uint8, (n, 1, size, size))
+    with open(os.path.join(tmp, "full_masks.bin"), "wb") as bits:
+        sample_ids, index = _decode_into(store, dataset, split, size, manifest, images, masks, bits.write, workers)
+    images.flush()
+    masks.flush()
+    del images, masks
+    np.save(os.path.join(tmp, "full_index.npy"), index)
+    meta = {"version": DECODER_VERSION, "dataset": dataset, "split": split, "size": size,
+            "root": store.root, "files": manifest.splits[split]["files"], "sample_ids": sample_ids}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)
     log.info("decoded %s/%s at %d in %.1f s", dataset, split, size, time.perf_counter() - began)
 
 

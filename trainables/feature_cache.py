@@ -21,11 +21,9 @@ Models opt in with ``encode_image(pixels) -> dict``, ``encode_text(ids, mask) ->
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -33,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from datasets.cache import cache_root, file_lock
+from datasets.cache import build_once, cache_root
 from trainables.models import ModelInputs
 from trainables.tokenizers import tokenize
 
@@ -69,20 +67,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def write_entry(folder: str, build) -> None:
     """Create ``folder`` once on this node: ``build(tmp_folder)`` writes it under a temporary name."""
-    if os.path.exists(os.path.join(folder, "meta.json")):
-        return
-    with file_lock(folder + ".lock"):
-        if os.path.exists(os.path.join(folder, "meta.json")):  # another trial built it while we waited
-            return
-        # Under the lock no one else is building this entry: any temporary folder is a killed
-        # builder's leftover (features can be gigabytes), so it goes.
-        for leftover in glob.glob(glob.escape(folder) + ".tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = f"{folder}.tmp-{os.getpid()}"
-        os.makedirs(tmp)
-        build(tmp)
-        shutil.rmtree(folder, ignore_errors=True)  # a half-written leftover has no meta.json
-        os.rename(tmp, folder)
+    build_once(folder, build)
 
 
 def read_entry(folder: str) -> tuple[dict, dict[str, np.ndarray]]:
