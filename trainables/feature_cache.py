@@ -104,8 +104,13 @@ class FeatureCache:
         # Hashed and encoded a batch at a time, written straight into memory-mapped files: a
         # large split (CAMUS: 4,800 images, ~10 GB of CLIPSeg features) never sits in RAM whole.
         content = hashlib.blake2b(digest_size=8)
-        for i, sample_id in enumerate(split.sample_ids):
-            content.update(sample_id.encode() + b"\0" + np.ascontiguousarray(split.images[i]).tobytes())
+        if getattr(split.decoded, "folder", None):
+            # The node's decoded split is named by its shards' checksums, decoder version and size:
+            # the same key as its pixels, without reading gigabytes at every trial start.
+            content.update(os.path.basename(split.decoded.folder).encode())
+        else:  # decoded in memory (no node cache)
+            for i, sample_id in enumerate(split.sample_ids):
+                content.update(sample_id.encode() + b"\0" + np.ascontiguousarray(split.images[i]).tobytes())
         precision = "bf16" if bf16 else "fp32"
         folder = os.path.join(self.root, self.identity, "images", split.dataset,
                               f"{split.split}-{self.inputs.input_size}-{precision}-{content.hexdigest()}")
