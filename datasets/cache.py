@@ -60,6 +60,7 @@ def build_once(folder: str, build: Callable[[str], None]) -> bool:
     other process waits on the lock and uses that. Returns whether this process built it."""
     done = os.path.join(folder, "meta.json")
     if os.path.exists(done):  # visible means complete: no lock needed
+        mark_used(done)
         return False
     with file_lock(folder + ".lock"):
         if os.path.exists(done):  # another process built it while we waited
@@ -78,6 +79,14 @@ def build_once(folder: str, build: Callable[[str], None]) -> bool:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return True
+
+
+def mark_used(path: str) -> None:
+    """Record a use of a cache entry in its mtime, which ``python -m datasets.cache_usage prune`` goes by."""
+    try:
+        os.utime(path)
+    except OSError:  # pruned meanwhile, or a read-only cache: the use still works
+        pass
 
 
 def file_sha256(path: str) -> str:
@@ -142,6 +151,7 @@ class NodeCache:
         """Path of a verified local copy of a remote shard file; the first process on the node downloads it."""
         target = self.shard_path(root, dataset, entry)
         if os.path.exists(target):  # visible means verified: no lock needed
+            mark_used(target)
             return target
         with file_lock(target + ".lock"):
             if not os.path.exists(target):  # another process may have finished while we waited
