@@ -5,11 +5,15 @@ Layout under the cache folder (``$VLSM_CACHE``, default ``~/.cache/vlsm-tune``):
     shards/<root>-<hash>/<dataset>/<sha256[:16]>-<file>   verified copies of remote shard files
     shards/.../<...>.part    a download in progress; the next process to take the lock resumes it
     shards/.../<...>.lock    flock: one process per file downloads, the others wait, then read the copy
+    verified/<hash of path>  stamps of local-folder shards already checked against their sha256
     decoded/...              decoded, resized arrays (datasets/decoded.py)
 
 A copy becomes visible (renamed to its final name) only after its sha256 matched the manifest, so
 every process on the node (Ray trials are separate processes) can read a visible copy without the
-lock. Local-folder roots are read in place and never copied.
+lock or hashing it again. Local-folder roots are read in place and never copied; each of their files
+is hashed once per node and version (``verified_digest``). A copy that goes bad on this disk after it
+was checked is caught only if it no longer parses: that is the price of not re-reading whole shards
+at every trial start.
 """
 
 from __future__ import annotations
@@ -82,9 +86,10 @@ def build_once(folder: str, build: Callable[[str], None]) -> bool:
 
 
 def mark_used(path: str) -> None:
-    """Record a use of a cache entry in its mtime, which ``python -m datasets.cache_usage prune`` goes by."""
+    """Record a use of a cache entry in its access time, which ``python -m datasets.cache_usage prune``
+    goes by (set explicitly: mounts often skip atime updates). The mtime stays the time it was written."""
     try:
-        os.utime(path)
+        os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
     except OSError:  # pruned meanwhile, or a read-only cache: the use still works
         pass
 
@@ -129,23 +134,53 @@ class NodeCache:
         name = f"{entry['sha256'][:16]}-{safe_name(entry['path'])}"
         return os.path.join(self.shards_dir, root_key, safe_name(dataset), name)
 
-    def read(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str, entry: dict) -> bytes:
-        """The bytes of a shard file, checked against the manifest's sha256, downloaded once per node.
+    def verified_digest(self, path: str, sha256: str) -> str:
+        """The sha256 of a local file, hashed once per node and file version: a stamp in the cache
+        records a match with the file's size, mtime and inode, so later reads skip the hashing (a
+        whole split at every trial start) while a file changed since is hashed again. A mismatch is
+        never stamped."""
+        stamp, version = self._stamp(path, sha256)  # FileNotFoundError when the file is missing
+        try:
+            with open(stamp) as f:
+                if f.read() == version:
+                    return sha256
+        except FileNotFoundError:
+            pass
+        digest = file_sha256(path)
+        if digest == sha256:
+            self._write_stamp(stamp, version)
+        return digest
+
+    def _stamp(self, path: str, sha256: str) -> tuple[str, str]:
+        """Where a file's stamp lives, and what it holds while the file is the version that was checked."""
+        stat = os.stat(path)
+        stamp = os.path.join(self.path, "verified", hashlib.sha256(path.encode()).hexdigest()[:32])
+        return stamp, f"{sha256} {stat.st_size} {stat.st_mtime_ns} {stat.st_ino}"
+
+    @staticmethod
+    def _write_stamp(stamp: str, version: str) -> None:
+        os.makedirs(os.path.dirname(stamp), exist_ok=True)
+        tmp = f"{stamp}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "w") as f:
+            f.write(version)
+        os.replace(tmp, stamp)
+
+    def local_copy(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str,
+                   entry: dict) -> str:
+        """Path of a verified copy of a remote shard file, downloaded once per node; a copy changed on
+        this disk since it was checked is dropped and downloaded again.
 
         Raises FileNotFoundError when storage lacks the file (the caller names it as missing).
         """
+        sha256 = entry["sha256"]
         local = self.fetch(fs, remote_path, uri, root, dataset, entry)
-        with open(local, "rb") as f:
-            data = f.read()
-        if hashlib.sha256(data).hexdigest() == entry["sha256"]:
-            return data
-        # The copy went bad on this disk after it was verified: drop it and download it again.
+        if self.verified_digest(local, sha256) == sha256:
+            return local
         log.warning("node-cache copy %s of %s no longer matches its sha256; downloading it again", local, uri)
         with file_lock(local + ".lock"):
-            if os.path.exists(local) and file_sha256(local) != entry["sha256"]:
+            if os.path.exists(local) and self.verified_digest(local, sha256) != sha256:
                 os.remove(local)
-        with open(self.fetch(fs, remote_path, uri, root, dataset, entry), "rb") as f:
-            return f.read()
+        return self.fetch(fs, remote_path, uri, root, dataset, entry)
 
     def fetch(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str, entry: dict) -> str:
         """Path of a verified local copy of a remote shard file; the first process on the node downloads it."""
@@ -168,6 +203,7 @@ class NodeCache:
             digest = file_sha256(part)
             if digest == entry["sha256"]:
                 os.replace(part, target)
+                self._write_stamp(*self._stamp(target, digest))  # just checked: no need to hash it again
                 return
             if not resumed:  # a whole fresh download that does not match: the stored file is bad
                 break

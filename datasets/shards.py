@@ -214,17 +214,24 @@ class ShardStore:
         return pa.concat_tables(tables)
 
     def read_file(self, dataset: str, entry: dict, columns: list[str] | None = None) -> pa.Table:
-        """One shard file of the manifest, checked against its sha256 and row count."""
+        """One shard file of the manifest, checked against its sha256 and row count.
+
+        With a node cache, the file is a verified local copy (or the local folder's file, hashed once
+        per node) read memory-mapped, so only the ``columns`` asked for leave the disk.
+        """
         uri = self._uri(dataset, entry["path"])
         path = posixpath.join(self._dataset_dir(dataset), entry["path"])
         try:
-            if self.cache is not None and self.remote:
-                data = self.cache.read(self.fs, path, uri, self.root, dataset, entry)
-                digest = entry["sha256"]  # the cache checked it, and raises on a mismatch
-            else:  # a local folder, read in place (or storage read directly, without a cache)
+            if self.cache is None:  # every read goes to storage and is hashed
                 with self.fs.open_input_stream(path) as f:
                     data = f.read()
-                digest = hashlib.sha256(data).hexdigest()
+                source, digest = pa.BufferReader(data), hashlib.sha256(data).hexdigest()
+            elif self.remote:
+                source = self.cache.local_copy(self.fs, path, uri, self.root, dataset, entry)
+                digest = entry["sha256"]  # local_copy checked it; a bad download raises
+            else:
+                source = path
+                digest = self.cache.verified_digest(path, entry["sha256"])
         except FileNotFoundError:
             raise ShardError(f"missing shard {uri}: the manifest lists it but storage does not have it. "
                              f"Re-ingest {dataset!r} or restore the file.") from None
@@ -233,9 +240,10 @@ class ShardStore:
                              f"{entry['sha256'][:12]}...; re-ingest {dataset!r}.")
         try:
             # One thread: faster here, and trials share the node's cores.
-            table = pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False)
+            table = pq.read_table(source, columns=columns, use_threads=False, memory_map=True)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ShardError(f"corrupt shard {uri}: not a readable Parquet file ({e}); "
+            where = f" (node-cache copy {source}: delete it to download it again)" if self.remote and self.cache else ""
+            raise ShardError(f"corrupt shard {uri}{where}: not a readable Parquet file ({e}); "
                              f"re-ingest {dataset!r}.") from None
         if table.num_rows != entry["rows"]:
             raise ShardError(f"shard {uri} holds {table.num_rows} rows, the manifest says {entry['rows']}")

@@ -8,11 +8,13 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 
 import boto3
 import pytest
 
+import datasets.cache as cache_module
 import datasets.shards as shards
 from datasets.cache import NodeCache
 from datasets.shards import ShardError, ShardStore
@@ -76,6 +78,37 @@ def test_local_folders_are_read_in_place(tmp_path):
     assert not (tmp_path / "node" / "shards").exists()
 
 
+def count_hashing(monkeypatch) -> list[str]:
+    """The files the node cache hashes (a spy around the real function)."""
+    hashed = []
+    real = cache_module.file_sha256
+    monkeypatch.setattr(cache_module, "file_sha256", lambda path: hashed.append(path) or real(path))
+    return hashed
+
+
+def test_a_shard_is_hashed_once_per_node_until_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "ROWS_PER_FILE", 4)
+    store = ShardStore(str(tmp_path / "shards"), cache=NodeCache(str(tmp_path / "node")))
+    manifest = store.write_dataset("tiny", bench_rows("tiny", "train", 8), ["p0"])
+    files = [f["path"] for f in manifest.splits["train"]["files"]]
+    hashed = count_hashing(monkeypatch)
+    assert store.read_split("tiny", "train").num_rows == 8
+    assert sorted(os.path.basename(p) for p in hashed) == sorted(files)
+    hashed.clear()  # later trials on the node read only the columns they ask for, unhashed
+    other_trial = ShardStore(str(tmp_path / "shards"), cache=NodeCache(str(tmp_path / "node")))
+    assert other_trial.read_split("tiny", "train", ["sample_id", "p0"]).num_rows == 8
+    assert hashed == []
+    # A file changed after it was checked (same size) is hashed again, and refused.
+    path = tmp_path / "shards" / "tiny" / files[1]
+    time.sleep(0.05)  # file systems stamp mtimes at a coarse clock tick; an edit comes later than this
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=rf"corrupt shard .*tiny/{files[1]}: sha256 .* re-ingest 'tiny'"):
+        other_trial.read_split("tiny", "train")
+    assert [os.path.basename(p) for p in hashed] == [files[1]]
+
+
 def test_a_corrupt_download_is_rejected_and_nothing_stays_visible(counted_s3, bucket, tmp_path, monkeypatch):
     root, sizes = write(bucket, monkeypatch=monkeypatch)
     s3 = boto3.client("s3", endpoint_url=counted_s3["endpoint"])
@@ -123,6 +156,7 @@ def test_a_partial_download_is_resumed_or_restarted_never_used(counted_s3, bucke
     assert hashlib.sha256(open(copy, "rb").read()).hexdigest() == entry["sha256"]
 
     # A cached copy damaged on the node's disk is dropped and downloaded again.
+    time.sleep(0.05)  # file systems stamp mtimes at a coarse clock tick; damage comes later than this
     with open(copy, "r+b") as f:
         f.write(b"junk")
     counts.clear()
