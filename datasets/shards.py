@@ -12,7 +12,6 @@ half-written shard or manifest.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import posixpath
@@ -82,6 +81,71 @@ def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
+class ShardFile:
+    """One shard file on its way to storage, under a temporary name until ``finish`` renames it:
+    row groups are written as they fill and hashed on the way out, so the file is never held whole."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str, schema: pa.Schema):
+        self.fs, self.path, self.schema = fs, path, schema
+        self.tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        self.sink = _HashingSink(fs.open_output_stream(self.tmp))
+        self.writer = pq.ParquetWriter(self.sink, schema)
+        self.rows, self.pending = 0, []
+
+    def add(self, row: dict) -> None:
+        self.pending.append({**row, "metadata": list(row.get("metadata", {}).items())})
+        self.rows += 1
+        if len(self.pending) == ROWS_PER_GROUP:
+            self._write_group()
+
+    def _write_group(self) -> None:
+        self.writer.write_table(pa.Table.from_pylist(self.pending, schema=self.schema))
+        self.pending = []
+
+    def finish(self) -> dict:
+        """Close and rename the file; its manifest entry."""
+        if self.pending:
+            self._write_group()
+        self.writer.close()
+        self.sink.stream.close()
+        self.fs.move(self.tmp, self.path)
+        return {"path": posixpath.basename(self.path), "rows": self.rows, "sha256": self.sink.sha256.hexdigest()}
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()  # before the stream: an open writer would write its footer at exit
+            self.sink.stream.close()
+            self.fs.delete_file(self.tmp)
+        except OSError:  # storage went away too: the temporary name is never listed by a manifest
+            pass
+
+
+class _HashingSink:
+    """The file object pyarrow writes a shard to: bytes go to storage and into the sha256."""
+
+    closed = False
+
+    def __init__(self, stream: pa.NativeFile):
+        self.stream, self.sha256, self.size = stream, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.stream.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+
+def _add_file(split_entry: dict, file_entry: dict) -> None:
+    split_entry["files"].append(file_entry)
+    split_entry["rows"] += file_entry["rows"]
+
+
 @dataclass(frozen=True)
 class Manifest:
     dataset: str
@@ -122,39 +186,38 @@ class ShardStore:
     # -- writing -------------------------------------------------------------------------------
     def write_dataset(self, dataset: str, rows: Iterable[dict], prompt_types: Iterable[str],
                       prompt_family: str | None = None) -> Manifest:
-        """Write rows (dicts with the schema's fields) into shards, then the manifest, last."""
+        """Write rows (dicts with the schema's fields) into shards, then the manifest, last.
+
+        Rows go to storage a row group at a time, so memory holds at most ``ROWS_PER_GROUP`` rows
+        per split, however large the images. If ``rows`` raises, no half-written file is left.
+        """
         prompt_types = tuple(prompt_types)
         schema = shard_schema(prompt_types)
-        self.fs.create_dir(self._dataset_dir(dataset), recursive=True)
+        folder = self._dataset_dir(dataset)
+        self.fs.create_dir(folder, recursive=True)
         splits: dict[str, dict] = {}
-        pending: dict[str, list[dict]] = {}
-        for row in rows:
-            if row["dataset"] != dataset:
-                raise ShardError(f"row {row['sample_id']!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
-            batch = pending.setdefault(row["split"], [])
-            batch.append(row)
-            if len(batch) == ROWS_PER_FILE:
-                self._flush(dataset, row["split"], batch, schema, splits)
-                pending[row["split"]] = []
-        for split, batch in pending.items():
-            if batch:
-                self._flush(dataset, split, batch, schema, splits)
+        open_files: dict[str, ShardFile] = {}  # the file each split is filling
+        try:
+            for row in rows:
+                if row["dataset"] != dataset:
+                    raise ShardError(f"row {row['sample_id']!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
+                split = row["split"]
+                entry = splits.setdefault(split, {"rows": 0, "files": []})
+                if split not in open_files:
+                    name = f"{split}-{len(entry['files']):05d}.parquet"
+                    open_files[split] = ShardFile(self.fs, posixpath.join(folder, name), schema)
+                open_files[split].add(row)
+                if open_files[split].rows == ROWS_PER_FILE:
+                    _add_file(entry, open_files.pop(split).finish())
+            for split in list(open_files):
+                _add_file(splits[split], open_files.pop(split).finish())
+        except BaseException:
+            for shard in open_files.values():
+                shard.abort()
+            raise
         manifest = Manifest(dataset, prompt_types, splits, prompt_family)
-        write_atomically(self.fs, posixpath.join(self._dataset_dir(dataset), "manifest.json"),
-                          manifest.to_json().encode())
+        write_atomically(self.fs, posixpath.join(folder, "manifest.json"), manifest.to_json().encode())
         return manifest
-
-    def _flush(self, dataset: str, split: str, batch: list[dict], schema: pa.Schema, splits: dict) -> None:
-        entry = splits.setdefault(split, {"rows": 0, "files": []})
-        name = f"{split}-{len(entry['files']):05d}.parquet"
-        rows = [{**r, "metadata": list(r.get("metadata", {}).items())} for r in batch]
-        table = pa.Table.from_pylist(rows, schema=schema)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, row_group_size=ROWS_PER_GROUP)
-        data = buf.getvalue()
-        write_atomically(self.fs, posixpath.join(self._dataset_dir(dataset), name), data)
-        entry["files"].append({"path": name, "rows": len(batch), "sha256": hashlib.sha256(data).hexdigest()})
-        entry["rows"] += len(batch)
 
     # -- reading -------------------------------------------------------------------------------
     def datasets(self) -> list[str]:

@@ -45,6 +45,37 @@ def test_row_groups_are_small_for_random_access(tmp_path):
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [ROWS_PER_GROUP, ROWS_PER_GROUP, 50]
 
 
+def test_rows_stream_to_storage_and_a_failed_write_leaves_no_file(store):
+    """Row groups leave memory as they fill; if the rows fail midway, nothing half-written stays."""
+    folder = store.path + "/tiny"
+
+    def files_now() -> dict[str, int]:
+        from pyarrow.fs import FileSelector
+
+        return {i.base_name: i.size for i in store.fs.get_file_info(FileSelector(folder, allow_not_found=True))}
+
+    seen_while_writing = []
+
+    def rows_then_failure():
+        for i, row in enumerate(rows(sizes=(("train", 2 * ROWS_PER_GROUP + 10),))):
+            if i == 2 * ROWS_PER_GROUP + 5:
+                seen_while_writing.append(files_now())
+                raise RuntimeError("reader failed at row 205")
+            yield row
+
+    with pytest.raises(RuntimeError, match="row 205"):
+        store.write_dataset("tiny", rows_then_failure(), NON_RADIOLOGY_PROMPT_TYPES)
+    (written,) = seen_while_writing
+    if store.remote:  # an S3 upload becomes visible when it completes
+        assert written == {}
+    else:  # two row groups already on disk, under a temporary name
+        (name, size), = written.items()
+        assert name.startswith("train-00000.parquet.tmp-") and size > 0
+    assert files_now() == {}
+    with pytest.raises(ShardError, match="unknown dataset 'tiny'"):
+        store.manifest("tiny")
+
+
 def test_no_manifest_means_no_dataset(tmp_path):
     store = ShardStore(str(tmp_path))
     store.write_dataset("tiny", rows(), NON_RADIOLOGY_PROMPT_TYPES)
