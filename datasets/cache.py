@@ -174,8 +174,11 @@ class NodeCache:
         """
         sha256 = entry["sha256"]
         local = self.fetch(fs, remote_path, uri, root, dataset, entry)
-        if self.verified_digest(local, sha256) == sha256:
-            return local
+        try:
+            if self.verified_digest(local, sha256) == sha256:
+                return local
+        except FileNotFoundError:  # pruned since fetch saw it
+            return self.fetch(fs, remote_path, uri, root, dataset, entry)
         log.warning("node-cache copy %s of %s no longer matches its sha256; downloading it again", local, uri)
         with file_lock(local + ".lock"):
             if os.path.exists(local) and self.verified_digest(local, sha256) != sha256:
