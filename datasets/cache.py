@@ -32,6 +32,7 @@ from contextlib import contextmanager
 
 import pyarrow.fs as pafs
 
+from datasets.progress import Meter
 from datasets.shards import ShardError
 
 CACHE_ENV = "VLSM_CACHE"
@@ -224,11 +225,9 @@ class NodeCache:
             if offset > size:  # not a prefix of this file
                 offset = 0
             start = offset
-            if offset:
-                log.info("resuming download of %s at byte %d of %d", uri, offset, size)
-            else:
-                log.info("downloading %s (%.1f MB) into the node cache", uri, size / 1e6)
             source.seek(offset)
+            meter = Meter(f"{f'resuming at byte {offset}' if offset else 'downloading'} {uri} into the node cache",
+                          size - offset, "MB", 1e6)
             with open(part, "r+b" if offset else "wb") as out:
                 out.seek(offset)
                 out.truncate()
@@ -238,8 +237,10 @@ class NodeCache:
                         raise OSError(f"{uri} ended at byte {offset} of {size}")
                     out.write(chunk)
                     offset += len(chunk)
+                    meter.update(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
+            meter.finish()
         return start > 0
 
     def _with_retries(self, uri: str, action):

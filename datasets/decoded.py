@@ -19,9 +19,7 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
 import os
-import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,13 +30,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets.cache import NodeCache, build_once, safe_name
+from datasets.progress import Meter
 from datasets.shards import Manifest, ShardError, ShardStore
 
 # Bump when decoding changes (resize filter, draft): every cached split is then rebuilt.
 DECODER_VERSION = 2
 DECODE_COLUMNS = ["sample_id", "image", "mask", "height", "width"]
-
-log = logging.getLogger(__name__)
 
 
 def decode_mask(data: bytes, where: str) -> np.ndarray:
@@ -132,6 +129,7 @@ def _decode_into(store: ShardStore, dataset: str, split: str, size: int, manifes
     sample_ids: list[str] = []
     index = np.zeros((manifest.rows(split), 3), np.int64)
     offset, start = 0, 0
+    meter = Meter(f"decoding {dataset}/{split} at {size}px", manifest.rows(split))
     # One worker decodes in this thread: nothing to gain from a pool.
     with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         for entry in manifest.splits[split]["files"]:
@@ -152,12 +150,14 @@ def _decode_into(store: ShardStore, dataset: str, split: str, size: int, manifes
                     index[i] = (offset, *shape)
                     write_bits(bits)
                     offset += len(bits)
+                    meter.update()
             except BaseException:
                 if pool:
                     pool.shutdown(wait=True, cancel_futures=True)
                 raise
             sample_ids += ids
             start += len(ids)
+    meter.finish()
     return sample_ids, index
 
 
@@ -194,8 +194,6 @@ def open_decoded(store: ShardStore, cache: NodeCache, dataset: str, split: str, 
 def _build(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest, tmp: str,
            workers: int) -> None:
     n = manifest.rows(split)
-    log.info("decoding %d rows of %s/%s at %dx%d (%d threads)", n, dataset, split, size, size, workers)
-    began = time.perf_counter()
     images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), "w+", np.uint8, (n, 3, size, size))
     masks = np.lib.format.open_memmap(os.path.join(tmp, "masks.npy"), "w+", np.uint8, (n, 1, size, size))
     with open(os.path.join(tmp, "full_masks.bin"), "wb") as bits:
@@ -208,7 +206,6 @@ def _build(store: ShardStore, dataset: str, split: str, size: int, manifest: Man
             "root": store.root, "files": manifest.splits[split]["files"], "sample_ids": sample_ids}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f)
-    log.info("decoded %s/%s at %d in %.1f s", dataset, split, size, time.perf_counter() - began)
 
 
 def _load(folder: str, built: bool) -> DecodedSplit:

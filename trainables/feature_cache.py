@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from datasets.cache import build_once, cache_root
+from datasets.progress import Meter
 from trainables.models import ModelInputs
 from trainables.tokenizers import tokenize
 
@@ -119,6 +120,7 @@ class FeatureCache:
             mean = torch.tensor(self.inputs.mean, device=device).view(1, 3, 1, 1) * 255
             std = torch.tensor(self.inputs.std, device=device).view(1, 3, 1, 1) * 255
             files: dict[str, np.ndarray] = {}
+            meter = Meter(f"encoding {split.dataset}/{split.split} images once for the feature cache", len(split))
             for start in range(0, len(split), ENCODE_BATCH):
                 batch = torch.from_numpy(np.asarray(split.images[start:start + ENCODE_BATCH])).to(device)
                 with self._encoding(device, bf16):
@@ -129,6 +131,8 @@ class FeatureCache:
                         files[k] = np.lib.format.open_memmap(os.path.join(tmp, f"{k}.npy"), mode="w+",
                                                              dtype=v.dtype, shape=(len(split), *v.shape[1:]))
                     files[k][start:start + len(v)] = v
+                meter.update(len(batch))
+            meter.finish()
             for array in files.values():
                 array.flush()
             self._save(tmp, {}, {"dataset": split.dataset, "split": split.split,

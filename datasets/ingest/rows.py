@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.ingest.records import Record, RowError, RowNote, RowProblem
+from datasets.progress import Meter
 from datasets.shards import Manifest, ShardStore, write_atomically
 from prompts.generate import row_attributes, row_prompts
 from prompts.metadata import store_attributes
@@ -72,28 +71,6 @@ class IngestReport:
             if len(problems) > first:
                 lines.append(f"  ... and {len(problems) - first} more {title} (see the report)")
         return "\n".join(lines)
-
-
-class Progress:
-    """One line every few seconds on stderr (rows, rate, problems), so a long ingest shows it is alive."""
-
-    def __init__(self, label: str, every_s: float = 5.0, stream=sys.stderr):
-        self.label, self.every_s, self.stream = label, every_s, stream
-        self.start = self.last = time.monotonic()
-        self.rows = self.problems = 0
-
-    def update(self, rows: int = 0, problems: int = 0) -> None:
-        self.rows += rows
-        self.problems += problems
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            self.print()
-
-    def print(self) -> None:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        print(f"{self.label}: {self.rows} rows, {self.rows / elapsed:.1f} rows/s, {self.problems} problems, "
-              f"{elapsed:.0f} s", file=self.stream, flush=True)
 
 
 # -- one record -----------------------------------------------------------------------------------
@@ -190,7 +167,7 @@ def prompt_types_of(row: dict) -> tuple[str, ...]:
 
 # -- a stream of records ---------------------------------------------------------------------------
 def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str | None, report: IngestReport,
-               strict: bool, progress: Progress | None = None) -> Iterator[dict]:
+               strict: bool, progress: Meter | None = None) -> Iterator[dict]:
     """Good rows in order; every problem goes to ``report.quarantined`` (or raises StrictError).
 
     Rows must agree on their prompt types (one Parquet schema per dataset): the first good row sets
@@ -204,7 +181,7 @@ def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str |
             raise StrictError(p)
         report.quarantined.append(p)
         if progress:
-            progress.update(problems=1)
+            progress.update(0, problems=1)
 
     for item in items:
         if isinstance(item, RowNote):
@@ -237,7 +214,7 @@ def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str |
         report.notes += [RowNote(reason=note, **where) for note in notes]
         report.rows[item.split] = report.rows.get(item.split, 0) + 1
         if progress:
-            progress.update(rows=1)
+            progress.update()
         yield row
 
 
@@ -254,10 +231,10 @@ def ingest(records: Callable[[], Iterable[Record | RowProblem]], store: ShardSto
     if strict:
         check = IngestReport(dataset, source)
         for _ in shard_rows(records(), dataset, family, check, strict=True,
-                            progress=Progress(f"{dataset} (checking)") if progress else None):
+                            progress=Meter(f"{dataset} (checking)") if progress else None):
             pass
     report = IngestReport(dataset, source)
-    meter = Progress(dataset) if progress else None
+    meter = Meter(f"ingesting {dataset}") if progress else None
     rows = shard_rows(records(), dataset, family, report, strict, meter)
     first = next(rows, None)  # its prompt types are the dataset's; none at all: nothing is touched
     if first is None:
@@ -268,7 +245,7 @@ def ingest(records: Callable[[], Iterable[Record | RowProblem]], store: ShardSto
             store.fs.delete_file(f"{dataset_dir}/{stale}")
     manifest = store.write_dataset(dataset, _chain(first, rows), prompt_types_of(first), prompt_family=family)
     if meter:
-        meter.print()
+        meter.print(final=True)
     write_atomically(store.fs, f"{dataset_dir}/{REPORT_NAME}", report.to_json().encode())
     return manifest, report
 
