@@ -3,7 +3,6 @@
 import hashlib
 import io
 import itertools
-import multiprocessing
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ from datasets.cache import NodeCache
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardError, ShardStore
 from datasets.synthetic import synthetic_rows
+from orchestrator.benchmarks.together import start_together
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 
 SIZE = 64
@@ -111,19 +111,8 @@ def open_in_process(root: str, cache_dir: str, barrier, results) -> None:
 
 
 def test_processes_on_one_node_build_it_once(root, tmp_path):
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(3), context.Queue()
     cache_dir = str(tmp_path / "node")
-    processes = [context.Process(target=open_in_process, args=(root, cache_dir, barrier, results)) for _ in range(3)]
-    for p in processes:
-        p.start()
-    try:
-        outcomes = [results.get(timeout=180) for _ in processes]
-    finally:
-        for p in processes:
-            p.join(60)
-            if p.is_alive():
-                p.kill()
+    outcomes = start_together(open_in_process, [(root, cache_dir)] * 3, timeout_s=180)
     assert sorted(built for built, _ in outcomes) == [False, False, True]
     assert len({digest for _, digest in outcomes}) == 1
     direct = SegmentationSplit(ShardStore(root, cache=False), "tiny", "train", "p1", SIZE, train=True)

@@ -7,7 +7,6 @@ object; N processes (each like a trial) wait at a barrier, then read the same sp
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 import tempfile
 import threading
@@ -16,6 +15,8 @@ import uuid
 from collections import Counter
 
 import numpy as np
+
+from orchestrator.benchmarks.together import start_together
 
 HELP = "bytes read from the S3 server while N trials start together: direct reads vs the node cache"
 
@@ -124,24 +125,8 @@ def read_as_trial(uri: str, dataset: str, split: str, cache_dir: str | None, bar
 
 def run_trials(uri: str, dataset: str, split: str, cache_dirs: list[str | None], trials_per_node: int) -> list[int]:
     """Start ``trials_per_node`` processes per cache dir (one dir per simulated node) together; rows each read."""
-    context = multiprocessing.get_context("spawn")  # a fresh process, like a Ray trial
-    jobs = [cache for cache in cache_dirs for _ in range(trials_per_node)]
-    barrier, results = context.Barrier(len(jobs)), context.Queue()
-    processes = [context.Process(target=read_as_trial, args=(uri, dataset, split, cache, barrier, results))
-                 for cache in jobs]
-    for p in processes:
-        p.start()
-    try:
-        rows = [results.get(timeout=600) for _ in processes]
-    finally:
-        for p in processes:
-            p.join(60)
-            if p.is_alive():
-                p.kill()
-    failed = [f"{p.pid}: {p.exitcode}" for p in processes if p.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"trial processes exited with errors ({', '.join(failed)})")
-    return rows
+    jobs = [(uri, dataset, split, cache) for cache in cache_dirs for _ in range(trials_per_node)]
+    return start_together(read_as_trial, jobs)
 
 
 def add_arguments(parser) -> None:
