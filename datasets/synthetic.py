@@ -321,7 +321,11 @@ def write_synthetic(store: ShardStore, name: str, seed: int = 0) -> Manifest:
     if name not in SYNTHETIC_DATASETS:
         raise ValueError(f"unknown synthetic dataset {name!r} (known: {', '.join(SYNTHETIC_DATASETS)})")
     spec = SYNTHETIC_DATASETS[name]
-    rows = itertools.chain.from_iterable(
-        synthetic_rows(name, split, n, spec["two_object_fraction"], seed) for split, n in spec["split_sizes"].items()
-    )
+    rows = split_rows(name, spec["split_sizes"].items(), seed, spec["two_object_fraction"])
     return store.write_dataset(name, rows, NON_RADIOLOGY_PROMPT_TYPES, prompt_family="non_radiology")
+
+
+def split_rows(dataset: str, sizes, seed: int = 0, two_object_fraction: float = 0.5) -> Iterator[dict]:
+    """Rows of every split in ``sizes`` ((split, rows) pairs), one split after another."""
+    return itertools.chain.from_iterable(
+        synthetic_rows(dataset, split, n, two_object_fraction, seed) for split, n in sizes)

@@ -8,7 +8,6 @@ amplifies last-bit differences (measured: 6e-3 in epoch 2 even with fp32 feature
 the text encoder differently). A wrong feature, sample order or prompt moves all of these by far more.
 """
 
-import itertools
 import multiprocessing
 import os
 import time
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 from datasets.shards import ShardStore
-from datasets.synthetic import synthetic_rows
+from datasets.synthetic import split_rows
 from orchestrator.experiment import ExperimentSpec
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from search_spaces.defaults import training_defaults
@@ -31,7 +30,7 @@ TRAIN_LOSS_RTOL, VAL_LOSS_RTOL, DICE_ATOL = 1e-2, 2e-3, 1e-3
 def data(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("shards"))
     sizes = (("train", 10), ("val", 4), ("test", 4))
-    rows = itertools.chain.from_iterable(synthetic_rows("tiny", s, n, 0.5, seed=3) for s, n in sizes)
+    rows = split_rows("tiny", sizes, seed=3)
     ShardStore(root).write_dataset("tiny", rows, NON_RADIOLOGY_PROMPT_TYPES, "non_radiology")
     return root
 

@@ -1,12 +1,11 @@
 """Every registered model builds offline, and its small config trains and evaluates through the Trainer."""
 
-import itertools
 
 import pytest
 import torch
 
 from datasets.shards import ShardStore
-from datasets.synthetic import synthetic_rows
+from datasets.synthetic import split_rows
 from orchestrator.experiment import ExperimentSpec
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from search_spaces.defaults import MODEL_DEFAULTS, training_defaults
@@ -23,7 +22,7 @@ def data(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("shards"))
     # 9 training rows in batches of 4: the last batch of one is dropped (BatchNorm needs two).
     sizes = (("train", 9), ("val", 4), ("test", 4))
-    rows = itertools.chain.from_iterable(synthetic_rows("tiny", s, n, 0.5, seed=5) for s, n in sizes)
+    rows = split_rows("tiny", sizes, seed=5)
     ShardStore(root).write_dataset("tiny", rows, NON_RADIOLOGY_PROMPT_TYPES, "non_radiology")
     return root
 

@@ -1,19 +1,18 @@
 """`python -m prompts show` and `generate`: prompts from masks, images and metadata, written into shards."""
 
-import itertools
 import subprocess
 import sys
 
 import pytest
 
 from datasets.shards import ShardStore
-from datasets.synthetic import synthetic_rows
+from datasets.synthetic import split_rows
 from prompts.__main__ import main
 from tests.cli import REPO
 
 
 def rows(dataset, sizes=(("train", 30), ("test", 10)), metadata=None):
-    for row in itertools.chain.from_iterable(synthetic_rows(dataset, s, n, 0.5, seed=2) for s, n in sizes):
+    for row in split_rows(dataset, sizes, seed=2):
         yield {**row, "metadata": metadata if metadata is not None else row["metadata"]}
 
 

@@ -1,7 +1,6 @@
 """Shard format v1 on a local folder and on a real S3 server: round trip, and clear errors for bad input."""
 
 import io
-import itertools
 import json
 
 import numpy as np
@@ -11,13 +10,13 @@ from PIL import Image
 
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ROWS_PER_GROUP, ShardError, ShardStore
-from datasets.synthetic import synthetic_rows, write_synthetic
+from datasets.synthetic import split_rows, write_synthetic
 from prompts.perturb import Perturbation, PerturbationError, opposite
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 
 
 def rows(dataset="tiny", sizes=(("train", 12), ("val", 4), ("test", 4))):
-    return itertools.chain.from_iterable(synthetic_rows(dataset, split, n, 0.5, seed=1) for split, n in sizes)
+    return split_rows(dataset, sizes, seed=1)
 
 
 @pytest.fixture(params=["local", "s3"])

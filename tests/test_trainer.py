@@ -2,13 +2,12 @@
 
 import dataclasses
 import io
-import itertools
 
 import pytest
 import torch
 
 from datasets.shards import ShardStore
-from datasets.synthetic import synthetic_rows
+from datasets.synthetic import split_rows
 from orchestrator.experiment import ExperimentSpec
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from trainables.experiment import prepare
@@ -18,7 +17,7 @@ from trainables.experiment import prepare
 def data(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("shards"))
     sizes = (("train", 16), ("val", 8), ("test", 8))
-    rows = itertools.chain.from_iterable(synthetic_rows("tiny", s, n, 0.5, seed=3) for s, n in sizes)
+    rows = split_rows("tiny", sizes, seed=3)
     ShardStore(root).write_dataset("tiny", rows, NON_RADIOLOGY_PROMPT_TYPES)
     return root
 

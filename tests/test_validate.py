@@ -3,7 +3,6 @@ file, row and field of every problem in corrupted ones."""
 
 import hashlib
 import io
-import itertools
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from PIL import Image
 
 from datasets.shards import ShardStore
-from datasets.synthetic import synthetic_rows
+from datasets.synthetic import split_rows
 from datasets.validate import validate
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from tests.cli import REPO
@@ -21,7 +20,7 @@ from tests.layouts import make_layout, polyp_entry
 
 
 def rows(dataset="tiny", sizes=(("train", 6), ("val", 3), ("test", 3))):
-    return list(itertools.chain.from_iterable(synthetic_rows(dataset, s, n, 0.5, seed=2) for s, n in sizes))
+    return list(split_rows(dataset, sizes, seed=2))
 
 
 def png(array: np.ndarray) -> bytes:
