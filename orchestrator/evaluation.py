@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
+from orchestrator.lease import add_force_argument, study_lease
 from orchestrator.results import ResultStore
 from prompts.perturb import OPPOSITES, Perturbation, PerturbationError
 from prompts.templates import TEMPLATE_ATTRIBUTES
@@ -247,7 +248,8 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
 def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict], *, data: str, storage: str,
                     study: str, address: str | None = None, fake_gpus: int | None = None,
                     gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
-                    max_failures: int = 1, retry_failed: bool = False, verbose: int = 1) -> EvaluationOutcome:
+                    max_failures: int = 1, retry_failed: bool = False, verbose: int = 1,
+                    force: bool = False) -> EvaluationOutcome:
     """Run the evaluations not finished yet (nor failed, unless ``retry_failed``) as Tune trials."""
     import ray
     from ray import tune
@@ -272,13 +274,14 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
         job["evaluations"].append(spec.to_dict())
 
     store.check_writable()
-    use_gpus = start_ray(address, fake_gpus, dashboard)
+    lease = study_lease(storage, study, force=force)  # another live driver on this study stops us here
 
     def resources(config: dict) -> dict:  # the source's training share, as the grid gave it: ample
         gpu = resources_for(jobs[config["job"]]["source"], gpus_per_trial, cpus_per_trial)["gpu"]
         return {"cpu": cpus_per_trial, "gpu": gpu if use_gpus else 0}
 
     try:
+        use_gpus = start_ray(address, fake_gpus, dashboard)
         check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
         trainable = tune.with_parameters(evaluation_trial, jobs=jobs, data=data, storage=storage, study=study,
                                          threads=max(1, math.floor(cpus_per_trial)))
@@ -293,6 +296,7 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
         errors = {r.config["job"]: repr(r.error) for r in tuner.fit() if r.error is not None}
     finally:
         ray.shutdown()
+        lease.release()
 
     finished_now = store.finished_ids()
     for name, job in jobs.items():
@@ -320,6 +324,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--storage", default=DEFAULT_STORAGE,
                        help=f"results root, a folder or s3://... (default: {DEFAULT_STORAGE})")
         add_study_arguments(p, sorted(PROFILES))
+        add_force_argument(p)
         p.add_argument("--only", action="append", metavar="PATTERN",
                        help=f"only {what} whose id matches PATTERN (glob or substring); repeatable")
         p.add_argument("--dry-run", action="store_true", help="list what would run and its status, run nothing")
@@ -412,7 +417,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     outcome = run_grid(specs, data=args.data, storage=args.storage, study=args.study, address=args.address,
                        fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                        cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
-                       max_failures=args.max_failures, retry_failed=args.retry_failed, verbose=args.verbose)
+                       max_failures=args.max_failures, retry_failed=args.retry_failed, verbose=args.verbose,
+                       force=args.force)
     return summarize_outcome(outcome, "experiments", args.storage, args.study)
 
 
@@ -464,7 +470,7 @@ def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sourc
                               address=args.address, fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                               cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                               max_failures=args.max_failures, retry_failed=args.retry_failed,
-                              verbose=args.verbose)
+                              verbose=args.verbose, force=args.force)
     return summarize_outcome(outcome, "evaluations", args.storage, args.study)
 
 

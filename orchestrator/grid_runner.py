@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datasets.pooled import member_splits
 from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
+from orchestrator.lease import study_lease
 from orchestrator.results import ResultStore, StorageError
 from search_spaces.defaults import resources_for
 from trainables.models import MODES, model_inputs
@@ -101,7 +102,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
              address: str | None = None, fake_gpus: int | None = None, gpus_per_trial: float | None = None,
              cpus_per_trial: float = 1.0, dashboard: bool = True, max_failures: int = 1,
              checkpoint_interval_s: float | None = None, retry_failed: bool = False,
-             verbose: int = 1) -> GridOutcome:
+             verbose: int = 1, force: bool = False) -> GridOutcome:
     import ray
     from ray import tune
 
@@ -130,10 +131,11 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
         return outcome
 
     results.check_writable()
-    for experiment_id in retried:  # a retry that fails again writes its own FAILED.json
-        results.clear_failure(experiment_id)
-    use_gpus = start_ray(address, fake_gpus, dashboard)
+    lease = study_lease(storage, study, force=force)  # another live driver on this study stops us here
     try:
+        for experiment_id in retried:  # a retry that fails again writes its own FAILED.json
+            results.clear_failure(experiment_id)
+        use_gpus = start_ray(address, fake_gpus, dashboard)
         nodes = sum(node["Alive"] for node in ray.nodes())
         check_shared_storage(storage, nodes)
         if address and nodes == 1 and "://" not in storage:
@@ -164,6 +166,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
         errors = {r.config["experiment_id"]: repr(r.error) for r in grid if r.error is not None}
     finally:
         ray.shutdown()
+        lease.release()
 
     finished_now = results.finished_ids()
     for spec in todo:

@@ -22,6 +22,7 @@ from collections import Counter
 
 from datasets.shards import ShardError, absolute_uri, filesystem_for, write_atomically
 from orchestrator.experiment import ExperimentSpec
+from orchestrator.lease import add_force_argument, study_lease
 from search_spaces.defaults import (
     FINETUNE_ENCODER_LR_SCALE,
     SMALL_OVERRIDES,
@@ -169,7 +170,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                grace_period: int = 1, reduction_factor: float = 2, seed: int = 0, max_concurrent: int | None = 4,
                weights: str | None = None, address: str | None = None, fake_gpus: int | None = None,
                gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, dashboard: bool = False,
-               checkpoint_interval_s: float | None = None, verbose: int = 1) -> dict:
+               checkpoint_interval_s: float | None = None, verbose: int = 1, force: bool = False) -> dict:
     """Run the search and the selection; returns the selection record, also written to storage."""
     import optuna
     import ray
@@ -186,8 +187,9 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
     cpus = cpus_per_trial if cpus_per_trial is not None else (1.0 if size == "small" else None)
     where = hpo_uri(storage, study, model)
 
-    use_gpus = start_ray(address, fake_gpus, dashboard)
+    lease = study_lease(storage, f"{study}/hpo/{model}", force=force)  # one driver per search folder
     try:
+        use_gpus = start_ray(address, fake_gpus, dashboard)
         check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
 
         def resources(config: dict) -> dict:
@@ -225,6 +227,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
         grid = tuner.fit()
     finally:
         ray.shutdown()
+        lease.release()
     if grid.num_terminated + grid.num_errors < num_samples:  # Ctrl-C, or the driver lost
         raise SearchStopped(f"the search stopped after {grid.num_terminated} of {num_samples} trials; "
                             "rerun the same command to continue it")
@@ -304,6 +307,7 @@ def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_sto
     p.add_argument("--checkpoint-interval", type=float, metavar="S",
                    help="seconds between a trial's checkpoints (default: 30, full-size models 300)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune output (default: 1)")
+    add_force_argument(p)
 
 
 def cmd_hpo(args: argparse.Namespace) -> int:
@@ -341,7 +345,7 @@ def cmd_hpo(args: argparse.Namespace) -> int:
                             max_concurrent=args.max_concurrent, weights=weights, address=args.address,
                             fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                             cpus_per_trial=args.cpus_per_trial, checkpoint_interval_s=args.checkpoint_interval,
-                            verbose=args.verbose)
+                            verbose=args.verbose, force=args.force)
     except (SearchStopped, ValueError) as e:  # interrupted, or no trial scored every dataset
         print(f"no setting selected: {e}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from datasets.shards import ShardError, ShardStore  # noqa: E402
 from orchestrator.experiment import ExperimentSpec  # noqa: E402
+from orchestrator.lease import LeaseError, add_force_argument, driver_line  # noqa: E402
 
 DEFAULT_DATA = "data/shards"
 DEFAULT_STORAGE = "runs"
@@ -92,7 +93,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
                            fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                            cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                            max_failures=args.max_failures, checkpoint_interval_s=args.checkpoint_interval,
-                           retry_failed=args.retry_failed, verbose=args.verbose)
+                           retry_failed=args.retry_failed, verbose=args.verbose, force=args.force)
     except StorageError as e:
         print(e, file=sys.stderr)
         return 2
@@ -161,6 +162,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     results = ResultStore(args.storage, study)
     where = f"{results.uri} (profile {args.profile}, {len(specs)} experiments)"
     print(render(collect(specs, results), where))
+    print(driver_line(args.storage, study))
     evaluations = [state_of(names) for names in ResultStore(args.storage, study, EVALUATIONS).listing().values()]
     if evaluations:  # zeroshot runs are experiments above; ablate and ood runs live beside them
         print(f"evaluations (ablate, ood): {evaluations.count('done')} done, {evaluations.count('failed')} failed, "
@@ -214,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
                       help="rerun experiments that failed in an earlier launch (FAILED.json); "
                            "by default they are skipped and listed")
     grid.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+    add_force_argument(grid)
     grid.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                       help="Ray Tune progress output: 0 silent, 1 status table (default), 2 every result")
     grid.set_defaults(func=cmd_grid)
@@ -277,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "study", "") is None and getattr(args, "profile", None):
         args.study = args.profile  # one rule for every command: a study is named after its grid
-    return args.func(args)
+    try:
+        return args.func(args)
+    except LeaseError as e:  # another driver runs this study (grid, zeroshot, ablate, ood, hpo)
+        print(e, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,182 @@
+"""One driver per study: a second launch is refused while driver.json names a live driver, and takes
+over at once from a dead one on this host, from a silent one elsewhere, or from any with --force.
+On a local folder and on a real S3 server on loopback; the last test runs the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from datasets.shards import filesystem_for
+from orchestrator import lease as lease_module
+from orchestrator.lease import LEASE_FILE, LeaseError, driver_line, study_lease
+from tests.cli import REPO, run_cli
+
+STUDY = "demo"
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path) -> str:
+    if request.param == "s3":
+        return f"{request.getfixturevalue('s3_bucket')}/runs"
+    return str(tmp_path / "runs")
+
+
+def lease_path(storage: str, study: str = STUDY):
+    return filesystem_for(f"{storage}/{study}/{LEASE_FILE}")
+
+
+def read_record(storage: str) -> dict | None:
+    fs, path = lease_path(storage)
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def write_record(storage: str, host: str, pid: int, heartbeat_age_s: float = 0.0) -> None:
+    """driver.json as another driver would leave it, its heartbeat ``heartbeat_age_s`` old."""
+    beat = (datetime.now(UTC) - timedelta(seconds=heartbeat_age_s)).isoformat()
+    record = {"host": host, "pid": pid, "command": "python -m orchestrator.run grid --profile study",
+              "started": beat, "heartbeat": beat, "token": "theirs"}
+    fs, path = lease_path(storage)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(json.dumps(record).encode())
+
+
+def sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_second_driver_is_refused_while_the_first_holds_the_study(storage):
+    first = study_lease(storage, STUDY, command="grid --profile study")
+    try:
+        assert read_record(storage)["pid"] == os.getpid()
+        with pytest.raises(LeaseError) as refused:
+            study_lease(storage, STUDY)
+        message = str(refused.value)
+        assert f"{socket.gethostname()} pid {os.getpid()}" in message and "grid --profile study" in message
+        assert "started " in message and "last heartbeat" in message and "--force" in message
+        assert read_record(storage)["token"] == first.record["token"]  # the refused launch wrote nothing
+        assert driver_line(storage, STUDY).startswith(f"driver: {socket.gethostname()} pid {os.getpid()}")
+    finally:
+        first.release()
+    assert read_record(storage) is None and driver_line(storage, STUDY) == "driver: none"
+    study_lease(storage, STUDY).release()  # free again once released
+
+
+def test_a_killed_driver_on_this_host_is_taken_over_at_once(storage, capsys):
+    code = ("import sys, time; from orchestrator.lease import study_lease; "
+            "study_lease(sys.argv[1], sys.argv[2]); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, storage, STUDY], cwd=REPO, env=os.environ.copy(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert read_record(storage)["pid"] == holder.pid
+        with pytest.raises(LeaseError, match=f"pid {holder.pid}"):
+            study_lease(storage, STUDY)
+        os.kill(holder.pid, signal.SIGKILL)
+        # Not reaped yet (a zombie), as when a parent has not waited for its killed child: gone all the same.
+        deadline = time.monotonic() + 30
+        while open(f"/proc/{holder.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed holder did not die"
+            time.sleep(0.05)
+        assert read_record(storage)["pid"] == holder.pid  # its heartbeat is fresh: only the pid tells
+        assert "stale" in driver_line(storage, STUDY) and f"pid {holder.pid} no longer runs" in driver_line(
+            storage, STUDY)
+        with study_lease(storage, STUDY):
+            assert read_record(storage)["pid"] == os.getpid()
+        assert f"pid {holder.pid} no longer runs on this host" in capsys.readouterr().err
+    finally:
+        stop(holder)
+
+
+def test_a_silent_driver_on_another_host_is_taken_over_and_a_fresh_one_is_not(storage, capsys):
+    write_record(storage, "head-node", 4242, heartbeat_age_s=5)
+    with pytest.raises(LeaseError, match="head-node pid 4242"):
+        study_lease(storage, STUDY)
+    assert driver_line(storage, STUDY).startswith("driver: head-node pid 4242")
+
+    write_record(storage, "head-node", 4242, heartbeat_age_s=lease_module.STALE_S + 5)
+    assert driver_line(storage, STUDY).startswith("driver: none (last one stale, no heartbeat for")
+    with study_lease(storage, STUDY):
+        assert read_record(storage)["host"] == socket.gethostname()
+    assert "head-node pid 4242" in capsys.readouterr().err
+    assert read_record(storage) is None
+
+
+def test_force_takes_over_a_live_driver_which_then_stops_claiming_the_study(storage, capsys):
+    write_record(storage, "laptop", 777)
+    with study_lease(storage, STUDY, force=True) as taken:
+        assert read_record(storage)["token"] == taken.record["token"]
+    err = capsys.readouterr().err
+    assert "taking over" in err and "laptop pid 777" in err and "(--force)" in err
+
+    first = study_lease(storage, STUDY, heartbeat_s=0.05)
+    second = study_lease(storage, STUDY, force=True)
+    try:
+        first._thread.join(timeout=30)  # its next beat sees the other token and stops
+        assert not first._thread.is_alive()
+        assert "no longer holds the study" in capsys.readouterr().err
+        first.release()  # not its file any more: left alone
+        assert read_record(storage)["token"] == second.record["token"]
+    finally:
+        second.release()
+    assert read_record(storage) is None
+
+
+def test_the_heartbeat_advances_and_the_file_goes_on_exit(storage):
+    with study_lease(storage, STUDY, heartbeat_s=0.1) as held:
+        first = read_record(storage)
+        assert first["started"] == first["heartbeat"] and first["host"] == socket.gethostname()
+        deadline = time.monotonic() + 30
+        while (now := read_record(storage))["heartbeat"] == first["heartbeat"]:
+            assert time.monotonic() < deadline, "the heartbeat never advanced"
+            time.sleep(0.05)
+        assert now["heartbeat"] > first["heartbeat"] and now["started"] == first["started"]
+        assert now["token"] == held.record["token"]
+    assert read_record(storage) is None
+
+
+def test_an_unreadable_driver_file_does_not_block_the_study(tmp_path, capsys):
+    storage = str(tmp_path / "runs")
+    (tmp_path / "runs" / STUDY).mkdir(parents=True)
+    (tmp_path / "runs" / STUDY / LEASE_FILE).write_text('{"host": "x"')
+    assert "unreadable" in driver_line(storage, STUDY)
+    with study_lease(storage, STUDY):
+        pass
+    assert f"unreadable {LEASE_FILE}" in capsys.readouterr().err
+
+
+def test_grid_refuses_to_start_while_another_driver_holds_the_study(tmp_path):
+    storage = str(tmp_path / "runs")
+    holder = sleeper()
+    try:
+        write_record(storage, socket.gethostname(), holder.pid)
+        out = run_cli("grid", "--profile", "demo", "--only", "synth_polyp-p0", "--max-epochs", "1",
+                      "--data", str(tmp_path / "shards"), "--storage", storage, "--no-dashboard", "--verbose", "0",
+                      timeout=300)
+        assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+        assert f"another driver holds this study ({storage}/{STUDY}/{LEASE_FILE})" in out.stderr, out.stderr
+        assert f"{socket.gethostname()} pid {holder.pid}" in out.stderr and "pass --force" in out.stderr
+        assert "1 to run" in out.stdout  # it got as far as the launch, and stopped there:
+        assert "no GPUs on this machine" not in out.stdout and not (tmp_path / "runs" / STUDY / "tune").exists()
+        assert read_record(storage)["pid"] == holder.pid  # the holder's file is untouched
+    finally:
+        stop(holder)
