@@ -18,6 +18,7 @@ at every trial start.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import hashlib
@@ -28,7 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
@@ -40,6 +41,7 @@ DEFAULT_CACHE = "~/.cache/vlsm-tune"
 CHUNK_BYTES = 8 << 20  # one ranged GET per chunk: a killed download loses at most this much
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def cache_root() -> str:
@@ -47,7 +49,7 @@ def cache_root() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE))
 
 
-@contextmanager
+@contextlib.contextmanager
 def file_lock(path: str) -> Iterator[None]:
     """An exclusive lock shared by every process on this node (released if the holder dies)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -84,6 +86,20 @@ def build_once(folder: str, build: Callable[[str], None]) -> bool:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return True
+
+
+def open_built(folder: str, build: Callable[[str], None], load: Callable[[str, bool], T]) -> T:
+    """``load(folder, built)`` of a folder made once on this node by ``build_once``. A prune that
+    removes it between the two steps (readers take no lock) makes this process build it again."""
+    for attempt in (1, 2):
+        built = build_once(folder, build)
+        try:
+            return load(folder, built)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+            log.warning("%s went away as it was opened (pruned?); building it again", folder)
+    raise AssertionError("unreachable")
 
 
 def mark_used(path: str) -> None:
@@ -160,11 +176,17 @@ class NodeCache:
 
     @staticmethod
     def _write_stamp(stamp: str, version: str) -> None:
-        os.makedirs(os.path.dirname(stamp), exist_ok=True)
+        """Best effort: without a stamp (disk full, read-only cache) the file is hashed again next time."""
         tmp = f"{stamp}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "w") as f:
-            f.write(version)
-        os.replace(tmp, stamp)
+        try:
+            os.makedirs(os.path.dirname(stamp), exist_ok=True)
+            with open(tmp, "w") as f:
+                f.write(version)
+            os.replace(tmp, stamp)
+        except OSError as e:
+            log.warning("cannot record a verified file in %s (%s); it will be hashed again", stamp, e)
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
     def local_copy(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str,
                    entry: dict) -> str:

@@ -6,13 +6,15 @@ copy of one remote shard file: the file's atime), ``decoded`` (a split at one in
 ``features`` (frozen-encoder outputs; both: their meta.json's atime). Leftovers of killed builders and
 downloads (``*.tmp-*`` folders, ``*.part`` files, entry folders without meta.json) go at every prune.
 
-Safe beside running trials: an entry goes only while this process holds its lock (the ``<entry>.lock``
-its builder or downloader holds), taken without waiting; one whose lock is held is skipped and named.
-A folder is renamed to a ``.tmp-`` name first (atomic; the next builder sweeps it up if prune dies).
-A trial that memory-mapped an entry keeps reading it: on Linux a mapping holds the inode, whose space
-comes back when the trial unmaps it. Readers take no lock, so a trial that finds an entry just before
-it goes and opens its files just after fails on a missing file. Lock files (empty) stay: removing one
-another process waits on would let two hold "the" lock. Symlinks are never followed nor listed.
+Beside running trials: an entry goes only while this process holds its lock (the ``<entry>.lock`` its
+builder or downloader holds), taken without waiting; one whose lock is held is skipped and named, and
+so is one a trial used after the listing (its atime, checked again under the lock). A folder is
+renamed to a ``.tmp-`` name first (atomic; the next builder sweeps it up if prune dies). A trial that
+has opened an entry keeps reading it (on Linux an open file or mapping holds the inode; its space
+comes back when the trial lets go). Readers take no lock: one that finds an entry just as it goes
+builds or downloads it again (``datasets.cache.open_built``, ``ShardStore``'s copy opening). Lock files
+(empty) stay: removing one another process waits on would let two hold "the" lock. Symlinks are never
+followed nor listed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from datasets.cache import CACHE_ENV, DEFAULT_CACHE, cache_root
 KINDS = ("shards", "decoded", "features")
 CACHE_FOLDERS = (*KINDS, "verified")
 SHARD_COPY = re.compile(r"[0-9a-f]{16}-.+")  # NodeCache.shard_path's name: sha256[:16]-file
+TEMPORARY = re.compile(r"(.+)\.tmp-(?:prune)?[0-9a-f]{8}")  # build_once's (or prune's) name for <entry>
 DAY_S = 86400.0
 
 
@@ -44,6 +47,7 @@ class Entry:
     last_used: float  # seconds since the epoch
     leftover: bool  # what a killed builder or download left: goes at every prune
     lock: str  # the lock its builder or downloader holds
+    used: str  # the file whose atime is its last use
 
 
 def disk_bytes(path: str) -> int:
@@ -66,7 +70,7 @@ def entries(root: str) -> list[Entry]:
     def add(kind: str, path: str, used: str, leftover: bool, lock: str) -> None:
         try:  # ``used``: the file whose atime is the entry's last use
             found.append(Entry(kind, os.path.relpath(path, os.path.join(root, kind)), path, disk_bytes(path),
-                               os.lstat(used).st_atime, leftover, lock))
+                               os.lstat(used).st_atime, leftover, lock, used))
         except FileNotFoundError:  # gone since the walk
             pass
 
@@ -74,7 +78,8 @@ def entries(root: str) -> list[Entry]:
         top = os.path.join(root, kind)
         pending = [top] if os.path.isdir(top) and not os.path.islink(top) else []
         while pending:
-            with os.scandir(pending.pop()) as children:
+            pending_dir = pending.pop()
+            with os.scandir(pending_dir) as children:
                 for child in children:
                     path, meta = child.path, os.path.join(child.path, "meta.json")
                     if child.is_symlink() or child.name.endswith(".lock"):
@@ -83,8 +88,9 @@ def entries(root: str) -> list[Entry]:
                         if kind == "shards" and SHARD_COPY.fullmatch(child.name):  # or a killed download's .part
                             part = child.name.endswith(".part")
                             add(kind, path, path, part, path.removesuffix(".part") + ".lock")
-                    elif ".tmp-" in child.name:  # build_once's temporary folder, or one prune renamed
-                        add(kind, path, path, True, path.rsplit(".tmp-", 1)[0] + ".lock")
+                    elif (tmp := TEMPORARY.fullmatch(child.name)) and os.path.exists(
+                            lock := os.path.join(pending_dir, tmp[1] + ".lock")):
+                        add(kind, path, path, True, lock)  # build_once's temporary folder, or one prune renamed
                     elif os.path.isfile(meta) and not os.path.islink(meta):
                         add(kind, path, meta, False, path + ".lock")
                     elif os.path.exists(path + ".lock"):  # an entry's folder, without meta.json
@@ -111,26 +117,33 @@ def choose_victims(entries: list[Entry], max_bytes: float | None, older_than_s: 
     return [e for e in by_age if e.path in chosen]
 
 
-def remove(entry: Entry, dry_run: bool = False) -> bool:
-    """Remove ``entry`` under its lock; False (and nothing removed) when a build or download holds it."""
+def remove(entry: Entry, dry_run: bool = False) -> str:
+    """Remove ``entry`` under its lock. Returns "removed" (or would be, on a dry run); "in use" when a
+    build or download holds the lock; "used" when a trial used it after it was listed; "gone" when it
+    went meanwhile."""
     if dry_run and not os.path.exists(entry.lock):  # nobody holds a lock file that does not exist
-        return True
+        return "removed"
     with open(entry.lock, "a+b") as lock:  # as datasets.cache.file_lock opens it; closing it unlocks
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False
-        if dry_run or not os.path.lexists(entry.path):
-            return True
+            return "in use"
+        try:
+            if os.lstat(entry.used).st_atime > entry.last_used and not entry.leftover:
+                return "used"
+        except FileNotFoundError:
+            return "gone"
+        if dry_run:
+            return "removed"
         if os.path.isdir(entry.path) and not os.path.islink(entry.path):
             doomed = entry.path
-            if ".tmp-" not in os.path.basename(doomed):  # gone from its name at once, never half-deleted there
+            if not TEMPORARY.fullmatch(os.path.basename(doomed)):  # gone from its name at once, never half-deleted
                 doomed = f"{entry.path}.tmp-prune{uuid.uuid4().hex[:8]}"
                 os.rename(entry.path, doomed)
             shutil.rmtree(doomed)
         else:
             os.remove(entry.path)
-    return True
+    return "removed"
 
 
 def strangers_in(root: str) -> list[str]:
@@ -174,22 +187,27 @@ def print_list(root: str, now: float) -> None:
 def prune(root: str, max_bytes: float | None, older_than_s: float | None, dry_run: bool, now: float) -> int:
     """Remove the chosen entries, naming each; returns the bytes freed (or that would be)."""
     kept = entries(root)
-    total, freed, in_use = sum(e.bytes for e in kept), 0, []
+    total, freed, in_use = sum(e.bytes for e in kept), 0, []  # in_use: skipped, still on disk
     # An entry skipped because its lock is held still fills the disk: the others make room for it.
     while victims := choose_victims(kept, None if max_bytes is None else max_bytes - sum(e.bytes for e in in_use),
                                     older_than_s, now):
         for e in victims:
             kept.remove(e)
-            if remove(e, dry_run):
+            try:
+                outcome = remove(e, dry_run)
+            except OSError as error:  # e.g. a file another user owns: the rest can still go
+                outcome = f"could not remove: {error}"
+            if outcome == "removed":
                 freed += e.bytes
                 print(f"{'would remove' if dry_run else 'removed'}  {describe(e, now)}")
-            else:
+            elif outcome != "gone":  # still on disk: the others make room for it
                 in_use.append(e)
-                print(f"skipped (in use: {e.lock} is held)  {describe(e, now)}")
+                why = {"in use": f"in use: {e.lock} is held", "used": "used since it was listed"}.get(outcome, outcome)
+                print(f"skipped ({why})  {describe(e, now)}")
     print(f"{'would free' if dry_run else 'freed'} {human_bytes(freed)} ({freed} bytes); "
           f"{human_bytes(total - freed)} left in {root}")
     if in_use:
-        print(f"{len(in_use)} entries skipped: a build or download holds their lock; prune again when it is done")
+        print(f"{len(in_use)} entries skipped (in use, or not removable); prune again later")
     return freed
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets.cache import NodeCache, build_once, safe_name
+from datasets.cache import NodeCache, open_built, safe_name
 from datasets.progress import Meter
 from datasets.shards import Manifest, ShardError, ShardStore
 
@@ -186,9 +186,8 @@ def open_decoded(store: ShardStore, cache: NodeCache, dataset: str, split: str, 
     """The split decoded at ``size`` from the node cache; the first process on the node builds it."""
     manifest = manifest or store.check_split(dataset, split)
     folder = cache_folder(cache, dataset, split, size, manifest)
-    built = build_once(folder, lambda tmp: _build(store, dataset, split, size, manifest, tmp,
-                                                  workers or default_workers()))
-    return _load(folder, built)
+    return open_built(folder, lambda tmp: _build(store, dataset, split, size, manifest, tmp,
+                                                 workers or default_workers()), _load)
 
 
 def _build(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest, tmp: str,

@@ -11,6 +11,7 @@ half-written shard or manifest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -112,12 +113,12 @@ class ShardFile:
         return {"path": posixpath.basename(self.path), "rows": self.rows, "sha256": self.sink.sha256.hexdigest()}
 
     def abort(self) -> None:
-        try:
-            self.writer.close()  # before the stream: an open writer would write its footer at exit
-            self.sink.stream.close()
-            self.fs.delete_file(self.tmp)
-        except OSError:  # storage went away too: the temporary name is never listed by a manifest
-            pass
+        """Remove the temporary file. Each step on its own, since storage that failed may fail again;
+        what stays is never listed by a manifest. The writer goes first: left open, it would write
+        its footer at exit."""
+        for step in (self.writer.close, self.sink.stream.close, lambda: self.fs.delete_file(self.tmp)):
+            with contextlib.suppress(OSError, ValueError):
+                step()
 
 
 class _HashingSink:
@@ -208,9 +209,11 @@ class ShardStore:
                     open_files[split] = ShardFile(self.fs, posixpath.join(folder, name), schema)
                 open_files[split].add(row)
                 if open_files[split].rows == ROWS_PER_FILE:
-                    _add_file(entry, open_files.pop(split).finish())
+                    _add_file(entry, open_files[split].finish())
+                    del open_files[split]
             for split in list(open_files):
-                _add_file(splits[split], open_files.pop(split).finish())
+                _add_file(splits[split], open_files[split].finish())
+                del open_files[split]
         except BaseException:
             for shard in open_files.values():
                 shard.abort()
@@ -290,11 +293,11 @@ class ShardStore:
                     data = f.read()
                 source, digest = pa.BufferReader(data), hashlib.sha256(data).hexdigest()
             elif self.remote:
-                source = self.cache.local_copy(self.fs, path, uri, self.root, dataset, entry)
+                source = self._open_copy(path, uri, dataset, entry)
                 digest = entry["sha256"]  # local_copy checked it; a bad download raises
             else:
-                source = path
                 digest = self.cache.verified_digest(path, entry["sha256"])
+                source = pa.memory_map(path)
         except FileNotFoundError:
             raise ShardError(f"missing shard {uri}: the manifest lists it but storage does not have it. "
                              f"Re-ingest {dataset!r} or restore the file.") from None
@@ -303,14 +306,25 @@ class ShardStore:
                              f"{entry['sha256'][:12]}...; re-ingest {dataset!r}.")
         try:
             # One thread: faster here, and trials share the node's cores.
-            table = pq.read_table(source, columns=columns, use_threads=False, memory_map=True)
-        except (pa.ArrowInvalid, OSError) as e:
-            where = f" (node-cache copy {source}: delete it to download it again)" if self.remote and self.cache else ""
-            raise ShardError(f"corrupt shard {uri}{where}: not a readable Parquet file ({e}); "
+            table = pq.read_table(source, columns=columns, use_threads=False)
+        except (pa.ArrowInvalid, OSError) as e:  # its bytes match the manifest: the stored file is bad too
+            raise ShardError(f"corrupt shard {uri}: not a readable Parquet file ({e}); "
                              f"re-ingest {dataset!r}.") from None
         if table.num_rows != entry["rows"]:
             raise ShardError(f"shard {uri} holds {table.num_rows} rows, the manifest says {entry['rows']}")
         return table
+
+    def _open_copy(self, path: str, uri: str, dataset: str, entry: dict) -> pa.MemoryMappedFile:
+        """The node's verified copy, opened: an open map keeps the file readable even if a prune
+        removes it now; one removed just before it was opened is downloaded again."""
+        for attempt in (1, 2):
+            local = self.cache.local_copy(self.fs, path, uri, self.root, dataset, entry)
+            try:
+                return pa.memory_map(local)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def iter_rows(self, dataset: str, split: str, columns: list[str] | None = None) -> Iterator[dict]:
         for row in self.read_split(dataset, split, columns).to_pylist():

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import datasets.shards as shards
-from datasets.cache import NodeCache, build_once
-from datasets.cache_usage import DAY_S, entries, human_bytes, main
+from datasets.cache import NodeCache, build_once, open_built
+from datasets.cache_usage import DAY_S, entries, human_bytes, main, remove
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from datasets.synthetic import synthetic_rows
@@ -244,3 +244,42 @@ def test_bad_and_empty_cache_folders(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["prune", "--cache", str(tmp_path / "empty")])
     assert exit_info.value.code == 2 and "--max-gb N" in capsys.readouterr().err
+
+
+def test_an_entry_used_after_the_listing_is_kept(node, remote):
+    for e in entries(node):
+        set_last_use(e, 10)
+    listed = [e for e in entries(node) if e.kind == "decoded" and "val-" in e.name]
+    SegmentationSplit(ShardStore(remote, cache=NodeCache(node)), "tiny", "val", "p6", SIZE, train=False)
+    assert remove(listed[0]) == "used" and os.path.isdir(listed[0].path)
+
+
+def test_a_reader_that_loses_its_entry_to_a_prune_builds_it_again(tmp_path):
+    folder = str(tmp_path / "decoded" / "tiny" / "train-64px-0123456789abcdef")
+    build = lambda tmp: open(os.path.join(tmp, "meta.json"), "w").write('{"rows": 3}')  # noqa: E731
+    assert build_once(folder, build)
+    opened = []
+
+    def load(path: str, built: bool) -> str:
+        opened.append(built)
+        if len(opened) == 1:  # a prune removes it between build_once and opening its files
+            assert remove(next(e for e in entries(str(tmp_path)) if e.path == folder)) == "removed"
+        with open(os.path.join(path, "meta.json")) as f:
+            return f.read()
+
+    assert open_built(folder, build, load) == '{"rows": 3}'
+    assert opened == [False, True]
+
+
+def test_a_storage_path_with_tmp_in_its_name_is_not_a_leftover(s3_endpoint, tmp_path):
+    bucket = f"usage-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    root = f"s3://{bucket}/exp.tmp-0123abcd/shards"
+    ShardStore(root, cache=False).write_dataset("tiny", synthetic_rows("tiny", "train", 2, 0.5, seed=1),
+                                                NON_RADIOLOGY_PROMPT_TYPES)
+    node = str(tmp_path / "node")
+    ShardStore(root, cache=NodeCache(node)).read_split("tiny", "train")
+    (copy,) = entries(node)
+    assert not copy.leftover and ".tmp-0123abcd" in copy.name
+    assert main(["prune", "--cache", node, "--older-than-days", "1000"]) == 0
+    assert os.path.exists(copy.path)

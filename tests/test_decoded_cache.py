@@ -156,3 +156,4 @@ def test_training_on_the_cached_split_matches_the_direct_path(root, tmp_path):
     (cached_best, cached_dice), (direct_best, direct_dice) = results
     assert 0.0 <= cached_best <= 1.0 and len(cached_dice) == 4
     assert cached_best == direct_best and cached_dice == direct_dice
+

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import datasets.shards as shards
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ROWS_PER_GROUP, ShardError, ShardStore
 from datasets.synthetic import split_rows, write_synthetic
@@ -44,8 +45,9 @@ def test_row_groups_are_small_for_random_access(tmp_path):
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [ROWS_PER_GROUP, ROWS_PER_GROUP, 50]
 
 
-def test_rows_stream_to_storage_and_a_failed_write_leaves_no_file(store):
-    """Row groups leave memory as they fill; if the rows fail midway, nothing half-written stays."""
+def test_rows_stream_to_storage_and_a_failed_write_leaves_no_file(store, monkeypatch):
+    """Row groups leave memory as they fill; if the rows fail midway, no half-written file stays."""
+    monkeypatch.setattr(shards, "ROWS_PER_FILE", 150)
     folder = store.path + "/tiny"
 
     def files_now() -> dict[str, int]:
@@ -65,13 +67,13 @@ def test_rows_stream_to_storage_and_a_failed_write_leaves_no_file(store):
     with pytest.raises(RuntimeError, match="row 205"):
         store.write_dataset("tiny", rows_then_failure(), NON_RADIOLOGY_PROMPT_TYPES)
     (written,) = seen_while_writing
-    if store.remote:  # an S3 upload becomes visible when it completes
-        assert written == {}
-    else:  # two row groups already on disk, under a temporary name
-        (name, size), = written.items()
-        assert name.startswith("train-00000.parquet.tmp-") and size > 0
-    assert files_now() == {}
-    with pytest.raises(ShardError, match="unknown dataset 'tiny'"):
+    assert "train-00000.parquet" in written  # the first file was complete at row 150
+    if not store.remote:  # on disk, the second file's first row group too, under a temporary name
+        # (an S3 multipart upload becomes visible only when it completes, which tiny rows never start)
+        (name,) = set(written) - {"train-00000.parquet"}
+        assert name.startswith("train-00001.parquet.tmp-") and written[name] > 0
+    assert files_now() == {"train-00000.parquet": written["train-00000.parquet"]}  # no temporary file
+    with pytest.raises(ShardError, match="unknown dataset 'tiny'"):  # and no manifest
         store.manifest("tiny")
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from datasets.cache import build_once, cache_root
+from datasets.cache import build_once, cache_root, open_built
 from datasets.progress import Meter
 from trainables.models import ModelInputs
 from trainables.tokenizers import tokenize
@@ -71,7 +71,8 @@ def write_entry(folder: str, build) -> None:
     build_once(folder, build)
 
 
-def read_entry(folder: str) -> tuple[dict, dict[str, np.ndarray]]:
+def read_entry(folder: str, built: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    """An entry's meta.json and memory-mapped arrays (``built``, from ``open_built``, is not needed)."""
     with open(os.path.join(folder, "meta.json")) as f:
         meta = json.load(f)
     return meta, {k: np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="r") for k in meta["keys"]}
@@ -139,8 +140,7 @@ class FeatureCache:
                                  "sample_ids": list(split.sample_ids), "keys": sorted(files)})
             self.built["image"] += 1
 
-        write_entry(folder, build)
-        meta, arrays = read_entry(folder)
+        meta, arrays = open_built(folder, build, read_entry)
         if meta["sample_ids"] != list(split.sample_ids):
             raise ValueError(f"feature cache {folder}: its sample ids do not match split {split.split!r} "
                              f"of {split.dataset!r}; delete the folder to rebuild it")
@@ -175,8 +175,7 @@ class FeatureCache:
             self._save(tmp, {k: np.concatenate(v) for k, v in parts.items()}, {"strings": strings})
             self.built["text"] += 1
 
-        write_entry(folder, build)
-        _, arrays = read_entry(folder)
+        _, arrays = open_built(folder, build, read_entry)
         # Text features are small: kept in memory as tensors, one row per string.
         loaded = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         return {s: {k: v[i] for k, v in loaded.items()} for i, s in enumerate(strings)}
