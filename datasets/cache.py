@@ -19,6 +19,7 @@ at every trial start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -251,8 +252,9 @@ class NodeCache:
             meter = Meter(f"{f'resuming at byte {offset}' if offset else 'downloading'} {uri} into the node cache",
                           size - offset, "MB", 1e6)
             with open(part, "r+b" if offset else "wb") as out:
-                out.seek(offset)
-                out.truncate()
+                if offset:  # "wb" has emptied a fresh one
+                    out.seek(offset)
+                    out.truncate()
                 while offset < size:
                     chunk = source.read(min(CHUNK_BYTES, size - offset))
                     if not chunk:
@@ -272,6 +274,10 @@ class NodeCache:
             except FileNotFoundError:
                 raise
             except OSError as e:  # pyarrow's S3 errors are OSErrors
+                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # this node's disk: retrying won't help
+                    raise ShardError(f"cannot write {uri} into the node cache {self.path} ({e}). Free space "
+                                     "(python -m datasets.cache_usage prune --max-gb N) or point $VLSM_CACHE "
+                                     "at a larger disk.") from None
                 if attempt == self.attempts:
                     raise ShardError(
                         f"cannot read {uri} after {attempt} attempts (last error: {e}). Check that the "

@@ -164,6 +164,22 @@ def test_a_partial_download_is_resumed_or_restarted_never_used(counted_s3, bucke
     assert served(counts, bucket, path)[1] == size
 
 
+def test_a_full_node_disk_is_reported_at_once_not_retried(counted_s3, bucket, tmp_path, monkeypatch):
+    root, sizes = write(bucket, rows=4, monkeypatch=monkeypatch)
+    (path,) = sizes
+    cache = NodeCache(str(tmp_path / "node"), attempts=4, backoff_s=5)
+    store = ShardStore(root, cache=cache)
+    part = cache.shard_path(root, "tiny", store.manifest("tiny").splits["train"]["files"][0]) + ".part"
+    os.makedirs(os.path.dirname(part))
+    os.symlink("/dev/full", part)  # every write there fails with ENOSPC, as on a full disk
+    counts = counted_s3["counts"]
+    counts.clear()
+    with pytest.raises(ShardError, match=r"cannot write s3://.* into the node cache .*No space left on device.*"
+                                         r"cache_usage prune"):
+        store.read_split("tiny", "train")
+    assert served(counts, bucket, path)[0] == 1  # one GET: no retries with backoff
+
+
 class _RetryWatch(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
