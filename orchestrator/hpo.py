@@ -225,33 +225,37 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
             )
         grid = tuner.fit()
-    finally:
+
+        # Trials that ran out or that ASHA stopped report done; a Ctrl-C (or a lost lease) leaves the
+        # running ones TERMINATED all the same, but not done.
+        ended = sum(bool(r.metrics and r.metrics.get("done")) for r in grid if r.error is None) + grid.num_errors
+        if ended < num_samples:  # Ctrl-C, or the driver lost
+            raise SearchStopped(f"the search stopped after {ended} of {num_samples} trials; "
+                                "rerun the same command to continue it")
+
+        trials = [trial_record(r.metrics.get("trial_id", posixpath.basename(r.path)), r.config, r.metrics)
+                  for r in grid if r.error is None and r.metrics]
+        errors = {posixpath.basename(r.path): repr(r.error) for r in grid if r.error is not None}
+        selection = select_setting(trials, list(datasets))
+        record = {
+            "model": model, "mode": mode, "size": size, "prompt_type": prompt, "datasets": list(datasets),
+            "metric": f"{METRIC} ({MODE}), mean over the datasets; the rule reads each dataset's best",
+            "search": {"space": {"optimizer": list(OPTIMIZERS), "lr": {"loguniform": list(LR_RANGE)},
+                                 "scheduler": list(SCHEDULERS), "batch_size": list(BATCH_SIZES)},
+                       "searcher": f"OptunaSearch (TPE, seed {seed})", "num_samples": num_samples,
+                       "scheduler": {"ASHA": {"max_t": max_epochs, "grace_period": grace_period,
+                                              "reduction_factor": reduction_factor, "time_attr": "training_iteration"}},
+                       "base_spec": {k: v for k, v in base.items() if k not in ("train_set", "eval_sets", *SEARCHED)}},
+            **selection,
+            "trials": sorted(trials, key=lambda t: t["trial_id"]),
+            "errors": errors,
+            "tune_dir": f"{where}/tune",
+        }
+        record["uri"] = write_json(f"{where}/{SELECTION_FILE}", record)
+        return record
+    finally:  # the lease goes only once selection.json is written
         ray.shutdown()
         lease.release()
-    if grid.num_terminated + grid.num_errors < num_samples:  # Ctrl-C, or the driver lost
-        raise SearchStopped(f"the search stopped after {grid.num_terminated} of {num_samples} trials; "
-                            "rerun the same command to continue it")
-
-    trials = [trial_record(r.metrics.get("trial_id", posixpath.basename(r.path)), r.config, r.metrics)
-              for r in grid if r.error is None and r.metrics]
-    errors = {posixpath.basename(r.path): repr(r.error) for r in grid if r.error is not None}
-    selection = select_setting(trials, list(datasets))
-    record = {
-        "model": model, "mode": mode, "size": size, "prompt_type": prompt, "datasets": list(datasets),
-        "metric": f"{METRIC} ({MODE}), mean over the datasets; the rule reads each dataset's best",
-        "search": {"space": {"optimizer": list(OPTIMIZERS), "lr": {"loguniform": list(LR_RANGE)},
-                             "scheduler": list(SCHEDULERS), "batch_size": list(BATCH_SIZES)},
-                   "searcher": f"OptunaSearch (TPE, seed {seed})", "num_samples": num_samples,
-                   "scheduler": {"ASHA": {"max_t": max_epochs, "grace_period": grace_period,
-                                          "reduction_factor": reduction_factor, "time_attr": "training_iteration"}},
-                   "base_spec": {k: v for k, v in base.items() if k not in ("train_set", "eval_sets", *SEARCHED)}},
-        **selection,
-        "trials": sorted(trials, key=lambda t: t["trial_id"]),
-        "errors": errors,
-        "tune_dir": f"{where}/tune",
-    }
-    record["uri"] = write_json(f"{where}/{SELECTION_FILE}", record)
-    return record
 
 
 def describe(record: dict) -> list[str]:

@@ -94,9 +94,11 @@ def test_rule_counts_wins_before_means():
 
 
 def test_a_stopped_search_continues_its_trials_from_their_checkpoints(tmp_path):
-    """Kill the hpo driver mid-trial, run the same command again: the interrupted trials go on from
-    their last checkpoint (Tuner.restore), not from epoch 0, and the selection is written."""
+    """Ctrl-C the hpo driver mid-trial: it stops without a selection (the running trials end TERMINATED
+    but unfinished). The same command again continues the interrupted trials from their last
+    checkpoint (Tuner.restore), not from epoch 0, and writes the selection."""
     import os
+    import signal
     import subprocess
     import sys
     import time
@@ -123,8 +125,13 @@ def test_a_stopped_search_continues_its_trials_from_their_checkpoints(tmp_path):
             assert driver.poll() is None, f"the search ended before the kill:\n{log_path.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"no checkpoint in time:\n{log_path.read_text()[-3000:]}"
             time.sleep(0.3)
+        driver.send_signal(signal.SIGINT)  # Ctrl-C
+        driver.wait(timeout=180)
     finally:
-        kill_session(driver)
+        kill_session(driver)  # and whatever of Ray it leaves
+    log = log_path.read_text(errors="replace")
+    assert driver.returncode == 1 and "the search stopped after" in log, log[-3000:]
+    assert not (tune_dir.parent / "selection.json").exists()
 
     rerun = run_cli(*args, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-4000:]

@@ -1,6 +1,7 @@
 """One driver per study: a second launch is refused while driver.json names a live driver, and takes
-over at once from a dead one on this host, from a silent one elsewhere, or from any with --force.
-On a local folder and on a real S3 server on loopback; the last test runs the real command line."""
+over at once from a dead one on this host, from a silent one elsewhere, or from any with --force; the
+driver taken over from stops as if Ctrl-C was pressed. On a local folder and on a real S3 server on
+loopback; the last test runs the real command line."""
 
 from __future__ import annotations
 
@@ -43,12 +44,16 @@ def read_record(storage: str) -> dict | None:
         return None
 
 
-def write_record(storage: str, host: str, pid: int, heartbeat_age_s: float = 0.0) -> None:
-    """driver.json as another driver would leave it, its heartbeat ``heartbeat_age_s`` old."""
+def write_record(storage: str, host: str, pid: int, heartbeat_age_s: float = 0.0, pid_space: str | None = None,
+                 study: str = STUDY) -> None:
+    """driver.json as another driver would leave it, its heartbeat ``heartbeat_age_s`` old (no
+    ``pid_space``: as drivers before that field wrote it)."""
     beat = (datetime.now(UTC) - timedelta(seconds=heartbeat_age_s)).isoformat()
     record = {"host": host, "pid": pid, "command": "python -m orchestrator.run grid --profile study",
               "started": beat, "heartbeat": beat, "token": "theirs"}
-    fs, path = lease_path(storage)
+    if pid_space is not None:
+        record["pid_space"] = pid_space
+    fs, path = lease_path(storage, study)
     fs.create_dir(os.path.dirname(path), recursive=True)
     with fs.open_output_stream(path) as out:
         out.write(json.dumps(record).encode())
@@ -56,6 +61,22 @@ def write_record(storage: str, host: str, pid: int, heartbeat_age_s: float = 0.0
 
 def sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def holder_process(storage: str, heartbeat_s: float = 30.0) -> subprocess.Popen:
+    """A driver holding the study in another process, its main thread asleep as Ray Tune's loop would be."""
+    code = ("import sys, time; from orchestrator.lease import study_lease; "
+            "study_lease(sys.argv[1], sys.argv[2], heartbeat_s=float(sys.argv[3])); print('held', flush=True)\n"
+            "while True: time.sleep(0.05)")
+    return subprocess.Popen([sys.executable, "-c", code, storage, STUDY, str(heartbeat_s)], cwd=REPO,
+                            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def dead_pid() -> int:
+    """The pid of a process that ran and was reaped."""
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    return gone.pid
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -82,10 +103,7 @@ def test_a_second_driver_is_refused_while_the_first_holds_the_study(storage):
 
 
 def test_a_killed_driver_on_this_host_is_taken_over_at_once(storage, capsys):
-    code = ("import sys, time; from orchestrator.lease import study_lease; "
-            "study_lease(sys.argv[1], sys.argv[2]); print('held', flush=True); time.sleep(600)")
-    holder = subprocess.Popen([sys.executable, "-c", code, storage, STUDY], cwd=REPO, env=os.environ.copy(),
-                              stdout=subprocess.PIPE, text=True)
+    holder = holder_process(storage)
     try:
         assert holder.stdout.readline().strip() == "held"
         assert read_record(storage)["pid"] == holder.pid
@@ -121,24 +139,56 @@ def test_a_silent_driver_on_another_host_is_taken_over_and_a_fresh_one_is_not(st
     assert read_record(storage) is None
 
 
-def test_force_takes_over_a_live_driver_which_then_stops_claiming_the_study(storage, capsys):
+def test_force_takes_over_a_live_driver(storage, capsys):
     write_record(storage, "laptop", 777)
     with study_lease(storage, STUDY, force=True) as taken:
         assert read_record(storage)["token"] == taken.record["token"]
     err = capsys.readouterr().err
     assert "taking over" in err and "laptop pid 777" in err and "(--force)" in err
-
-    first = study_lease(storage, STUDY, heartbeat_s=0.05)
-    second = study_lease(storage, STUDY, force=True)
-    try:
-        first._thread.join(timeout=30)  # its next beat sees the other token and stops
-        assert not first._thread.is_alive()
-        assert "no longer holds the study" in capsys.readouterr().err
-        first.release()  # not its file any more: left alone
-        assert read_record(storage)["token"] == second.record["token"]
-    finally:
-        second.release()
     assert read_record(storage) is None
+
+
+def test_the_driver_taken_over_from_stops_as_if_ctrl_c_was_pressed(storage):
+    holder = holder_process(storage, heartbeat_s=0.2)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseError, match=f"pid {holder.pid}"):
+            study_lease(storage, STUDY)
+        with study_lease(storage, STUDY, force=True) as taken:
+            # Its next beat finds our record: its main thread gets a KeyboardInterrupt and it exits on its own.
+            err = holder.communicate(timeout=60)[1]
+            assert holder.returncode != 0 and "KeyboardInterrupt" in err, err
+            assert (f"{storage}/{STUDY}/{LEASE_FILE} now names {socket.gethostname()} pid {os.getpid()}" in err
+                    and "stopping this driver, as if Ctrl-C was pressed" in err), err
+            assert read_record(storage)["token"] == taken.record["token"]  # it left our file alone
+        assert read_record(storage) is None
+    finally:
+        stop(holder)
+
+
+def test_the_pid_check_applies_only_in_the_same_pid_namespace(storage, capsys):
+    here, pid = socket.gethostname(), dead_pid()
+    # Another container on this host (--net=host: same hostname, other pids): only the heartbeat decides.
+    write_record(storage, here, pid, pid_space=f"{lease_module._pid_space()}-other")
+    with pytest.raises(LeaseError, match=f"{here} pid {pid}"):
+        study_lease(storage, STUDY)
+    write_record(storage, here, pid)  # a driver.json written before pid_space: the same
+    with pytest.raises(LeaseError, match=f"{here} pid {pid}"):
+        study_lease(storage, STUDY)
+    write_record(storage, here, pid, pid_space=lease_module._pid_space())  # ours: its pid is gone
+    with study_lease(storage, STUDY) as held:
+        assert read_record(storage)["pid_space"] == lease_module._pid_space() == held.record["pid_space"]
+    assert f"pid {pid} no longer runs on this host" in capsys.readouterr().err
+
+
+def test_status_lists_the_live_hpo_drivers_too(storage):
+    write_record(storage, "head-node", 4242, study=f"{STUDY}/hpo/cris")
+    write_record(storage, "head-node", 4343, heartbeat_age_s=lease_module.STALE_S + 5, study=f"{STUDY}/hpo/lavt")
+    with study_lease(storage, f"{STUDY}/hpo/clipseg"):
+        lines = driver_line(storage, STUDY).splitlines()
+    assert lines[0] == "driver: none" and len(lines) == 3, lines
+    assert lines[1].startswith(f"hpo clipseg driver: {socket.gethostname()} pid {os.getpid()}"), lines
+    assert lines[2].startswith("hpo cris driver: head-node pid 4242"), lines  # lavt's is stale: not listed
 
 
 def test_the_heartbeat_advances_and_the_file_goes_on_exit(storage):
