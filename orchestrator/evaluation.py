@@ -295,18 +295,9 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
         )
         errors = {r.config["job"]: repr(r.error) for r in tuner.fit() if r.error is not None}
 
-        finished_now = store.finished_ids()
-        for name, job in jobs.items():
-            for spec in map(EvaluationSpec.from_dict, job["evaluations"]):
-                if spec.id in finished_now:
-                    outcome.finished.append(spec.id)
-                elif name in errors:  # the trial crashed, after Ray's retries, before recording this one
-                    store.write_failure(spec.id, spec.to_dict(), errors[name])
-                    outcome.failed[spec.id] = errors[name]
-                elif failure := store.failure(spec.id):
-                    outcome.failed[spec.id] = failure["error"]
-                else:
-                    outcome.unfinished.append(spec.id)
+        # A crashed trial leaves every evaluation of its job it had not recorded yet failed.
+        store.record_outcome(outcome, ((spec.id, spec.to_dict(), errors.get(name)) for name, job in jobs.items()
+                                       for spec in map(EvaluationSpec.from_dict, job["evaluations"])))
     finally:  # the lease goes only once the outcome is recorded: a relaunch sees this run's FAILED.json
         ray.shutdown()
         lease.release()

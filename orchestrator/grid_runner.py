@@ -165,17 +165,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
         grid = tuner.fit()
         errors = {r.config["experiment_id"]: repr(r.error) for r in grid if r.error is not None}
 
-        finished_now = results.finished_ids()
-        for spec in todo:
-            if spec.id in finished_now:
-                outcome.finished.append(spec.id)
-            elif spec.id in errors:  # a crash, after Ray's retries, that the trial could not record itself
-                results.write_failure(spec.id, spec.to_dict(), errors[spec.id])
-                outcome.failed[spec.id] = errors[spec.id]
-            elif failure := results.failure(spec.id):  # bad input the trial recorded
-                outcome.failed[spec.id] = failure["error"]
-            else:
-                outcome.unfinished.append(spec.id)
+        results.record_outcome(outcome, ((s.id, s.to_dict(), errors.get(s.id)) for s in todo))
     finally:  # the lease goes only once the outcome is recorded: a relaunch sees this run's FAILED.json
         ray.shutdown()
         lease.release()

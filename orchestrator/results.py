@@ -97,6 +97,22 @@ class ResultStore:
     def write_failure(self, experiment_id: str, spec: dict, error: str) -> None:
         self._write_json(experiment_id, "FAILED.json", {"spec": spec, "error": error, "failed_at": time.time()})
 
+    def record_outcome(self, outcome, runs) -> None:
+        """Sort a launch's runs, ``(id, spec, crash or None)``, into ``outcome``'s finished, failed and
+        unfinished. A crash the trial could not record itself (after Ray's retries) gets its FAILED.json
+        here; bad input the trial recorded is read back."""
+        finished_now = self.finished_ids()
+        for run_id, spec, crash in runs:
+            if run_id in finished_now:
+                outcome.finished.append(run_id)
+            elif crash:
+                self.write_failure(run_id, spec, crash)
+                outcome.failed[run_id] = crash
+            elif failure := self.failure(run_id):
+                outcome.failed[run_id] = failure["error"]
+            else:
+                outcome.unfinished.append(run_id)
+
     def _delete(self, experiment_id: str, name: str) -> None:
         try:
             self.fs.delete_file(posixpath.join(self._dir(experiment_id), name))
