@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from datasets.progress import Meter
@@ -92,15 +93,12 @@ def build_once(folder: str, build: Callable[[str], None]) -> bool:
 def open_built(folder: str, build: Callable[[str], None], load: Callable[[str, bool], T]) -> T:
     """``load(folder, built)`` of a folder made once on this node by ``build_once``. A prune that
     removes it between the two steps (readers take no lock) makes this process build it again."""
-    for attempt in (1, 2):
-        built = build_once(folder, build)
-        try:
-            return load(folder, built)
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-            log.warning("%s went away as it was opened (pruned?); building it again", folder)
-    raise AssertionError("unreachable")
+    built = build_once(folder, build)
+    try:
+        return load(folder, built)
+    except FileNotFoundError:
+        log.warning("%s went away as it was opened (pruned?); building it again", folder)
+        return load(folder, build_once(folder, build))
 
 
 def mark_used(path: str) -> None:
@@ -189,10 +187,11 @@ class NodeCache:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
 
-    def local_copy(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str,
-                   entry: dict) -> str:
-        """Path of a verified copy of a remote shard file, downloaded once per node; a copy changed on
-        this disk since it was checked is dropped and downloaded again.
+    def open_copy(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str,
+                  entry: dict) -> pa.MemoryMappedFile:
+        """A verified copy of a remote shard file, downloaded once per node and opened memory-mapped:
+        an open map stays readable even if a prune removes the file now. A copy changed on this disk
+        since it was checked, or removed as it was found, is downloaded again.
 
         Raises FileNotFoundError when storage lacks the file (the caller names it as missing).
         """
@@ -200,14 +199,14 @@ class NodeCache:
         local = self.fetch(fs, remote_path, uri, root, dataset, entry)
         try:
             if self.verified_digest(local, sha256) == sha256:
-                return local
-        except FileNotFoundError:  # pruned since fetch saw it
-            return self.fetch(fs, remote_path, uri, root, dataset, entry)
-        log.warning("node-cache copy %s of %s no longer matches its sha256; downloading it again", local, uri)
-        with file_lock(local + ".lock"):
-            if os.path.exists(local) and self.verified_digest(local, sha256) != sha256:
-                os.remove(local)
-        return self.fetch(fs, remote_path, uri, root, dataset, entry)
+                return pa.memory_map(local)
+            log.warning("node-cache copy %s of %s no longer matches its sha256; downloading it again", local, uri)
+            with file_lock(local + ".lock"):
+                if os.path.exists(local) and self.verified_digest(local, sha256) != sha256:
+                    os.remove(local)
+        except FileNotFoundError:  # pruned as it was found
+            pass
+        return pa.memory_map(self.fetch(fs, remote_path, uri, root, dataset, entry))
 
     def fetch(self, fs: pafs.FileSystem, remote_path: str, uri: str, root: str, dataset: str, entry: dict) -> str:
         """Path of a verified local copy of a remote shard file; the first process on the node downloads it."""

@@ -12,7 +12,7 @@ so is one a trial used after the listing (its atime, checked again under the loc
 renamed to a ``.tmp-`` name first (atomic; the next builder sweeps it up if prune dies). A trial that
 has opened an entry keeps reading it (on Linux an open file or mapping holds the inode; its space
 comes back when the trial lets go). Readers take no lock: one that finds an entry just as it goes
-builds or downloads it again (``datasets.cache.open_built``, ``ShardStore``'s copy opening). Lock files
+builds or downloads it again (``datasets.cache.open_built``, ``NodeCache.open_copy``). Lock files
 (empty) stay: removing one another process waits on would let two hold "the" lock. Symlinks are never
 followed nor listed.
 """

@@ -293,8 +293,8 @@ class ShardStore:
                     data = f.read()
                 source, digest = pa.BufferReader(data), hashlib.sha256(data).hexdigest()
             elif self.remote:
-                source = self._open_copy(path, uri, dataset, entry)
-                digest = entry["sha256"]  # local_copy checked it; a bad download raises
+                source = self.cache.open_copy(self.fs, path, uri, self.root, dataset, entry)
+                digest = entry["sha256"]  # open_copy checked it; a bad download raises
             else:
                 digest = self.cache.verified_digest(path, entry["sha256"])
                 source = pa.memory_map(path)
@@ -313,18 +313,6 @@ class ShardStore:
         if table.num_rows != entry["rows"]:
             raise ShardError(f"shard {uri} holds {table.num_rows} rows, the manifest says {entry['rows']}")
         return table
-
-    def _open_copy(self, path: str, uri: str, dataset: str, entry: dict) -> pa.MemoryMappedFile:
-        """The node's verified copy, opened: an open map keeps the file readable even if a prune
-        removes it now; one removed just before it was opened is downloaded again."""
-        for attempt in (1, 2):
-            local = self.cache.local_copy(self.fs, path, uri, self.root, dataset, entry)
-            try:
-                return pa.memory_map(local)
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
     def iter_rows(self, dataset: str, split: str, columns: list[str] | None = None) -> Iterator[dict]:
         for row in self.read_split(dataset, split, columns).to_pylist():

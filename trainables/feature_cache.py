@@ -71,8 +71,8 @@ def write_entry(folder: str, build) -> None:
     build_once(folder, build)
 
 
-def read_entry(folder: str, built: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
-    """An entry's meta.json and memory-mapped arrays (``built``, from ``open_built``, is not needed)."""
+def read_entry(folder: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """An entry's meta.json and memory-mapped arrays."""
     with open(os.path.join(folder, "meta.json")) as f:
         meta = json.load(f)
     return meta, {k: np.load(os.path.join(folder, f"{k}.npy"), mmap_mode="r") for k in meta["keys"]}
@@ -140,7 +140,7 @@ class FeatureCache:
                                  "sample_ids": list(split.sample_ids), "keys": sorted(files)})
             self.built["image"] += 1
 
-        meta, arrays = open_built(folder, build, read_entry)
+        meta, arrays = open_built(folder, build, lambda f, _built: read_entry(f))
         if meta["sample_ids"] != list(split.sample_ids):
             raise ValueError(f"feature cache {folder}: its sample ids do not match split {split.split!r} "
                              f"of {split.dataset!r}; delete the folder to rebuild it")
@@ -175,7 +175,7 @@ class FeatureCache:
             self._save(tmp, {k: np.concatenate(v) for k, v in parts.items()}, {"strings": strings})
             self.built["text"] += 1
 
-        _, arrays = open_built(folder, build, read_entry)
+        _, arrays = open_built(folder, build, lambda f, _built: read_entry(f))
         # Text features are small: kept in memory as tensors, one row per string.
         loaded = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         return {s: {k: v[i] for k, v in loaded.items()} for i, s in enumerate(strings)}
