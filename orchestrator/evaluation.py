@@ -249,13 +249,12 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
                     study: str, address: str | None = None, fake_gpus: int | None = None,
                     gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
                     max_failures: int = 1, retry_failed: bool = False, verbose: int = 1,
-                    force: bool = False) -> EvaluationOutcome:
+                    force: bool = False, cluster_file: str | None = None) -> EvaluationOutcome:
     """Run the evaluations not finished yet (nor failed, unless ``retry_failed``) as Tune trials."""
     import ray
     from ray import tune
 
-    from orchestrator.grid_runner import check_shared_storage, start_ray
-    from search_spaces.defaults import resources_for
+    from orchestrator.grid_runner import check_shared_storage, place_trials, start_ray
 
     data, storage = absolute_uri(data), absolute_uri(storage)
     store = ResultStore(storage, study, EVALUATIONS)
@@ -276,13 +275,16 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
     store.check_writable()
     lease = study_lease(storage, study, force=force)  # another live driver on this study stops us here
 
-    def resources(config: dict) -> dict:  # the source's training share, as the grid gave it: ample
-        gpu = resources_for(jobs[config["job"]]["source"], gpus_per_trial, cpus_per_trial)["gpu"]
-        return {"cpu": cpus_per_trial, "gpu": gpu if use_gpus else 0}
-
     try:
         use_gpus = start_ray(address, fake_gpus, dashboard)
         check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
+        # An evaluation holds its source's model without gradients: the zero-shot (frozen) memory.
+        placements = place_trials([{**job["source"], "mode": "zeroshot", "id": name} for name, job in jobs.items()],
+                                  cluster_file, cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus)
+
+        def resources(config: dict) -> dict:
+            return dict(placements[config["job"]].resources)
+
         trainable = tune.with_parameters(evaluation_trial, jobs=jobs, data=data, storage=storage, study=study,
                                          threads=max(1, math.floor(cpus_per_trial)))
         tuner = tune.Tuner(

@@ -7,6 +7,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+# Models whose study runs trained the decoder alone, whatever the configs said (MODEL-FACTS):
+# Hugging Face's CLIPSeg runs its CLIP towers under no_grad, the study's BiomedCLIPSeg its image
+# tower under inference_mode with the text tower frozen.
+DECODER_ONLY_IN_STUDY = ("clipseg", "biomedclipseg", "biomedclipseg_d")
+
 
 @dataclass(frozen=True)
 class ExperimentSpec:
@@ -28,11 +33,29 @@ class ExperimentSpec:
     bce_weight: float = 0.2  # loss = dice + bce_weight * BCE
     encoder_lr_scale: float = 1.0  # encoders' LR relative to the decoder's, when they train
     seed: int = 42
+    # Where lr, batch size, optimizer and scheduler come from: "paper" (the paper's text, App. C),
+    # "released" (the study's released configs) or "hpo:<selection.json uri>" (an hpo search).
+    hparams: str = "paper"
+    schedule_epochs: int | None = None  # the cosine schedule's horizon; None: max_epochs
+    grad_accum: int = 1  # micro-batches per optimizer step (same effective batch_size, less memory)
+    # The released code's behaviour where it differs from ours (docs/fidelity.md; --as-released):
+    decoder_dropout: float | None = None  # CRIS decoder dropout; None: the model's own default (0.1)
+    mask_padding: bool = True  # CRIS attends only to real tokens (the released code masked nothing)
+    upsample: str = "bilinear"  # CRIS logits back to the input size (the released code: bicubic)
 
     def __post_init__(self) -> None:
         if not self.eval_sets:
             object.__setattr__(self, "eval_sets", (self.train_set,))
         object.__setattr__(self, "eval_sets", tuple(self.eval_sets))
+        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ValueError(f"grad_accum {self.grad_accum} must be >= 1 and divide batch_size {self.batch_size}")
+
+    @property
+    def regime(self) -> str:
+        """``end_to_end`` when pretrained encoders train with the decoder where the study trained the
+        decoder alone (the CLIPSeg family in mode finetune), else ``as_run``: trained as the study's
+        code trained it. Derived from model and mode, so it is part of every id through the mode."""
+        return "end_to_end" if self.mode == "finetune" and self.model in DECODER_ONLY_IN_STUDY else "as_run"
 
     @property
     def id(self) -> str:
@@ -42,7 +65,7 @@ class ExperimentSpec:
         later keeps every existing id (and its stored results) valid.
         """
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        chosen = {k: v for k, v in self.to_dict().items() if v != defaults[k] and k != "eval_sets"}
+        chosen = {k: v for k, v in dataclasses.asdict(self).items() if v != defaults[k] and k != "eval_sets"}
         if self.eval_sets != (self.train_set,):
             chosen["eval_sets"] = list(self.eval_sets)
         canonical = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
@@ -50,7 +73,7 @@ class ExperimentSpec:
         return f"{self.model}-{self.mode}-{self.train_set}-{self.prompt_type}-{digest}"
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "eval_sets": list(self.eval_sets)}
+        return {**dataclasses.asdict(self), "eval_sets": list(self.eval_sets), "regime": self.regime}
 
     @classmethod
     def from_dict(cls, d: dict) -> ExperimentSpec:

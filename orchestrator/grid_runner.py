@@ -16,7 +16,7 @@ from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
 from orchestrator.lease import study_lease
 from orchestrator.results import ResultStore, StorageError
-from search_spaces.defaults import resources_for
+from orchestrator.placement import Placement, cluster_node_types, place_all
 from trainables.models import MODES, model_inputs
 
 
@@ -88,21 +88,29 @@ def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool) -> bo
     return False
 
 
-def trial_resources(specs: dict[str, dict], cpus: float, gpus: float | None, use_gpus: bool):
-    """Resources as a function of the trial's config: the model's GPU share unless overridden."""
+def trial_resources(placements: dict[str, Placement]):
+    """Resources as a function of the trial's config: what its placement asks of Ray."""
 
     def resources(config: dict) -> dict:
-        gpu = resources_for(specs[config["experiment_id"]], gpus, cpus)["gpu"]  # grows with the batch
-        return {"cpu": cpus, "gpu": gpu if use_gpus else 0}
+        return dict(placements[config["experiment_id"]].resources)
 
     return resources
+
+
+def place_trials(specs: list[dict], cluster_file: str | None, *, cpus: float | None, gpus: float | None,
+                 use_gpus: bool, replicas: int = 1, auto_accumulate: bool = False) -> dict[str, Placement]:
+    """Every trial's resources on the running Ray's node types (and the cluster file's); raises
+    Unplaceable, before any trial starts, for trials that no node type can hold."""
+    node_types, source = cluster_node_types(cluster_file, running=True)
+    return place_all(specs, node_types, source, cpus=cpus, gpus_per_trial=gpus, use_gpus=use_gpus,
+                     replicas=replicas, auto_accumulate=auto_accumulate)
 
 
 def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str,
              address: str | None = None, fake_gpus: int | None = None, gpus_per_trial: float | None = None,
              cpus_per_trial: float = 1.0, dashboard: bool = True, max_failures: int = 1,
              checkpoint_interval_s: float | None = None, retry_failed: bool = False,
-             verbose: int = 1, force: bool = False) -> GridOutcome:
+             verbose: int = 1, force: bool = False, cluster_file: str | None = None) -> GridOutcome:
     import ray
     from ray import tune
 
@@ -145,11 +153,13 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
             return trial.config["experiment_id"]
 
         specs_by_id = {s.id: s.to_dict() for s in todo}
+        placements = place_trials([{**spec, "id": i} for i, spec in specs_by_id.items()], cluster_file,
+                                  cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus)
         trainable = tune.with_parameters(train_experiment, specs=specs_by_id, data=data, storage=storage,
                                          study=study, threads=max(1, math.floor(cpus_per_trial)),
                                          checkpoint_interval_s=checkpoint_interval_s)
         tuner = tune.Tuner(
-            tune.with_resources(trainable, trial_resources(specs_by_id, cpus_per_trial, gpus_per_trial, use_gpus)),
+            tune.with_resources(trainable, trial_resources(placements)),
             param_space={"experiment_id": tune.grid_search(list(specs_by_id))},
             # Reusing a finished trial's process for the next one saves its start-up (imports, a
             # warm decoded cache): on short trials that is the difference between 1.4x and 1.2x

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from orchestrator.experiment import ExperimentSpec
 
 STEP_TIMES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "search_spaces",
                           "step_times.json")
@@ -218,17 +219,22 @@ def _fixed(spec: dict, table: dict, device: str) -> float:
 
 
 def grid_specs(args) -> list[dict]:
-    from orchestrator.experiment import ExperimentSpec
-    from orchestrator.run import select
-    from search_spaces import grid
+    from orchestrator.run import build_specs
 
-    if getattr(args, "block", None) and hasattr(grid, "blocks_for"):
-        specs = grid.specs_of(grid.blocks_for(args.profile, args.block))
-    else:
-        specs = grid.PROFILES[args.profile]()
-    if args.max_epochs is not None:
-        specs = [ExperimentSpec.from_dict({**s.to_dict(), "max_epochs": args.max_epochs}) for s in specs]
-    return [{**s.to_dict(), "id": s.id} for s in select(specs, args.only)]
+    return [{**s.to_dict(), "id": s.id} for s in build_specs(args)]
+
+
+def grid_fit(specs: list[dict], args) -> list[str]:
+    """Per block, where the grid's trials fit on the cluster file's node types (--cluster)."""
+    from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
+    from search_spaces.grid import block_of
+
+    by_block: dict[str, list[dict]] = {}
+    for spec in specs:
+        by_block.setdefault(block_of(ExperimentSpec.from_dict(spec)), []).append(spec)
+    path = args.cluster or str(REPO_CLUSTER_FILE)
+    return fit_summary(by_block, node_types_from_cluster_file(path), path, gpus_per_trial=args.gpus_per_trial,
+                       cpus=args.cpus_per_trial)
 
 
 def summary(trials: list[TrialTime], args, grid_start_s: float, max_concurrent: int | None) -> dict:
@@ -414,6 +420,11 @@ def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
     p.add_argument("--only", action="append", metavar="PATTERN", help="experiments whose id matches (repeatable)")
     p.add_argument("--max-epochs", type=int, metavar="E",
                    help="cap every experiment's epochs, as `run grid --max-epochs` (hpo: ASHA's max_t, default 4)")
+    from orchestrator.run import DEFAULT_STORAGE, add_cluster_argument, add_spec_arguments
+
+    add_spec_arguments(p)
+    add_cluster_argument(p)
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="results root, for --hparams-from-hpo")
     p.add_argument("--expected-epochs", type=int, metavar="E",
                    help="assume every experiment stops after E epochs (default: the paper's averages)")
     p.add_argument("--data", default=default_data,
@@ -467,6 +478,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                               args.cpus_per_trial, args.gpus)
             limit = None
             title = f"grid {args.profile}" + (f" blocks {', '.join(args.block)}" if args.block else "")
+            print(*grid_fit(specs, args), sep="\n")
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2

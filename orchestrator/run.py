@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
+import json
 import os
 import sys
 
@@ -16,6 +18,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 from datasets.shards import ShardError, ShardStore  # noqa: E402
 from orchestrator.experiment import ExperimentSpec  # noqa: E402
 from orchestrator.lease import LeaseError, add_force_argument, driver_line  # noqa: E402
+from orchestrator.placement import Unplaceable  # noqa: E402
 
 DEFAULT_DATA = "data/shards"
 DEFAULT_STORAGE = "runs"
@@ -30,12 +33,74 @@ def select(specs: list[ExperimentSpec], patterns: list[str] | None) -> list[Expe
 
 
 def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
+    """The profile's (or blocks') specs with the launch's changes, in this order: --as-released, the
+    hpo selections (--hparams-from-hpo), --set, --grad-accum, --max-epochs; then --only. Each change
+    is part of the spec, so of its id: `status` and `report` need the same flags as the launch."""
+    from search_spaces.fidelity import as_released
     from search_spaces.grid import blocks_for, specs_of
 
     specs = specs_of(blocks_for(args.profile, getattr(args, "block", None)))
+    if getattr(args, "as_released", False):
+        specs = [as_released(s) for s in specs]
+    if getattr(args, "hparams_from_hpo", None):
+        from orchestrator.hpo import apply_selections
+
+        specs = apply_selections(specs, args.storage, args.hparams_from_hpo)
+    changes = dict(getattr(args, "set", None) or [])
+    if getattr(args, "grad_accum", None):
+        changes["grad_accum"] = args.grad_accum
     if args.max_epochs is not None:
-        specs = [ExperimentSpec.from_dict({**s.to_dict(), "max_epochs": args.max_epochs}) for s in specs]
+        changes["max_epochs"] = args.max_epochs
+    if changes:
+        specs = [ExperimentSpec.from_dict({**s.to_dict(), **changes}) for s in specs]
     return select(specs, args.only)
+
+
+SETTABLE = {f.name: f for f in dataclasses.fields(ExperimentSpec)}
+FIXED_BY_GRID = ("model", "mode", "train_set", "prompt_type", "eval_sets")
+
+
+def spec_setting(text: str) -> tuple[str, object]:
+    """``--set FIELD=VALUE``: a spec field and its value (JSON: 0.2, true, null, "x"; else a string)."""
+    name, sep, raw = text.partition("=")
+    if not sep or name not in SETTABLE or name in FIXED_BY_GRID:
+        settable = ", ".join(n for n in SETTABLE if n not in FIXED_BY_GRID)
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with FIELD one of {settable}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    default = SETTABLE[name].default
+    if isinstance(default, bool) and not isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(default, bool)
+            and (isinstance(value, bool) or not isinstance(value, (int, float)))):
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} takes a {type(default).__name__}, got {raw!r}")
+    return name, value
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags that change what an experiment trains (so its id); grid, status and plan share them."""
+    p.add_argument("--as-released", action="store_true",
+                   help="train as the study's released code did where it differs from the paper's text: loss, "
+                        "learning rate, batch, patience, CRIS dropout, padding and upsampling "
+                        "(search_spaces/fidelity.py; docs/fidelity.md)")
+    p.add_argument("--hparams-from-hpo", metavar="STUDY",
+                   help="take each model's optimizer, learning rate, scheduler and batch size from the hpo "
+                        "selection in <storage>/STUDY/hpo/<model>/selection.json (for the specs of the mode it "
+                        "searched); the source is recorded in each spec (field hparams)")
+    p.add_argument("--set", action="append", type=spec_setting, metavar="FIELD=VALUE",
+                   help="set one spec field in every experiment, e.g. bce_weight=0 or mask_padding=false "
+                        "(repeatable; changes the ids)")
+    p.add_argument("--grad-accum", type=int, metavar="K",
+                   help="split every batch into K micro-batches (the same effective batch, about 1/K of the "
+                        "activation memory; changes the ids)")
+
+
+def add_cluster_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="YAML",
+                   help="Ray cluster file whose node types trials must fit (default: on a running cluster its "
+                        "nodes and the head's ~/ray_bootstrap_config.yaml; for --dry-run and plan, "
+                        "the repository's cluster.yaml)")
 
 
 def ensure_synthetic(data: str, profile: str) -> None:
@@ -68,11 +133,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
         from search_spaces.grid import block_summary, blocks_for
 
         done = ResultStore(args.storage, study).finished_ids()
-        print(f"{'experiment id':<52} {'model':<15} {'mode':<9} {'train set':<15} prompt  status")
+        print(f"{'experiment id':<52} {'model':<15} {'mode':<9} {'regime':<10} {'train set':<15} prompt  status")
         for s in specs:
             state = "done" if s.id in done else "pending"
-            print(f"{s.id:<52} {s.model:<15} {s.mode:<9} {s.train_set:<15} {s.prompt_type:<7} {state}")
-        print(*block_summary(blocks_for(args.profile, args.block), specs), sep="\n")
+            print(f"{s.id:<52} {s.model:<15} {s.mode:<9} {s.regime:<10} {s.train_set:<15} {s.prompt_type:<7} {state}")
+        blocks = blocks_for(args.profile, args.block)
+        print(*block_summary(blocks, specs), sep="\n")
+        print(*fit_lines(blocks, specs, args), sep="\n")
         print(f"total: {len(specs)} experiments ({sum(s.id in done for s in specs)} done)")
         return 0
     # Imported here, after --dry-run: they load PyTorch and every model, which a listing does not need.
@@ -93,11 +160,23 @@ def cmd_grid(args: argparse.Namespace) -> int:
                            fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                            cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                            max_failures=args.max_failures, checkpoint_interval_s=args.checkpoint_interval,
-                           retry_failed=args.retry_failed, verbose=args.verbose, force=args.force)
+                           retry_failed=args.retry_failed, verbose=args.verbose, force=args.force,
+                           cluster_file=args.cluster)
     except StorageError as e:
         print(e, file=sys.stderr)
         return 2
     return summarize_outcome(outcome, "experiments", args.storage, study)
+
+
+def fit_lines(blocks, specs: list[ExperimentSpec], args: argparse.Namespace) -> list[str]:
+    """Per block, the largest memory need and the node types of the cluster file its trials go to."""
+    from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
+
+    path = args.cluster or str(REPO_CLUSTER_FILE)
+    chosen = {s.id for s in specs}
+    by_block = {b.name: [{**s.to_dict(), "id": s.id} for s in b.specs() if s.id in chosen] for b in blocks}
+    return fit_summary({k: v for k, v in by_block.items() if v}, node_types_from_cluster_file(path), path,
+                       cpus=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
 
 
 def summarize_outcome(outcome, what: str, storage: str, study: str) -> int:
@@ -207,6 +286,8 @@ def parser() -> argparse.ArgumentParser:
                       help="CPUs per trial (default: 1); torch uses max(1, floor(C)) threads")
     grid.add_argument("--max-epochs", type=int, metavar="E",
                       help="cap every experiment's epochs (changes the experiment ids)")
+    add_spec_arguments(grid)
+    add_cluster_argument(grid)
     grid.add_argument("--max-failures", type=int, default=1, metavar="K",
                       help="times Ray retries a crashed trial from its last checkpoint (default: 1)")
     grid.add_argument("--checkpoint-interval", type=float, metavar="S",
@@ -251,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
                         help="as for grid: with --profile study, only this block (repeatable)")
     status.add_argument("--only", action="append", metavar="PATTERN", help="as for grid; repeatable")
     status.add_argument("--max-epochs", type=int, metavar="E", help="as for grid (it changes the experiment ids)")
+    add_spec_arguments(status)
     status.set_defaults(func=cmd_status)
 
     hpo = sub.add_parser("hpo", help="Table 4's hyperparameter search for one model (Optuna TPE + ASHA)",
@@ -282,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         args.study = args.profile  # one rule for every command: a study is named after its grid
     try:
         return args.func(args)
-    except LeaseError as e:  # another driver runs this study (grid, zeroshot, ablate, ood, hpo)
+    except (LeaseError, Unplaceable) as e:  # another driver runs this study; a trial fits no node type
         print(e, file=sys.stderr)
         return 2
 

@@ -40,15 +40,15 @@ CLUSTER_YAML = REPO / "cluster.yaml"
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 
 CPU_FAMILIES = {"m5", "m6i", "c5"}
-GPU_FAMILIES = {"g4dn", "g5", "g6", "p3", "p4d", "p5"}
+GPU_FAMILIES = {"g4dn", "g5", "g6", "g6e", "p3", "p4d", "p5"}
 CPU_SIZE = re.compile(r"^(large|\d*xlarge|metal)$")
 # GPUs per instance type (AWS instance specs). Add a row before using a new size.
 GPU_COUNT = {
     **{f"g4dn.{s}": 1 for s in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
     "g4dn.12xlarge": 4,
     "g4dn.metal": 8,
-    **{f"{f}.{s}": 1 for f in ("g5", "g6") for s in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
-    **{f"{f}.{s}": n for f in ("g5", "g6") for s, n in (("12xlarge", 4), ("24xlarge", 4), ("48xlarge", 8))},
+    **{f"{f}.{s}": 1 for f in ("g5", "g6", "g6e") for s in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    **{f"{f}.{s}": n for f in ("g5", "g6", "g6e") for s, n in (("12xlarge", 4), ("24xlarge", 4), ("48xlarge", 8))},
     "p3.2xlarge": 1,
     "p3.8xlarge": 4,
     "p3.16xlarge": 8,

@@ -14,7 +14,7 @@ from datasets.pooled import PooledSplit, open_split
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from trainables.feature_cache import FeatureCache, supports_feature_cache
-from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs
+from trainables.models import ENCODER_PREFIXES, MODEL_OPTIONS, build_model, build_tokenizer, model_inputs
 from trainables.trainer import TrainConfig, Trainer
 
 
@@ -37,20 +37,27 @@ def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer,
         train_set, val_set = split(spec["train_set"], "train", True), split(spec["train_set"], "val", False)
     test_sets = {name: split(name, "test", False) for name in spec["eval_sets"]}
     torch.manual_seed(spec["seed"])  # random-init weights are part of the experiment
-    model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"])
+    model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"], **model_options(spec))
     # Zero-shot experiments evaluate the weights as built: no epoch of training.
     epochs = 0 if spec["mode"] == "zeroshot" else spec["max_epochs"]
     config = TrainConfig(lr=spec["lr"], weight_decay=spec["weight_decay"], batch_size=spec["batch_size"],
                          max_epochs=epochs, patience=spec["patience"], lr_patience=spec["lr_patience"],
                          optimizer=spec["optimizer"], scheduler=spec["scheduler"],
                          bce_weight=spec["bce_weight"], encoder_lr_scale=spec["encoder_lr_scale"],
-                         encoder_prefixes=ENCODER_PREFIXES[spec["model"]], seed=spec["seed"])
+                         encoder_prefixes=ENCODER_PREFIXES[spec["model"]], seed=spec["seed"],
+                         schedule_epochs=spec.get("schedule_epochs"), grad_accum=spec.get("grad_accum", 1))
     tokenizer = build_tokenizer(spec["model"], spec["weights"])
     features = None
     if (spec["mode"] == "frozen" and feature_cache and os.environ.get("VLSM_FEATURE_CACHE", "1") != "0"
             and supports_feature_cache(model) and not isinstance(train_set, PooledSplit)):
         features = FeatureCache(model, tokenizer, inputs, spec["model"], ENCODER_PREFIXES[spec["model"]])
     return Trainer(model, tokenizer, inputs, config, train_set, val_set, feature_cache=features), test_sets
+
+
+def model_options(spec: dict) -> dict:
+    """The spec's fields that are options of its model's builder (MODEL_OPTIONS); a spec written
+    before a field existed leaves the builder's default."""
+    return {k: spec[k] for k in MODEL_OPTIONS.get(spec["model"], ()) if k in spec}
 
 
 def summarize(spec: dict, trainer: Trainer, per_image: dict[str, dict[str, float]]) -> dict:

@@ -36,6 +36,8 @@ class TrainConfig:
     encoder_prefixes: tuple[str, ...] = ()  # parameter-name prefixes of the encoders
     grad_clip: float = 0.5
     seed: int = 42
+    schedule_epochs: int | None = None  # the cosine schedule's horizon (T_max); None: max_epochs
+    grad_accum: int = 1  # micro-batches per optimizer step: the same batch, a fraction of the activations
 
 
 @dataclass
@@ -66,10 +68,24 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                           patience=config.lr_patience)
     if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.max_epochs))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.schedule_epochs
+                                                                              or config.max_epochs))
     if config.scheduler == "constant":
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     raise ValueError(f"unknown scheduler {config.scheduler!r}: expected plateau, cosine or constant")
+
+
+def micro_batches(batch: dict, parts: int) -> list[dict]:
+    """``batch`` cut into ``parts`` consecutive slices (tensors, lists and nested dicts alike)."""
+    n = len(batch["sample_ids"])
+    if parts <= 1 or n <= 1:
+        return [batch]
+    size = math.ceil(n / parts)
+
+    def cut(value, lo: int, hi: int):
+        return {k: cut(v, lo, hi) for k, v in value.items()} if isinstance(value, dict) else value[lo:hi]
+
+    return [cut(batch, lo, lo + size) for lo in range(0, n, size)]
 
 
 class Trainer:
@@ -138,13 +154,17 @@ class Trainer:
         self.train_set.set_epoch(self.epoch)
         total, count = 0.0, 0
         for batch in self._loader(self.train_set, shuffle=True):
-            loss = dice_bce_loss(self._forward(batch), batch["mask"].to(self.device), self.config.bce_weight)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            n = len(batch["sample_ids"])
+            for part in micro_batches(batch, self.config.grad_accum):
+                # The loss is a mean over samples: weighting each micro-batch by its share of the
+                # batch gives the gradient of the whole batch.
+                loss = dice_bce_loss(self._forward(part), part["mask"].to(self.device), self.config.bce_weight)
+                (loss * len(part["sample_ids"]) / n).backward()
+                total += loss.item() * len(part["sample_ids"])
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
             self.optimizer.step()
-            total += loss.item() * len(batch["sample_ids"])
-            count += len(batch["sample_ids"])
+            count += n
         return total / count
 
     @torch.no_grad()

@@ -85,6 +85,7 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
         "started_at": started, "finished_at": time.time(), "resumed_from_epoch": resumed_from,
         "resources": tune.get_context().get_trial_resources().required_resources,
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_ip": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),
     }
     if trainer.best_state is not None:  # before DONE: what evaluation runs (ablate, ood) reload
         results.write_weights(experiment_id, trainer.best_state)

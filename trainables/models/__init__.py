@@ -108,12 +108,23 @@ def model_inputs(name: str, size: str) -> ModelInputs:
         raise ValueError(f"unknown model {name!r} at size {size!r} (known: {known})") from None
 
 
-def build_model(name: str, mode: str = "frozen", size: str = "small", weights: str | None = None) -> nn.Module:
-    """Build a registered model; ``weights`` names pretrained weights, None for random init."""
+# Spec fields that change a model's architecture or forward, per model (the builders' keyword
+# arguments); every other model takes none of them.
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {"cris": ("decoder_dropout", "mask_padding", "upsample")}
+
+
+def build_model(name: str, mode: str = "frozen", size: str = "small", weights: str | None = None,
+                **options) -> nn.Module:
+    """Build a registered model; ``weights`` names pretrained weights, None for random init;
+    ``options`` are the model's MODEL_OPTIONS."""
+    unknown = set(options) - set(MODEL_OPTIONS.get(name, ()))
+    if unknown:
+        raise ValueError(f"{name} takes no option {', '.join(sorted(unknown))} "
+                         f"(its options: {', '.join(MODEL_OPTIONS.get(name, ())) or 'none'})")
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r} (known: {', '.join(BUILDERS)})")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}: expected one of {', '.join(SIZES)}")
-    return BUILDERS[name](mode=mode, size=size, weights=resolve_weights(weights))
+    return BUILDERS[name](mode=mode, size=size, weights=resolve_weights(weights), **options)

@@ -8,13 +8,17 @@ replaced by the spatial one below (which adds ``connect``), and the text side is
 ``transformer``, ``token_embedding``, ``positional_embedding``, ``ln_final``, ``text_projection``
 and ``logit_scale`` moved over unchanged. Those names are OpenAI CLIP's own, so no key is renamed.
 
-Unlike the original, padding is masked from the attention mask (the original tested ``ids == 0``
-while the CLIP tokenizer pads with 49407, so nothing was masked), and the sentence state is taken
-at the last real token rather than at ``ids.argmax()``.
+Padding is masked from the attention mask. The official CRIS pads with 0 and masks ``ids == 0``,
+which is right there; the study's code kept that test while its tokenizer padded with 49407, so it
+masked nothing: ``mask_padding=False`` does the same (docs/fidelity.md). The sentence state is
+taken at the last real token (the same token as ``ids.argmax()`` when padding is 49407). Logits go
+back to the input size bilinear; the study's code used bicubic with ``align_corners=True``
+(``upsample="bicubic"``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -315,9 +319,11 @@ class CRIS(EncoderDecoderSegmenter):
     statistics fixed; ``finetune`` trains everything.
     """
 
-    def __init__(self, cfg: CRISConfig, mode: str = "frozen"):
+    def __init__(self, cfg: CRISConfig, mode: str = "frozen", mask_padding: bool = True, upsample: str = "bilinear"):
         super().__init__()
-        self.cfg, self.mode = cfg, mode
+        if upsample not in ("bilinear", "bicubic"):
+            raise ValueError(f"unknown upsample {upsample!r}: expected bilinear or bicubic")
+        self.cfg, self.mode, self.mask_padding, self.upsample = cfg, mode, mask_padding, upsample
         self.backbone = CLIPBackbone(cfg)
         self.neck = FPN(cfg.fpn_in, cfg.fpn_out)
         self.decoder = TransformerDecoder(cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.dim_ffn, cfg.dropout)
@@ -346,9 +352,11 @@ class CRIS(EncoderDecoderSegmenter):
         words, state, attention_mask = text["words"], text["state"], text["attention_mask"]
         # True at padding; a prompt with no real token masks nothing rather than yielding NaN.
         pad_mask = (attention_mask == 0) & attention_mask.bool().any(1, keepdim=True)
+        if not self.mask_padding:  # as the study's code ran: nothing masked
+            pad_mask = torch.zeros_like(pad_mask)
         fq = self.decoder(self.neck((image["c3"], image["c4"], image["c5"]), state), words, pad_mask)
         logits = self.proj(fq, state)
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=tuple(size), mode=self.upsample, align_corners=self.upsample == "bicubic")
 
 
 def _key_report(missing: list[str], unexpected: list[str]) -> str:
@@ -396,10 +404,15 @@ def load_openai_clip(backbone: CLIPBackbone, weights: str) -> None:
                          + _key_report(missing, list(result.unexpected_keys)))
 
 
-def build_cris(mode: str, size: str, weights: str | None = None) -> CRIS:
+def build_cris(mode: str, size: str, weights: str | None = None, decoder_dropout: float | None = None,
+               mask_padding: bool = True, upsample: str = "bilinear") -> CRIS:
     """``weights``: None for random init; ``"openai"`` or a ``.pt`` path for OpenAI CLIP RN50 in the
-    backbone (full size only); a ``.pth`` path for a whole CRIS checkpoint in the original format."""
-    model = CRIS(cris_config(size), mode)
+    backbone (full size only); a ``.pth`` path for a whole CRIS checkpoint in the original format.
+    ``decoder_dropout`` None keeps the config's 0.1 (CRIS's own cris_r50.yaml; the study's 0.2)."""
+    config = cris_config(size)
+    if decoder_dropout is not None:
+        config = dataclasses.replace(config, dropout=decoder_dropout)
+    model = CRIS(config, mode, mask_padding, upsample)
     if weights is None:
         return model
     if str(weights).endswith(".pth"):
