@@ -15,8 +15,8 @@ from datasets.pooled import member_splits
 from datasets.shards import ShardError, ShardStore, absolute_uri
 from orchestrator.experiment import ExperimentSpec
 from orchestrator.lease import study_lease
-from orchestrator.results import ResultStore, StorageError
 from orchestrator.placement import Placement, cluster_node_types, place_all
+from orchestrator.results import ResultStore, StorageError
 from trainables.models import MODES, model_inputs
 
 

@@ -21,9 +21,10 @@ import sys
 from collections import Counter
 
 from datasets.shards import ShardError, absolute_uri, filesystem_for, write_atomically
-from orchestrator.experiment import ExperimentSpec
+from orchestrator.experiment import DECODER_ONLY_IN_STUDY, ExperimentSpec
 from orchestrator.lease import add_force_argument, study_lease
 from search_spaces.defaults import (
+    AS_RUN_MODE,
     FINETUNE_ENCODER_LR_SCALE,
     SMALL_OVERRIDES,
     STUDY,
@@ -33,12 +34,16 @@ from search_spaces.defaults import (
 )
 from search_spaces.hpo import (
     BATCH_SIZES,
+    ENCODER_LR_SCALE_RANGE,
+    GRACE_PERIOD,
     HPO_DATASETS,
     HPO_PROMPT,
     LR_RANGE,
+    MAX_T,
+    NUM_SAMPLES,
     OPTIMIZERS,
+    REDUCTION_FACTOR,
     SCHEDULERS,
-    SEARCH_MODE,
     SEARCHED,
     tune_space,
 )
@@ -58,24 +63,77 @@ def hpo_uri(storage: str, study: str, model: str) -> str:
     return f"{storage.rstrip('/')}/{study}/hpo/{model}"
 
 
+def grid_epochs(model: str, mode: str, size: str) -> tuple[int, str]:
+    """The epochs a grid run of this model is expected to take, and the figure's source: the cosine
+    horizon of every hpo trial, so a schedule chosen here decays as it will in the grid."""
+    from orchestrator.plan import expected_epochs, load_step_times
+
+    sizing = SMALL_OVERRIDES if size == "small" else STUDY
+    grid_spec = {**training_defaults(model), **sizing, "model": model, "mode": mode}
+    epochs = expected_epochs(grid_spec, load_step_times())
+    paper = size == "full" and model in load_step_times()["paper"]
+    return epochs, ("the paper's average epochs per experiment (App. C.1)" if paper else
+                    f"twice the early-stopping patience ({grid_spec['patience']}), capped at max_epochs")
+
+
 def base_spec(model: str, mode: str, size: str, prompt: str, max_epochs: int, weights: str | None) -> dict:
     """The spec every trial starts from; a trial sets the searched fields and the dataset."""
     sizing = {**SMALL_OVERRIDES} if size == "small" else {**STUDY}
     encoder_lr_scale = FINETUNE_ENCODER_LR_SCALE[model] if mode == "finetune" else 1.0  # as the grid's
     spec = ExperimentSpec(model=model, mode=mode, train_set="-", prompt_type=prompt, weights=weights,
-                          encoder_lr_scale=encoder_lr_scale,
+                          encoder_lr_scale=encoder_lr_scale, schedule_epochs=grid_epochs(model, mode, size)[0],
                           **{**training_defaults(model), **sizing, "max_epochs": max_epochs})
     return spec.to_dict()
 
 
-def trial_specs(base: dict, setting: dict, datasets: list[str]) -> dict[str, dict]:
-    """One spec per dataset for a setting; no test sets (the search reads validation dice only)."""
-    return {name: {**base, **{k: setting[k] for k in SEARCHED}, "train_set": name, "eval_sets": []}
+def searched(mode: str, model: str) -> tuple[str, ...]:
+    """The spec fields a trial samples: Table 4's, and the encoders' LR scale where they train too."""
+    return SEARCHED + (("encoder_lr_scale",) if mode == "finetune" and model in DECODER_ONLY_IN_STUDY else ())
+
+
+def apply_selections(specs: list[ExperimentSpec], storage: str, study: str) -> list[ExperimentSpec]:
+    """``specs`` with each model's hpo selection (``<storage>/<study>/hpo/<model>/selection.json``)
+    where the selection searched the spec's mode and size; the others keep their hyperparameters.
+    The spec's ``hparams`` names the selection it took, relative to ``storage``."""
+    import dataclasses
+
+    selections = {}
+    for model in dict.fromkeys(s.model for s in specs):
+        relative = f"{study}/hpo/{model}/{SELECTION_FILE}"
+        uri = f"{absolute_uri(storage).rstrip('/')}/{relative}"
+        fs, path = filesystem_for(uri)
+        try:
+            with fs.open_input_stream(path) as f:
+                selections[model] = (relative, json.loads(f.read()))
+        except FileNotFoundError:
+            pass
+    if not selections:
+        raise ValueError(f"--hparams-from-hpo {study}: no hpo selection under {storage.rstrip('/')}/{study}/hpo/ "
+                         f"for {', '.join(dict.fromkeys(s.model for s in specs))}; run hpo first")
+    out = []
+    for spec in specs:
+        relative, record = selections.get(spec.model, (None, None))
+        if record is None or (record["mode"], record["size"]) != (spec.mode, spec.size):
+            out.append(spec)
+            continue
+        setting = record["selected"]["setting"]
+        horizon = record["search"]["base_spec"].get("schedule_epochs")
+        out.append(dataclasses.replace(spec, **setting, schedule_epochs=horizon, hparams=f"hpo:{relative}"))
+    return out
+
+
+def trial_specs(base: dict, setting: dict, datasets: list[str], grad_accum: dict[int, int] | None = None
+                ) -> dict[str, dict]:
+    """One spec per dataset for a setting; no test sets (the search reads validation dice only).
+    ``grad_accum`` maps a batch size to the micro-batches its placement needs (default 1)."""
+    sampled = {k: setting[k] for k in searched(base["mode"], base["model"])}
+    accumulate = (grad_accum or {}).get(sampled["batch_size"], 1)
+    return {name: {**base, **sampled, "grad_accum": accumulate, "train_set": name, "eval_sets": []}
             for name in datasets}
 
 
 def search_trial(config: dict, base: dict, datasets: list[str], data: str, threads: int = 1,
-                 checkpoint_interval_s: float | None = None) -> None:
+                 checkpoint_interval_s: float | None = None, grad_accum: dict[int, int] | None = None) -> None:
     """Ray Tune function trainable: train ``config``'s setting on every dataset, one epoch of each per
     report, until the epoch budget or every dataset's early stopping. Checkpoints (every trainer's
     state) let a continued search resume an interrupted trial where it stopped."""
@@ -93,7 +151,7 @@ def search_trial(config: dict, base: dict, datasets: list[str], data: str, threa
     share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
     if torch.cuda.is_available() and 0 < share < 1:
         torch.cuda.set_per_process_memory_fraction(share)  # Ray does not enforce fractions
-    trainers = {name: prepare(spec, data)[0] for name, spec in trial_specs(base, config, datasets).items()}
+    trainers = {name: prepare(spec, data)[0] for name, spec in trial_specs(base, config, datasets, grad_accum).items()}
     latest: dict[str, float] = {}
     resumed = None
     if checkpoint := tune.get_checkpoint():  # Tuner.restore of an interrupted search
@@ -130,7 +188,7 @@ def search_trial(config: dict, base: dict, datasets: list[str], data: str, threa
 
 def trial_record(trial_id: str, config: dict, metrics: dict) -> dict:
     best = metrics.get("best_val_dice_by_dataset") or {}
-    return {"trial_id": trial_id, "setting": {k: config[k] for k in SEARCHED},
+    return {"trial_id": trial_id, "setting": {k: config[k] for k in config if k in SEARCHED + ("encoder_lr_scale",)},
             "epochs": metrics.get("training_iteration", 0), "best_val_dice": dict(best),
             "resumed_from_epoch": metrics.get("resumed_from_epoch"),
             "mean_best_val_dice": statistics.fmean(best.values()) if best else None}
@@ -166,11 +224,13 @@ def write_json(uri: str, obj: dict) -> str:
 
 
 def run_search(model: str, datasets: list[str], *, data: str, storage: str, study: str, size: str = "small",
-               mode: str | None = None, prompt: str = HPO_PROMPT, num_samples: int = 8, max_epochs: int = 4,
-               grace_period: int = 1, reduction_factor: float = 2, seed: int = 0, max_concurrent: int | None = 4,
+               mode: str | None = None, prompt: str = HPO_PROMPT, num_samples: int = NUM_SAMPLES,
+               max_epochs: int = MAX_T, grace_period: int = GRACE_PERIOD, reduction_factor: float = REDUCTION_FACTOR,
+               seed: int = 0, max_concurrent: int | None = 4,
                weights: str | None = None, address: str | None = None, fake_gpus: int | None = None,
                gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, dashboard: bool = False,
-               checkpoint_interval_s: float | None = None, verbose: int = 1, force: bool = False) -> dict:
+               checkpoint_interval_s: float | None = None, verbose: int = 1, force: bool = False,
+               cluster_file: str | None = None) -> dict:
     """Run the search and the selection; returns the selection record, also written to storage."""
     import optuna
     import ray
@@ -179,9 +239,9 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from orchestrator.grid_runner import check_shared_storage, start_ray
+    from orchestrator.grid_runner import check_shared_storage, place_trials, start_ray
 
-    mode = mode or SEARCH_MODE[model]
+    mode = mode or AS_RUN_MODE[model]
     data, storage = absolute_uri(data), absolute_uri(storage)
     base = base_spec(model, mode, size, prompt, max_epochs, weights)
     cpus = cpus_per_trial if cpus_per_trial is not None else (1.0 if size == "small" else None)
@@ -192,16 +252,26 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
         use_gpus = start_ray(address, fake_gpus, dashboard)
         check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
 
+        # An hpo trial holds one model per dataset; the sampled batch size sets the activations. Each
+        # batch size of the space is placed before anything starts (raises Unplaceable), a batch that
+        # fits no GPU whole in micro-batches (the same effective batch).
+        placements = place_trials([{**base, "batch_size": b, "id": f"{model} batch {b}"} for b in BATCH_SIZES],
+                                  cluster_file, cpus=cpus, gpus=gpus_per_trial, use_gpus=use_gpus,
+                                  replicas=len(datasets), auto_accumulate=True)
+        by_batch = {b: placements[f"{model} batch {b}"] for b in BATCH_SIZES}
+        accumulate = {b: p.grad_accum for b, p in by_batch.items() if p.grad_accum > 1}
+        for b, p in by_batch.items():
+            if p.need_gib is not None:
+                parts = f", in {p.grad_accum} micro-batches" if p.grad_accum > 1 else ""
+                print(f"hpo {model}, batch {b}: ~{p.need_gib:.1f} GiB on {p.node_type or 'any GPU'}{parts}")
+
         def resources(config: dict) -> dict:
-            # An hpo trial holds one model per dataset; the sampled batch size sets the activations.
-            asked = resources_for({**base, "batch_size": config["batch_size"]}, gpus_per_trial, cpus,
-                                  replicas=len(datasets))
-            return {"cpu": asked["cpu"], "gpu": asked["gpu"] if use_gpus else 0}
+            return dict(by_batch[config["batch_size"]].resources)
 
         threads = max(1, math.floor(cpus or resources_for(base)["cpu"]))
         trainable = tune.with_resources(
             tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data, threads=threads,
-                                 checkpoint_interval_s=checkpoint_interval_s),
+                                 checkpoint_interval_s=checkpoint_interval_s, grad_accum=accumulate),
             resources)
         if tune.Tuner.can_restore(f"{where}/tune"):
             # The same command again: an interrupted search goes on (searcher state included), a
@@ -214,7 +284,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                 searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
             tuner = tune.Tuner(
                 trainable,
-                param_space=tune_space(),
+                param_space=tune_space(with_encoder_lr=len(searched(mode, model)) > len(SEARCHED)),
                 tune_config=tune.TuneConfig(
                     metric=METRIC, mode=MODE, search_alg=searcher, num_samples=num_samples, reuse_actors=True,
                     scheduler=ASHAScheduler(max_t=max_epochs, grace_period=grace_period,
@@ -240,8 +310,13 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
         record = {
             "model": model, "mode": mode, "size": size, "prompt_type": prompt, "datasets": list(datasets),
             "metric": f"{METRIC} ({MODE}), mean over the datasets; the rule reads each dataset's best",
+            "regime": ExperimentSpec.from_dict({**base, "train_set": "-"}).regime,
+            "schedule_epochs": {"epochs": base["schedule_epochs"], "source": grid_epochs(model, mode, size)[1]},
+            "grad_accum": accumulate,
             "search": {"space": {"optimizer": list(OPTIMIZERS), "lr": {"loguniform": list(LR_RANGE)},
-                                 "scheduler": list(SCHEDULERS), "batch_size": list(BATCH_SIZES)},
+                                 "scheduler": list(SCHEDULERS), "batch_size": list(BATCH_SIZES),
+                                 **({"encoder_lr_scale": {"loguniform": list(ENCODER_LR_SCALE_RANGE)}}
+                                    if len(searched(mode, model)) > len(SEARCHED) else {})},
                        "searcher": f"OptunaSearch (TPE, seed {seed})", "num_samples": num_samples,
                        "scheduler": {"ASHA": {"max_t": max_epochs, "grace_period": grace_period,
                                               "reduction_factor": reduction_factor, "time_attr": "training_iteration"}},
@@ -286,15 +361,25 @@ def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_sto
                         f"({', '.join(HPO_DATASETS)}); default: the synthetic demo sets")
     p.add_argument("--size", choices=("small", "full"), default="small",
                    help="model size: small (tests, the embedded default) or full (the study; pretrained weights)")
-    p.add_argument("--mode", choices=("frozen", "finetune"),
-                   help="what trains (default: as the study, frozen for the CLIPSeg family, else finetune)")
+    p.add_argument("--regime", choices=("as_run", "end_to_end"), default="as_run",
+                   help="what trains: as_run, as the study's code trained the model (the grid's default blocks: "
+                        "the CLIPSeg family's decoder alone, CRIS and the CNNs end to end), or end_to_end (the "
+                        "opt-in end_to_end block; also searches the encoders' LR scale)")
+    p.add_argument("--mode", choices=("frozen", "finetune"), help="what trains, overriding --regime")
     p.add_argument("--prompt", default=HPO_PROMPT,
                    help=f"prompt type on every dataset (default: {HPO_PROMPT}, a draw among P1..PN per sample)")
-    p.add_argument("--num-samples", type=int, default=8, metavar="N", help="settings to try (default: 8)")
-    p.add_argument("--max-epochs", type=int, default=4, metavar="E",
-                   help="epochs per trial, ASHA's max_t (default: 4)")
-    p.add_argument("--grace-period", type=int, default=1, metavar="E", help="ASHA grace period (default: 1)")
-    p.add_argument("--reduction-factor", type=float, default=2, metavar="R", help="ASHA reduction factor (default: 2)")
+    p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, metavar="N",
+                   help=f"settings to try (default: {NUM_SAMPLES}: TPE models ~20 finished trials after its 10 "
+                        "random start-up ones). Budget: at most N x max-epochs x datasets epochs; ASHA stops "
+                        "about half at each rung")
+    p.add_argument("--max-epochs", type=int, default=MAX_T, metavar="E",
+                   help=f"epochs per trial, ASHA's max_t (default: {MAX_T}; rungs at grace, 2x grace, ...). The "
+                        "cosine schedule spans the grid's expected epochs, not these")
+    p.add_argument("--grace-period", type=int, default=GRACE_PERIOD, metavar="E",
+                   help=f"ASHA grace period (default: {GRACE_PERIOD}, twice the plateau scheduler's patience, "
+                        "so plateau schedules have cut their LR once before ASHA compares settings)")
+    p.add_argument("--reduction-factor", type=float, default=REDUCTION_FACTOR, metavar="R",
+                   help=f"ASHA reduction factor (default: {REDUCTION_FACTOR})")
     p.add_argument("--max-concurrent", type=int, default=4, metavar="K",
                    help="trials running at once, so TPE learns from finished ones (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
@@ -311,6 +396,9 @@ def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_sto
     p.add_argument("--checkpoint-interval", type=float, metavar="S",
                    help="seconds between a trial's checkpoints (default: 30, full-size models 300)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune output (default: 1)")
+    p.add_argument("--cluster", metavar="YAML",
+                   help="Ray cluster file whose node types trials must fit (default: the running cluster's nodes "
+                        "and the head's ~/ray_bootstrap_config.yaml)")
     add_force_argument(p)
 
 
@@ -324,7 +412,7 @@ def cmd_hpo(args: argparse.Namespace) -> int:
     if datasets == ["study"]:
         datasets = list(HPO_DATASETS)
     study = args.study or ("demo" if args.size == "small" else "study")
-    mode = args.mode or SEARCH_MODE[args.model]
+    mode = args.mode or ("finetune" if args.regime == "end_to_end" else AS_RUN_MODE[args.model])
     if mode == "frozen" and args.model in CNNS:
         print(f"{args.model} is a CNN baseline: it trains end to end (--mode finetune)", file=sys.stderr)
         return 2
@@ -349,7 +437,7 @@ def cmd_hpo(args: argparse.Namespace) -> int:
                             max_concurrent=args.max_concurrent, weights=weights, address=args.address,
                             fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                             cpus_per_trial=args.cpus_per_trial, checkpoint_interval_s=args.checkpoint_interval,
-                            verbose=args.verbose, force=args.force)
+                            verbose=args.verbose, force=args.force, cluster_file=args.cluster)
     except (SearchStopped, ValueError) as e:  # interrupted, or no trial scored every dataset
         print(f"no setting selected: {e}", file=sys.stderr)
         return 1

@@ -74,8 +74,9 @@ class Refusal:
     remedies: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        where = (f"the largest GPU of the cluster is {self.largest.accelerator} ({self.largest.gpu_memory_gib:.0f} GiB, "
-                 f"node type {self.largest.name})" if self.largest else "the cluster has no GPU node type")
+        largest = self.largest
+        where = (f"the largest GPU of the cluster is {largest.accelerator} ({largest.gpu_memory_gib:.0f} GiB, "
+                 f"node type {largest.name})" if largest else "the cluster has no GPU node type")
         return (f"{self.spec_id}: needs an estimated {self.need_gib:.1f} GiB of GPU memory; {where}. "
                 f"Remedies, in order: " + "; ".join(f"{i + 1}) {r}" for i, r in enumerate(self.remedies)))
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
 from orchestrator.experiment import ExperimentSpec
 
 STEP_TIMES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "search_spaces",
@@ -188,11 +189,11 @@ def asha_epochs(max_t: int, grace: int, factor: float) -> float:
 
 def hpo_trials(args, table: dict) -> tuple[list[TrialTime], int | None]:
     from orchestrator.hpo import base_spec, trial_specs
-    from search_spaces.defaults import STUDY_WEIGHTS, resources_for
-    from search_spaces.hpo import BATCH_SIZES, HPO_DATASETS, SEARCH_MODE
+    from search_spaces.defaults import AS_RUN_MODE, STUDY_WEIGHTS, resources_for
+    from search_spaces.hpo import BATCH_SIZES, HPO_DATASETS
 
     datasets = list(HPO_DATASETS) if args.datasets in (None, ["study"]) else args.datasets
-    mode = args.mode or SEARCH_MODE[args.model]
+    mode = args.mode or AS_RUN_MODE[args.model]
     weights = STUDY_WEIGHTS[args.model] if args.size == "full" else None
     base = base_spec(args.model, mode, args.size, "random", args.max_epochs, weights)
     epochs = asha_epochs(args.max_epochs, args.grace_period, args.reduction_factor)
@@ -419,7 +420,7 @@ def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
     p.add_argument("--block", action="append", metavar="NAME", help="study blocks to price (repeatable)")
     p.add_argument("--only", action="append", metavar="PATTERN", help="experiments whose id matches (repeatable)")
     p.add_argument("--max-epochs", type=int, metavar="E",
-                   help="cap every experiment's epochs, as `run grid --max-epochs` (hpo: ASHA's max_t, default 4)")
+                   help="cap every experiment's epochs, as `run grid --max-epochs` (hpo: ASHA's max_t)")
     from orchestrator.run import DEFAULT_STORAGE, add_cluster_argument, add_spec_arguments
 
     add_spec_arguments(p)
@@ -445,9 +446,12 @@ def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="hpo: datasets (default: the study's eight)")
     p.add_argument("--size", choices=("small", "full"), default="full", help="hpo: model size (default: full)")
     p.add_argument("--mode", choices=("frozen", "finetune"), help="hpo: what trains (default: as the study)")
-    p.add_argument("--num-samples", type=int, default=8, help="hpo: settings tried (default: 8)")
-    p.add_argument("--grace-period", type=int, default=1, help="hpo: ASHA grace period (default: 1)")
-    p.add_argument("--reduction-factor", type=float, default=2, help="hpo: ASHA reduction factor (default: 2)")
+    from search_spaces.hpo import GRACE_PERIOD, NUM_SAMPLES, REDUCTION_FACTOR
+
+    p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="hpo: settings tried (default: as hpo's)")
+    p.add_argument("--grace-period", type=int, default=GRACE_PERIOD, help="hpo: ASHA grace period (default: as hpo's)")
+    p.add_argument("--reduction-factor", type=float, default=REDUCTION_FACTOR,
+                   help="hpo: ASHA reduction factor (default: as hpo's)")
     p.add_argument("--max-concurrent", type=int, default=4, help="hpo: trials at once (default: 4)")
 
 
@@ -458,7 +462,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if not args.model:
                 print("plan hpo needs --model", file=sys.stderr)
                 return 2
-            args.max_epochs = args.max_epochs or 4
+            from search_spaces.hpo import MAX_T
+
+            args.max_epochs = args.max_epochs or MAX_T
             trials, limit = hpo_trials(args, table)
             title = (f"hpo search for {args.model}: {args.num_samples} settings, ASHA max_t {args.max_epochs}, "
                      f"grace {args.grace_period}, factor {args.reduction_factor:g}")
