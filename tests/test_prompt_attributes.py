@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import require_reference
 
 from prompts.attributes import (
     GRID_CELL_NAMES,
@@ -230,8 +231,7 @@ def test_render_other_classes_and_empty_size():
 
 
 def load_kvasir_records() -> list[dict]:
-    if not KVASIR_ANNOTATIONS.is_dir():
-        pytest.skip(f"released Kvasir annotations not found at {KVASIR_ANNOTATIONS}")
+    require_reference(KVASIR_ANNOTATIONS, "released Kvasir annotations")
     records = []
     for split in ("train", "val", "test"):
         records += json.loads((KVASIR_ANNOTATIONS / f"{split}.json").read_text())

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cli import require_reference
 
 from prompts.generate import row_prompts
 from prompts.metadata import (
@@ -34,8 +35,7 @@ RELEASED = Path(__file__).resolve().parents[2] / "shared/reference/medvlsm_anns"
 
 def released_records(dataset: str, splits: tuple[str, ...]) -> list[dict]:
     folder = RELEASED / dataset
-    if not folder.is_dir():
-        pytest.skip(f"released annotations not found at {folder}")
+    require_reference(folder)
     return [record for split in splits for record in json.loads((folder / f"{split}.json").read_text())]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import require_reference
 from PIL import Image
 from scipy import ndimage
 
@@ -279,8 +280,7 @@ def test_palette_covers_the_studys_colour_words():
 
 
 def test_palette_covers_every_colour_word_the_released_kvasir_prompts_repeat():
-    if not KVASIR_ANNOTATIONS.is_dir():
-        pytest.skip(f"released Kvasir annotations not found at {KVASIR_ANNOTATIONS}")
+    require_reference(KVASIR_ANNOTATIONS, "released Kvasir annotations")
     counts: dict[str, int] = {}
     for split in ("train", "val", "test"):
         for record in json.loads((KVASIR_ANNOTATIONS / f"{split}.json").read_text()):
