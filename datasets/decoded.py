@@ -36,6 +36,10 @@ from datasets.shards import Manifest, ShardError, ShardStore
 # Bump when decoding changes (resize filter, draft): every cached split is then rebuilt.
 DECODER_VERSION = 2
 DECODE_COLUMNS = ["sample_id", "image", "mask", "height", "width"]
+# Image resize filters: "torch" (ours: decoded at a reduced DCT scale where the JPEG allows, then
+# torch's antialiased bilinear) and "pil" (the study's: torchvision's Resize on the PIL image, i.e.
+# PIL's bilinear of the full decode); they differ by ~0.3 grey levels on average (docs/fidelity.md).
+RESIZE_FILTERS = ("torch", "pil")
 
 
 def decode_mask(data: bytes, where: str) -> np.ndarray:
@@ -56,7 +60,7 @@ def decode_mask(data: bytes, where: str) -> np.ndarray:
     return full
 
 
-def decode_image(data: bytes, where: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_image(data: bytes, where: str, size: int, resize: str = "torch") -> tuple[np.ndarray, tuple[int, int]]:
     """RGB uint8 (3, size, size) image resized bilinear (aspect not kept, as in the study), and its original (h, w).
 
     Faster than the study's PIL decode and resize, and close to it (0.3 grey levels on average on
@@ -67,9 +71,12 @@ def decode_image(data: bytes, where: str, size: int) -> tuple[np.ndarray, tuple[
     try:
         image = Image.open(io.BytesIO(data))
         original = (image.height, image.width)
-        image.draft("RGB", (size, size))
+        if resize == "torch":
+            image.draft("RGB", (size, size))
         if image.mode != "RGB":
             image = image.convert("RGB")
+        if resize == "pil" and image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
         with warnings.catch_warnings():  # read-only pixels: nothing writes to them, copying costs time
             warnings.simplefilter("ignore", UserWarning)
             pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
@@ -82,10 +89,10 @@ def decode_image(data: bytes, where: str, size: int) -> tuple[np.ndarray, tuple[
 
 
 def decode_row(image: bytes, mask: bytes, height: int, width: int, where: str,
-               size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               size: int, resize: str = "torch") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One row: the image and mask at ``size`` (uint8) and the mask at its original size (bool)."""
     full = decode_mask(mask, where)
-    pixels, image_hw = decode_image(image, where, size)
+    pixels, image_hw = decode_image(image, where, size, resize)
     if full.shape != (height, width) or image_hw != (height, width):
         raise ShardError(f"{where}: image is {image_hw}, mask is {full.shape}, "
                          f"row says height {height} width {width}; they must agree")
@@ -122,7 +129,7 @@ def default_workers() -> int:
 
 def _decode_into(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest,
                  images: np.ndarray, masks: np.ndarray, write_bits: Callable[[bytes], object],
-                 workers: int) -> tuple[list[str], np.ndarray]:
+                 workers: int, resize: str = "torch") -> tuple[list[str], np.ndarray]:
     """Decode every row into ``images``/``masks`` (threads: PIL and torch release the GIL as they work),
     and the packed original-size masks through ``write_bits``, in row order. One shard file is in
     memory at a time. Returns the sample ids and the full-mask index."""
@@ -141,7 +148,7 @@ def _decode_into(store: ShardStore, dataset: str, split: str, size: int, manifes
             def decode(item: tuple[int, tuple]) -> tuple[bytes, tuple[int, int]]:
                 i, (sid, image, mask, height, width) = item
                 where = f"dataset {dataset!r} split {split!r} row {i} (sample_id {sid!r})"
-                images[i], masks[i, 0], full = decode_row(image, mask, height, width, where, size)
+                images[i], masks[i, 0], full = decode_row(image, mask, height, width, where, size, resize)
                 return np.packbits(full).tobytes(), full.shape
 
             results = (pool.map if pool else map)(decode, enumerate(rows, start))
@@ -162,7 +169,7 @@ def _decode_into(store: ShardStore, dataset: str, split: str, size: int, manifes
 
 
 def decode_split(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest | None = None,
-                 workers: int | None = None) -> DecodedSplit:
+                 workers: int | None = None, resize: str = "torch") -> DecodedSplit:
     """A split decoded into memory (no cache)."""
     manifest = manifest or store.check_split(dataset, split)
     n = manifest.rows(split)
@@ -170,38 +177,43 @@ def decode_split(store: ShardStore, dataset: str, split: str, size: int, manifes
     masks = np.empty((n, 1, size, size), np.uint8)
     bits = bytearray()
     sample_ids, index = _decode_into(store, dataset, split, size, manifest, images, masks, bits.extend,
-                                     workers or default_workers())
+                                     workers or default_workers(), resize)
     return DecodedSplit(sample_ids, images, masks, index, np.frombuffer(bytes(bits), np.uint8), built=True)
 
 
-def cache_folder(cache: NodeCache, dataset: str, split: str, size: int, manifest: Manifest) -> str:
+def cache_folder(cache: NodeCache, dataset: str, split: str, size: int, manifest: Manifest,
+                 resize: str = "torch") -> str:
     files = [[f["path"], f["rows"], f["sha256"]] for f in manifest.splits[split]["files"]]
-    key = json.dumps({"version": DECODER_VERSION, "dataset": dataset, "split": split, "size": size, "files": files})
+    key = {"version": DECODER_VERSION, "dataset": dataset, "split": split, "size": size, "files": files}
+    if resize != "torch":  # the default filter keeps the keys of splits decoded before the choice existed
+        key["resize"] = resize
+    key = json.dumps(key)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(cache.decoded_dir, safe_name(dataset), f"{safe_name(split)}-{size}px-{digest}")
 
 
 def open_decoded(store: ShardStore, cache: NodeCache, dataset: str, split: str, size: int,
-                 manifest: Manifest | None = None, workers: int | None = None) -> DecodedSplit:
+                 manifest: Manifest | None = None, workers: int | None = None, resize: str = "torch") -> DecodedSplit:
     """The split decoded at ``size`` from the node cache; the first process on the node builds it."""
     manifest = manifest or store.check_split(dataset, split)
-    folder = cache_folder(cache, dataset, split, size, manifest)
+    folder = cache_folder(cache, dataset, split, size, manifest, resize)
     return open_built(folder, lambda tmp: _build(store, dataset, split, size, manifest, tmp,
-                                                 workers or default_workers()), _load)
+                                                 workers or default_workers(), resize), _load)
 
 
 def _build(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest, tmp: str,
-           workers: int) -> None:
+           workers: int, resize: str = "torch") -> None:
     n = manifest.rows(split)
     images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), "w+", np.uint8, (n, 3, size, size))
     masks = np.lib.format.open_memmap(os.path.join(tmp, "masks.npy"), "w+", np.uint8, (n, 1, size, size))
     with open(os.path.join(tmp, "full_masks.bin"), "wb") as bits:
-        sample_ids, index = _decode_into(store, dataset, split, size, manifest, images, masks, bits.write, workers)
+        sample_ids, index = _decode_into(store, dataset, split, size, manifest, images, masks, bits.write, workers,
+                                         resize)
     images.flush()
     masks.flush()
     del images, masks
     np.save(os.path.join(tmp, "full_index.npy"), index)
-    meta = {"version": DECODER_VERSION, "dataset": dataset, "split": split, "size": size,
+    meta = {"version": DECODER_VERSION, "dataset": dataset, "split": split, "size": size, "resize": resize,
             "root": store.root, "files": manifest.splits[split]["files"], "sample_ids": sample_ids}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f)

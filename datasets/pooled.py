@@ -71,15 +71,15 @@ class PooledSplit(Dataset):
 
 
 def open_split(store: ShardStore, name: str, split: str, prompt_type: str, input_size: int, train: bool,
-               seed: int = 0) -> SegmentationSplit | PooledSplit:
+               seed: int = 0, resize: str = "torch") -> SegmentationSplit | PooledSplit:
     """A dataset's split, or a pool's: what the Trainer reads for ``train_set`` = name."""
     if name not in POOLED_VIEWS:
-        return SegmentationSplit(store, name, split, prompt_type, input_size, train, seed)
+        return SegmentationSplit(store, name, split, prompt_type, input_size, train, seed, resize=resize)
     present = store.datasets()
     missing = [d for d, _ in member_splits(name, split) if d not in present]
     if missing:
         raise ShardError(f"pooled set {name!r} needs dataset(s) {', '.join(missing)} under {store.root}; "
                          "ingest them first (python -m datasets.ingest)")
-    return PooledSplit([SegmentationSplit(store, d, s, prompt_type, input_size, train, seed)
+    return PooledSplit([SegmentationSplit(store, d, s, prompt_type, input_size, train, seed, resize=resize)
                         for d, s in member_splits(name, split)])
 

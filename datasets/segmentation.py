@@ -26,7 +26,7 @@ class SegmentationSplit(Dataset):
     """
 
     def __init__(self, store: ShardStore, dataset: str, split: str, prompt_type: str, input_size: int,
-                 train: bool, seed: int = 0, perturbation: Perturbation | None = None):
+                 train: bool, seed: int = 0, perturbation: Perturbation | None = None, resize: str = "torch"):
         manifest = store.check_split(dataset, split, prompt_type)
         if prompt_type == RANDOM_PROMPT:
             prompt_columns = [p for p in manifest.prompt_types if p != "p0"]
@@ -46,9 +46,9 @@ class SegmentationSplit(Dataset):
                 raise ShardError(f"dataset {dataset!r} split {split!r} row {i} (sample_id {sid!r}), "
                                  f"field {prompt_type!r}: no prompt string")
         if store.cache is not None:
-            self.decoded = open_decoded(store, store.cache, dataset, split, input_size, manifest)
+            self.decoded = open_decoded(store, store.cache, dataset, split, input_size, manifest, resize=resize)
         else:
-            self.decoded = decode_split(store, dataset, split, input_size, manifest)
+            self.decoded = decode_split(store, dataset, split, input_size, manifest, resize=resize)
         if self.decoded.sample_ids != self.sample_ids:
             raise ShardError(f"decoded cache {self.decoded.folder} does not match the shards of {dataset!r} "
                              f"split {split!r}; delete that folder and run again")

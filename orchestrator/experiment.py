@@ -42,6 +42,7 @@ class ExperimentSpec:
     decoder_dropout: float | None = None  # CRIS decoder dropout; None: the model's own default (0.1)
     mask_padding: bool = True  # CRIS attends only to real tokens (the released code masked nothing)
     upsample: str = "bilinear"  # CRIS logits back to the input size (the released code: bicubic)
+    resize: str = "torch"  # image resize filter: torch (ours) | pil (the study's torchvision-on-PIL)
 
     def __post_init__(self) -> None:
         if not self.eval_sets:

@@ -19,8 +19,9 @@ from orchestrator.experiment import ExperimentSpec
 # What every VLSM's released run used where the paper's text says otherwise: MONAI DiceCELoss with a
 # one-channel output, whose CE term is zero in the pinned MONAI (Dice only in effect; the paper: Dice
 # + 0.2 BCE); batch 16 in the datamodule configs (the paper: 128, CRIS 32; the run scripts may have
-# passed another); early stopping patience 20 on validation dice (the paper: 50, CRIS 10).
-RELEASED_VLSM = {"bce_weight": 0.0, "batch_size": 16, "patience": 20, "hparams": "released"}
+# passed another); early stopping patience 20 on validation dice (the paper: 50, CRIS 10); images
+# resized by torchvision's Resize on PIL images (src/datamodules/datasets/image_text_mask.py).
+RELEASED_VLSM = {"bce_weight": 0.0, "batch_size": 16, "patience": 20, "hparams": "released", "resize": "pil"}
 AS_RELEASED: dict[str, dict] = {
     "clipseg": {**RELEASED_VLSM, "lr": 2e-4},  # clipseg.yaml: AdamW 2.0e-4 (the paper: 2e-3)
     "biomedclipseg": {**RELEASED_VLSM, "lr": 2e-4},  # biomedclipseg*.yaml: 2.0e-4 (the paper: 2e-3)

@@ -10,7 +10,7 @@ from cli import run_cli
 
 from datasets.shards import ShardStore
 from datasets.synthetic import synthetic_rows
-from orchestrator.hpo import select_setting
+from orchestrator.hpo import grid_epochs, select_setting
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from search_spaces.hpo import BATCH_SIZES, LR_RANGE, OPTIMIZERS, SCHEDULERS
 
@@ -36,12 +36,12 @@ def last_results(tune_dir: Path) -> dict[str, dict]:
     return results
 
 
-def test_search_stops_weak_trials_and_selects_by_the_rule(tmp_path):
+def test_search_stops_weak_trials_selects_by_the_rule_and_feeds_the_grid(tmp_path):
     write_tiny(tmp_path / "shards")
     storage = tmp_path / "runs"
     result = run_cli("hpo", "--model", "clipseg", "--datasets", *DATASETS, "--num-samples", "8",
-                     "--max-epochs", str(MAX_EPOCHS), "--data", str(tmp_path / "shards"), "--storage", str(storage),
-                     "--seed", "0", "--cpus-per-trial", "1", "--verbose", "0", timeout=600)
+                     "--max-epochs", str(MAX_EPOCHS), "--grace-period", "1", "--data", str(tmp_path / "shards"),
+                     "--storage", str(storage), "--seed", "0", "--cpus-per-trial", "1", "--verbose", "0", timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     where = storage / "demo" / "hpo" / "clipseg"
     selection = json.loads((where / "selection.json").read_text())
@@ -72,6 +72,23 @@ def test_search_stops_weak_trials_and_selects_by_the_rule(tmp_path):
     chosen = selection["selected"]["setting"]
     assert chosen == {k: trials[expected]["config"][k] for k in chosen}
     assert "selected for clipseg" in result.stdout and str(where / "selection.json") in result.stdout
+
+    # Every trial's cosine schedule spans the epochs a grid run of the model is expected to take (the
+    # small demo model: twice its patience of 15), not ASHA's max_t.
+    horizon = grid_epochs("clipseg", "frozen", "small")[0]
+    assert horizon == 30 and selection["schedule_epochs"]["epochs"] == horizon
+    assert selection["search"]["base_spec"]["schedule_epochs"] == horizon and selection["regime"] == "as_run"
+
+    # The grid takes the selection: each spec holds the chosen setting, the horizon and their source.
+    grid = run_cli("grid", "--profile", "demo", "--hparams-from-hpo", "demo",
+                   "--only", "clipseg-frozen-synth_single-p0-*", "--max-epochs", "1",
+                   "--data", str(tmp_path / "shards"), "--storage", str(storage),
+                   "--no-dashboard", "--verbose", "0", timeout=600)
+    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
+    [spec_file] = (storage / "demo" / "experiments").glob("clipseg-frozen-synth_single-p0-*/spec.json")
+    spec = json.loads(spec_file.read_text())
+    assert spec["hparams"] == "hpo:demo/hpo/clipseg/selection.json" and spec["schedule_epochs"] == horizon
+    assert {k: spec[k] for k in chosen} == chosen
 
 
 def record(trial_id: str, lr: float, scores: dict[str, float]) -> dict:

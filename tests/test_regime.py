@@ -146,3 +146,31 @@ def test_cris_released_options_change_what_the_model_computes():
 def test_study_profile_lists_each_experiment_once():
     everything = specs_of(tuple(STUDY_BLOCKS.values()))
     assert len(everything) == len({s.id for s in everything})
+
+
+def test_pil_resize_is_the_studys_filter_and_close_to_ours():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from datasets.decoded import decode_image
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 255, (12, 16, 3)), np.ones((20, 20, 1))).astype(np.uint8)  # 240 x 320
+    buffer = io.BytesIO()
+    Image.fromarray(smooth).save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    pil, hw = decode_image(data, "x", 64, "pil")
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BILINEAR))
+    assert hw == (240, 320) and np.array_equal(pil, expected.transpose(2, 0, 1))
+    ours, _ = decode_image(data, "x", 64, "torch")
+    assert 0 < np.abs(ours.astype(float) - pil).mean() < 3
+
+
+def test_an_as_released_spec_decodes_with_the_studys_filter(data):
+    spec = as_released(ExperimentSpec(model="clipseg", mode="frozen", train_set="tiny", prompt_type="p1",
+                                      size="small", max_epochs=1))
+    trainer, _ = prepare({**spec.to_dict(), "id": spec.id}, data)
+    assert spec.resize == "pil" and trainer.train_set.decoded.folder != prepare(
+        {**dataclasses.replace(spec, resize="torch").to_dict(), "id": "x"}, data)[0].train_set.decoded.folder

@@ -13,7 +13,7 @@ import torch
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from prompts.perturb import Perturbation
-from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs
+from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs, model_options
 from trainables.trainer import TrainConfig, Trainer
 
 
@@ -34,7 +34,7 @@ class Evaluator:
         self.spec, self.store = spec, ShardStore(data)
         self.inputs = model_inputs(spec["model"], spec["size"])
         torch.manual_seed(spec["seed"])  # as in trainables.experiment.prepare: the same frozen init
-        model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"])
+        model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"], **model_options(spec))
         if best_state is not None:  # None: a zero-shot experiment, evaluated as built
             load_best_state(model, best_state, spec.get("id", spec["model"]))
         config = TrainConfig(batch_size=spec["batch_size"], bce_weight=spec["bce_weight"], seed=spec["seed"],
@@ -48,6 +48,7 @@ class Evaluator:
                  ) -> tuple[dict[str, float], dict[str, str]]:
         """Dice per test image, and the prompt each image was given."""
         split = SegmentationSplit(self.store, dataset, "test", prompt_type, self.inputs.input_size, train=False,
-                                  seed=self.spec["seed"], perturbation=perturbation)
+                                  seed=self.spec["seed"], perturbation=perturbation,
+                                  resize=self.spec.get("resize", "torch"))
         _, dice = self.trainer.evaluate(split)
         return dice, {split.sample_ids[i]: split.prompt(i) for i in range(len(split))}

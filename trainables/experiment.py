@@ -14,7 +14,7 @@ from datasets.pooled import PooledSplit, open_split
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from trainables.feature_cache import FeatureCache, supports_feature_cache
-from trainables.models import ENCODER_PREFIXES, MODEL_OPTIONS, build_model, build_tokenizer, model_inputs
+from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs, model_options
 from trainables.trainer import TrainConfig, Trainer
 
 
@@ -29,7 +29,8 @@ def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer,
 
     def split(dataset: str, name: str, train: bool) -> SegmentationSplit | PooledSplit:
         # A pooled train set (pooled_polyp, pooled_all) reads its members' splits one after another.
-        return open_split(store, dataset, name, spec["prompt_type"], inputs.input_size, train, spec["seed"])
+        return open_split(store, dataset, name, spec["prompt_type"], inputs.input_size, train, spec["seed"],
+                          spec.get("resize", "torch"))
 
     if spec["mode"] == "zeroshot":  # evaluated as built: nothing to train or validate on
         train_set = val_set = None
@@ -52,12 +53,6 @@ def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer,
             and supports_feature_cache(model) and not isinstance(train_set, PooledSplit)):
         features = FeatureCache(model, tokenizer, inputs, spec["model"], ENCODER_PREFIXES[spec["model"]])
     return Trainer(model, tokenizer, inputs, config, train_set, val_set, feature_cache=features), test_sets
-
-
-def model_options(spec: dict) -> dict:
-    """The spec's fields that are options of its model's builder (MODEL_OPTIONS); a spec written
-    before a field existed leaves the builder's default."""
-    return {k: spec[k] for k in MODEL_OPTIONS.get(spec["model"], ()) if k in spec}
 
 
 def summarize(spec: dict, trainer: Trainer, per_image: dict[str, dict[str, float]]) -> dict:

@@ -113,6 +113,12 @@ def model_inputs(name: str, size: str) -> ModelInputs:
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {"cris": ("decoder_dropout", "mask_padding", "upsample")}
 
 
+def model_options(spec: dict) -> dict:
+    """The spec's fields that are options of its model's builder (MODEL_OPTIONS); a spec written
+    before a field existed leaves the builder's default."""
+    return {k: spec[k] for k in MODEL_OPTIONS.get(spec["model"], ()) if k in spec}
+
+
 def build_model(name: str, mode: str = "frozen", size: str = "small", weights: str | None = None,
                 **options) -> nn.Module:
     """Build a registered model; ``weights`` names pretrained weights, None for random init;
