@@ -3,6 +3,7 @@
 Layout under a root (a local folder or ``s3://bucket/prefix``)::
 
     <root>/<dataset>/<split>-00000.parquet ...
+    <root>/<dataset>/content.json         # per-row content hashes (datasets.overlap), if recorded
     <root>/<dataset>/manifest.json        # written last: a dataset without it does not exist
 
 Every file is written under a temporary name and renamed into place, so a reader never sees a
@@ -17,7 +18,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -153,16 +154,26 @@ class Manifest:
     prompt_types: tuple[str, ...]
     splits: dict  # split -> {"rows": int, "files": [{"path": str, "rows": int, "sha256": str}]}
     prompt_family: str | None = None  # the template family of prompts.templates, when known
+    # Optional fields (None: not recorded, as in manifests written before them; readers that do not
+    # know them ignore them). duplicates: split -> {sample_id: the sample_id it repeats}, rows kept
+    # as released although their image and mask repeat an earlier row. content: {"path", "rows",
+    # "sha256"} of the dataset's per-row content hashes (datasets.overlap).
+    duplicates: dict[str, dict[str, str]] | None = None
+    content: dict | None = None
 
     def rows(self, split: str) -> int:
         return self.splits[split]["rows"]
 
     def to_json(self) -> str:
+        optional = {name: getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None}
         return json.dumps(
             {"format_version": FORMAT_VERSION, "dataset": self.dataset, "prompt_family": self.prompt_family,
-             "prompt_types": list(self.prompt_types), "splits": self.splits},
+             "prompt_types": list(self.prompt_types), "splits": self.splits, **optional},
             indent=2,
         )
+
+
+OPTIONAL_FIELDS = ("duplicates", "content")
 
 
 class ShardStore:
@@ -186,11 +197,14 @@ class ShardStore:
 
     # -- writing -------------------------------------------------------------------------------
     def write_dataset(self, dataset: str, rows: Iterable[dict], prompt_types: Iterable[str],
-                      prompt_family: str | None = None) -> Manifest:
+                      prompt_family: str | None = None,
+                      finish: Callable[[], dict] | None = None) -> Manifest:
         """Write rows (dicts with the schema's fields) into shards, then the manifest, last.
 
         Rows go to storage a row group at a time, so memory holds at most ``ROWS_PER_GROUP`` rows
         per split, however large the images. If ``rows`` raises, no half-written file is left.
+        ``finish`` runs once every row is written, before the manifest: it may write side files of
+        the dataset (what the rows taught it) and returns the manifest's optional fields.
         """
         prompt_types = tuple(prompt_types)
         schema = shard_schema(prompt_types)
@@ -218,7 +232,8 @@ class ShardStore:
             for shard in open_files.values():
                 shard.abort()
             raise
-        manifest = Manifest(dataset, prompt_types, splits, prompt_family)
+        optional = finish() if finish else {}
+        manifest = Manifest(dataset, prompt_types, splits, prompt_family, **optional)
         write_atomically(self.fs, posixpath.join(folder, "manifest.json"), manifest.to_json().encode())
         return manifest
 
@@ -247,7 +262,8 @@ class ShardStore:
         if raw.get("format_version") != FORMAT_VERSION:
             raise ShardError(f"{self._uri(dataset, 'manifest.json')} has format_version "
                              f"{raw.get('format_version')!r}; this vlsm-tune reads version {FORMAT_VERSION}")
-        return Manifest(raw["dataset"], tuple(raw["prompt_types"]), raw["splits"], raw.get("prompt_family"))
+        return Manifest(raw["dataset"], tuple(raw["prompt_types"]), raw["splits"], raw.get("prompt_family"),
+                        **{name: raw.get(name) for name in OPTIONAL_FIELDS})
 
     def check_split(self, dataset: str, split: str, prompt_type: str | None = None) -> Manifest:
         """Fail early, with a clear message, if a split or prompt type does not exist."""

@@ -1,6 +1,7 @@
 """The released-layout importer on the study's own annotation files (Kvasir-SEG; CAMUS val/test) with
 generated images and masks of matching names: every prompt of every type kept exactly, masks and
-rows right, duplicates reported, and the record variants of other datasets read."""
+rows right, duplicates kept under their own ids and reported, and the record variants of other
+datasets read."""
 
 import io
 import json
@@ -81,25 +82,26 @@ def test_duplicates_within_and_across_splits_are_reported(tmp_path):
     train = [polyp_entry(f"t{i}") for i in range(4)]
     val = [polyp_entry(f"v{i}") for i in range(3)]
     val.append(dict(val[1]))  # the same image and mask twice in val
-    test = [polyp_entry("x0"), dict(train[2])]  # a training image in the test split: a leak
+    test = [polyp_entry("x0"), dict(train[2]), dict(train[2])]  # a training image in the test split (a leak), twice
     folder = make_layout(tmp_path / "data", "dup", {"train": train, "val": val, "test": test})
     result = run_ingest("medvlsm", str(folder), "--to", str(tmp_path / "shards"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "shards" / "dup" / REPORT_NAME).read_text())
-    assert report["rows"] == {"train": 4, "val": 3, "test": 2}  # the leak is kept, the repeat is not
-    [repeat] = report["quarantined"]
-    assert repeat["source"].startswith("anns/val.json entry 3")
-    assert "duplicate of anns/val.json entry 1" in repeat["reason"]
-    [leak] = report["notes"]
-    assert leak["split"] == "test" and leak["sample_id"] == "t2@test"
-    assert "images/t2.png is also in split 'train'" in leak["reason"]
-    assert "quarantined 1; notes 1" in result.stdout and "duplicate of" in result.stdout
+    assert report["rows"] == {"train": 4, "val": 4, "test": 3}  # every released row is kept
+    assert report["quarantined"] == []
+    assert report["duplicates"] == {"val": {"v1#2": "v1"}, "test": {"t2@test#2": "t2@test"}}
+    leaks = report["notes"]  # both test rows of the training image
+    assert [(n["split"], n["sample_id"]) for n in leaks] == [("test", "t2@test"), ("test", "t2@test#2")]
+    assert all("images/t2.png is also in split 'train'" in n["reason"] for n in leaks)
+    assert "quarantined 0; notes 2; duplicates kept 2" in result.stdout
+    assert "warning: dup: 1 exact duplicate row(s) in split 'val'" in result.stderr
 
     store = ShardStore(str(tmp_path / "shards"))
-    assert set(rows_by_id(store, "dup", "test")) == {"x0", "t2@test"}
+    assert set(rows_by_id(store, "dup", "test")) == {"x0", "t2@test", "t2@test#2"}
+    assert store.manifest("dup").duplicates == report["duplicates"]
     strict = run_ingest("medvlsm", str(folder), "--to", str(tmp_path / "strict"), "--strict")
-    assert strict.returncode == 1
-    assert "duplicate of anns/val.json entry 1" in strict.stderr
+    assert strict.returncode == 1  # on the leak; the duplicates alone would pass (tests/test_duplicates.py)
+    assert "images/t2.png is also in split 'train'" in strict.stderr
 
 
 def test_test_only_dataset(tmp_path):
@@ -111,15 +113,18 @@ def test_test_only_dataset(tmp_path):
     assert list(manifest.splits) == ["test"] and report.rows == {"test": 6}
 
     # Released CVC-300 has train.json and test.json, both scored as test: --test-only pools them,
-    # and an entry in both files is then a duplicate within "test".
+    # and an entry in both files is then a duplicate within "test", kept as released.
     two_files = make_layout(tmp_path / "data", "cvc300_polyp", {"train": entries[:3], "test": entries[2:]})
     result = run_ingest("medvlsm", str(two_files), "--to", str(tmp_path / "shards"), "--test-only")
     assert result.returncode == 0, result.stderr
-    assert list(store.manifest("cvc300_polyp").splits) == ["test"]
-    assert len(rows_by_id(store, "cvc300_polyp", "test")) == 6
-    [repeat] = json.loads((tmp_path / "shards/cvc300_polyp" / REPORT_NAME).read_text())["quarantined"]
-    assert repeat["source"].startswith("anns/test.json entry 0")
-    assert "duplicate of anns/train.json entry 2" in repeat["reason"]
+    manifest = store.manifest("cvc300_polyp")
+    assert list(manifest.splits) == ["test"]
+    twice = entries[2]["mask_name"].rsplit(".", 1)[0]
+    assert manifest.duplicates == {"test": {f"{twice}#2": twice}}
+    assert set(rows_by_id(store, "cvc300_polyp", "test")) == {e["mask_name"].rsplit(".", 1)[0] for e in entries} | {
+        f"{twice}#2"}
+    # Its files are the ETIS ones just ingested (the same entries): ingest says so.
+    assert "warning: cvc300_polyp and etis_polyp share 6 image(s) and " in result.stderr
 
 
 def test_other_record_variants(tmp_path):

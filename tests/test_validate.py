@@ -51,7 +51,11 @@ def test_good_shards_on_s3_pass(s3_bucket, tmp_path):
     result = run_validate(root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == ["OK polyps: 5 rows (train 4, test 1)",
-                                          "OK tiny: 12 rows (train 6, val 3, test 3)"]
+                                          "OK tiny: 12 rows (train 6, val 3, test 3)",
+                                          "no image or mask shared across datasets (2 compared)"]
+    store = ShardStore(root)  # the finding is recorded beside the datasets, on S3 too
+    with store.fs.open_input_stream(f"{store.path}/overlap.json") as f:
+        assert json.loads(f.read()) == {"compared": ["polyps", "tiny"], "overlaps": []}
 
 
 def test_one_dataset_of_a_folder(tmp_path):

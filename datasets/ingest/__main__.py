@@ -2,7 +2,9 @@
 
 Exit status: 0 written (problems, if any, quarantined and listed in ``<to>/<name>/quarantine.json``);
 1 under --strict on the first problem (nothing written), or when no row is valid; 2 on a usage or
-storage error.
+storage error. Warnings on stderr, never failing the ingest (nor --strict): rows kept as exact
+duplicates (medvlsm; listed in the manifest's ``duplicates``), and images or masks the new dataset
+shares with datasets already under the root (by the content hashes ingest records, datasets.overlap).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 from pathlib import Path
 
 from datasets.ingest.medvlsm import FAMILIES, TEST_ONLY, LayoutError, medvlsm_records
-from datasets.ingest.rows import REPORT_NAME, IngestError, StrictError, ingest
+from datasets.ingest.rows import REPORT_NAME, IngestError, IngestReport, StrictError, ingest
+from datasets.overlap import content_indexes, overlaps
 from datasets.shards import ShardError, ShardStore
 from prompts.templates import PROMPT_TYPES
 
@@ -25,7 +28,7 @@ def cmd_medvlsm(args: argparse.Namespace) -> int:
     if name in TEST_ONLY and not args.test_only:
         print(f"note: the study used {name} only for testing; --test-only puts every annotation file in 'test'",
               file=sys.stderr)
-    return run(lambda: medvlsm_records(folder, name, family, args.class_name, args.test_only),
+    return run(lambda: medvlsm_records(folder, name, family, args.class_name, args.test_only, args.drop_duplicates),
                args, name, family, str(folder))
 
 
@@ -62,7 +65,28 @@ def run(records, args: argparse.Namespace, name: str, family: str | None, source
     print(report.summary())
     print(f"shards: {store.root}/{name}/manifest.json ({', '.join(manifest.prompt_types)}); "
           f"report: {store.root}/{name}/{REPORT_NAME}")
+    warn_duplicates(report)
+    warn_overlaps(store, name)
     return 0
+
+
+def warn_duplicates(report: IngestReport) -> None:
+    for split, ids in report.duplicates.items():
+        repeat, first = next(iter(ids.items()))
+        print(f"warning: {report.dataset}: {len(ids)} exact duplicate row(s) in split {split!r} (same image and "
+              f"mask as an earlier row) kept as released, each under its own id, e.g. {repeat!r} repeats "
+              f"{first!r}; listed in manifest.json 'duplicates' (--drop-duplicates drops them)", file=sys.stderr)
+
+
+def warn_overlaps(store: ShardStore, name: str) -> None:
+    """Images or masks the new dataset shares with the root's others, by their recorded hashes."""
+    indexes, unhashed = content_indexes(store)
+    for overlap in overlaps(indexes.values(), involving=[name]):
+        print(f"warning: {overlap.describe()}", file=sys.stderr)
+    if unhashed:
+        print(f"note: not compared with {name}, no content hashes recorded (ingested before they were): "
+              f"{', '.join(unhashed)}; re-ingest them, or run python -m datasets.validate {store.root}",
+              file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,15 +94,18 @@ def parser() -> argparse.ArgumentParser:
                                   description="Ingest a dataset into Parquet shards (a folder or s3://).")
     sub = top.add_subparsers(dest="command", required=True, metavar="{medvlsm,raw}")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, strict_also: str = "") -> None:
         p.add_argument("--to", required=True, help="shard root: a folder or s3://bucket/prefix")
         p.add_argument("--strict", action="store_true",
-                       help="stop at the first bad record and write nothing (default: quarantine it and go on)")
+                       help="stop at the first bad record and write nothing (default: quarantine it and go on)"
+                            + strict_also)
         p.add_argument("--quiet", action="store_true", help="no progress lines")
 
     medvlsm = sub.add_parser("medvlsm", help="the study's released layout data/<name>/{anns,images,masks}",
                              description="Read anns/<split>.json with images/ and masks/; prompts are kept "
-                                         "verbatim. Duplicates are quarantined, images shared by splits noted.")
+                                         "verbatim. Every released row is kept: exact duplicates (same image "
+                                         "and mask in a split) under ids <id>#2, #3, ... listed in the "
+                                         "manifest; images shared by splits are noted.")
     medvlsm.add_argument("folder", help="the dataset folder, e.g. data/kvasir_polyp")
     medvlsm.add_argument("--name", help="dataset name in the shards (default: the folder's name)")
     medvlsm.add_argument("--family", choices=sorted(PROMPT_TYPES),
@@ -87,7 +114,12 @@ def parser() -> argparse.ArgumentParser:
                                               "'tumor', else the P1 prompt)")
     medvlsm.add_argument("--test-only", action="store_true",
                          help="every annotation file goes to split 'test' (CVC-300, ColonDB, ETIS in the study)")
-    common(medvlsm)
+    medvlsm.add_argument("--drop-duplicates", action="store_true",
+                         help="drop an entry whose image and mask repeat an earlier entry of its split, into "
+                              "quarantine.json (default: keep it as released, as the study trained on it, "
+                              "under <id>#<n>)")
+    common(medvlsm, "; an image in two splits is one, an exact duplicate is not: it is kept as released "
+                    "(or, with --drop-duplicates, dropped without failing)")
     medvlsm.set_defaults(func=cmd_medvlsm)
 
     raw = sub.add_parser("raw", help="an original public download (Kvasir-SEG, CAMUS, BUSI, ...)",

@@ -13,12 +13,17 @@ same for ``masks/``, whose names may hold sub-folders (CAMUS: ``mask_1/patient00
 A name is refused, per entry, when it is absolute, holds ``..``, or resolves (symlinks followed)
 outside the folder it is looked up in; a symlinked ``images/`` folder itself is the user's choice.
 
-Duplicates: an entry whose image and mask files repeat an earlier entry of the same split is
-quarantined (writing it would count that sample twice in training or scoring). An image file used
-in two splits (a test image also in train leaks) is written in both, as released, and listed in the
-report's notes; --strict fails on it. Sample ids are the mask's path under ``masks/`` without its
-extension (``cju2r11x7sdgx0988o8ule0wl``, ``test/mask_1/patient0001_2CH_ED_gt``); a mask file used
-by two splits gets ``@<split>`` on the later one.
+Duplicates: an entry whose image and mask files repeat an earlier entry of the same split is kept,
+as released (the study trained and scored on every released row: BKAI train has 800, ISIC train
+810), under its own sample id: the first entry's id with ``#<n>`` for its n-th occurrence
+(``cju2r11x7sdgx0988o8ule0wl#2``, ``#3``; the next free n should a released name already end so).
+Each such record names the id it repeats (``Record.duplicate_of``), and ingest lists them per split
+in the manifest's ``duplicates`` and warns. ``drop_duplicates`` (--drop-duplicates) drops them
+instead, into the quarantine report. An image file used in two splits (a test image also in train
+leaks) is written in both, as released, and listed in the report's notes; --strict fails on it.
+Sample ids are the mask's path under ``masks/`` without its extension (``cju2r11x7sdgx0988o8ule0wl``,
+``test/mask_1/patient0001_2CH_ED_gt``); a mask file used by two splits gets ``@<split>`` on the later
+one (then ``#<n>`` after it for repeats: ``t2@test#2``).
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
-from datasets.ingest.records import Record, RowError, RowNote, RowProblem
+from datasets.ingest.records import Record, RowDropped, RowError, RowNote, RowProblem
 from prompts.metadata import BUSI_CLASS_NAME, CAMUS_STRUCTURES
 from search_spaces.datasets import DATASETS
 
@@ -165,15 +171,31 @@ def _image_loader(path: Path):
     return load
 
 
+@dataclass
+class _FirstUse:
+    """The first entry of a split using an (image, mask) pair, and how often the pair came so far."""
+
+    source: str
+    sample_id: str
+    occurrences: int = 1
+
+
+def repeat_id(first_id: str, occurrence: int, used: set[str]) -> str:
+    """``<first_id>#<occurrence>``, or the next free number should that id be taken already."""
+    while f"{first_id}#{occurrence}" in used:
+        occurrence += 1
+    return f"{first_id}#{occurrence}"
+
+
 def medvlsm_records(folder: Path, dataset: str, family: str | None = None, class_name: str | None = None,
-                    test_only: bool = False) -> Iterator[Record | RowProblem]:
+                    test_only: bool = False, drop_duplicates: bool = False) -> Iterator[Record | RowProblem]:
     """Records of every annotation file of a released-layout dataset folder, in split order."""
     folder = Path(folder)
     image_splits: dict[Path, tuple[str, str]] = {}  # image file -> (split, source) of its first use
     mask_ids: dict[Path, str] = {}
     used_ids: set[str] = set()
     masks_root = folder / "masks"
-    seen: dict[str, dict[tuple[Path, Path], str]] = {}  # split -> (image, mask) -> first entry using them
+    seen: dict[str, dict[tuple[Path, Path], _FirstUse]] = {}  # split -> (image, mask) -> its first use
     for anns in annotation_files(folder):
         split = "test" if test_only else anns.stem
         file_label = f"anns/{anns.name}"
@@ -208,19 +230,17 @@ def medvlsm_records(folder: Path, dataset: str, family: str | None = None, class
             except RowError as e:
                 yield RowProblem(source, str(e), split)
                 continue
-            key = (image, mask)
-            if key in seen_here:
-                yield RowProblem(source, f"duplicate of {seen_here[key]}: same image and mask in split {split!r}",
-                                 split)
+            first = seen_here.get((image, mask))
+            if first is not None and drop_duplicates:
+                yield RowDropped(source, f"duplicate of {first.source} ({first.sample_id}): same image and mask "
+                                         f"in split {split!r}, dropped (--drop-duplicates)", split)
                 continue
-            seen_here[key] = source
-            sample_id = mask_ids.get(mask)
-            if sample_id is None:
-                relative = mask.relative_to(masks_root) if mask.is_relative_to(masks_root) else Path(mask.name)
-                sample_id = relative.with_suffix("").as_posix()
-                mask_ids[mask] = sample_id
-            if sample_id in used_ids:
-                sample_id = f"{sample_id}@{split}"
+            if first is None:
+                sample_id = _first_id(mask, masks_root, mask_ids, used_ids, split)
+                seen_here[(image, mask)] = _FirstUse(source, sample_id)
+            else:
+                first.occurrences += 1
+                sample_id = repeat_id(first.sample_id, first.occurrences, used_ids)
             used_ids.add(sample_id)
             if image in image_splits and image_splits[image][0] != split:
                 yield RowNote(source, f"image {image.relative_to(folder)} is also in split "
@@ -232,5 +252,15 @@ def medvlsm_records(folder: Path, dataset: str, family: str | None = None, class
                 load_image=_image_loader(image), load_mask=lambda mask=mask: load_binary_mask(mask),
                 class_name=class_name or class_name_of(family, prompts, entry["mask_name"], dataset),
                 metadata={**entry_metadata(entry), "anns": anns.name}, prompts=prompts,
+                duplicate_of=first.sample_id if first else None,
             )
 
+
+def _first_id(mask: Path, masks_root: Path, mask_ids: dict[Path, str], used_ids: set[str], split: str) -> str:
+    """The mask's path under masks/ without extension; ``@<split>`` when an earlier split used it."""
+    sample_id = mask_ids.get(mask)
+    if sample_id is None:
+        relative = mask.relative_to(masks_root) if mask.is_relative_to(masks_root) else Path(mask.name)
+        sample_id = relative.with_suffix("").as_posix()
+        mask_ids[mask] = sample_id
+    return f"{sample_id}@{split}" if sample_id in used_ids else sample_id

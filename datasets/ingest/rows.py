@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from datasets.ingest.records import Record, RowError, RowNote, RowProblem
+from datasets.ingest.records import Record, RowDropped, RowError, RowNote, RowProblem
+from datasets.overlap import CONTENT_NAME, ContentIndex, write_index
 from datasets.progress import Meter
 from datasets.shards import Manifest, ShardStore, write_atomically
 from prompts.generate import row_attributes, row_prompts
@@ -44,13 +45,15 @@ class StrictError(Exception):
 
 @dataclass
 class IngestReport:
-    """What an ingest wrote, what it quarantined (no row) and what it noted (row kept, worth a look)."""
+    """What an ingest wrote, what it quarantined (no row) and what it noted (row kept, worth a look);
+    ``duplicates``: per split, rows kept as released that repeat an earlier row (id -> the id repeated)."""
 
     dataset: str
     source: str
     rows: dict[str, int] = field(default_factory=dict)
     quarantined: list[RowProblem] = field(default_factory=list)
     notes: list[RowProblem] = field(default_factory=list)
+    duplicates: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         def entries(problems: list[RowProblem]) -> list[dict]:
@@ -58,19 +61,24 @@ class IngestReport:
                     for p in problems]
 
         return json.dumps({"dataset": self.dataset, "source": self.source, "rows": self.rows,
-                           "quarantined": entries(self.quarantined), "notes": entries(self.notes)}, indent=2)
+                           "quarantined": entries(self.quarantined), "notes": entries(self.notes),
+                           "duplicates": self.duplicates}, indent=2)
 
     def summary(self, first: int = 5) -> str:
         order = {split: i for i, split in enumerate(("train", "val", "test"))}
         splits = sorted(self.rows, key=lambda s: (order.get(s, len(order)), s))
         written = ", ".join(f"{split} {self.rows[split]}" for split in splits) or "none"
         lines = [f"{self.dataset}: wrote {sum(self.rows.values())} rows ({written}); "
-                 f"quarantined {len(self.quarantined)}; notes {len(self.notes)}"]
+                 f"quarantined {len(self.quarantined)}; notes {len(self.notes)}"
+                 + (f"; duplicates kept {self.duplicate_count()}" if self.duplicates else "")]
         for title, problems in (("quarantined", self.quarantined), ("note", self.notes)):
             lines += [f"  {title}: {p}" for p in problems[:first]]
             if len(problems) > first:
                 lines.append(f"  ... and {len(problems) - first} more {title} (see the report)")
         return "\n".join(lines)
+
+    def duplicate_count(self) -> int:
+        return sum(len(ids) for ids in self.duplicates.values())
 
 
 # -- one record -----------------------------------------------------------------------------------
@@ -129,9 +137,11 @@ def imported_attributes(family: str, row: dict, notes: list[str]) -> dict[str, s
         return {}
 
 
-def record_row(record: Record, dataset: str, family: str | None, notes: list[str] | None = None) -> dict:
+def record_row(record: Record, dataset: str, family: str | None, notes: list[str] | None = None,
+               content: ContentIndex | None = None) -> dict:
     """The shard row of one record; RowError (or OSError/ValueError from a loader) if it cannot be one.
-    What is worth a look but keeps the row (prompts that are not the family's templates) goes to `notes`."""
+    What is worth a look but keeps the row (prompts that are not the family's templates) goes to `notes`;
+    the row's content hashes to ``content`` (hashed here, while the decoded mask is at hand)."""
     image = record.load_image()
     if not isinstance(image, bytes):
         raise RowError(f"image loader returned {type(image).__name__}, expected encoded bytes")
@@ -158,6 +168,8 @@ def record_row(record: Record, dataset: str, family: str | None, notes: list[str
         prompts, attributes = generated_prompts(family, row)
         row.update(prompts)
         row["metadata"] = {**metadata, **store_attributes(attributes)}
+    if content is not None:
+        content.add(record.split, record.sample_id, image, mask)
     return row
 
 
@@ -167,11 +179,13 @@ def prompt_types_of(row: dict) -> tuple[str, ...]:
 
 # -- a stream of records ---------------------------------------------------------------------------
 def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str | None, report: IngestReport,
-               strict: bool, progress: Meter | None = None) -> Iterator[dict]:
+               strict: bool, progress: Meter | None = None, content: ContentIndex | None = None) -> Iterator[dict]:
     """Good rows in order; every problem goes to ``report.quarantined`` (or raises StrictError).
 
     Rows must agree on their prompt types (one Parquet schema per dataset): the first good row sets
-    them and a row with others is quarantined.
+    them and a row with others is quarantined. A record that repeats a written one (``duplicate_of``)
+    is written and listed in ``report.duplicates``; a row dropped on request (`RowDropped`) is
+    quarantined without stopping a strict ingest. ``content`` gets the hashes of every row written.
     """
     seen: dict[str, str] = {}  # sample_id -> source, since ids must be unique within a dataset
     prompt_types: tuple[str, ...] | None = None
@@ -189,6 +203,9 @@ def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str |
                 raise StrictError(item)
             report.notes.append(item)
             continue
+        if isinstance(item, RowDropped):
+            report.quarantined.append(item)
+            continue
         if isinstance(item, RowProblem):
             problem(item)
             continue
@@ -198,8 +215,9 @@ def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str |
                                **where))
             continue
         notes: list[str] = []
+        hashes = ContentIndex(dataset)  # kept only if the row is
         try:
-            row = record_row(item, dataset, family, notes)
+            row = record_row(item, dataset, family, notes, hashes)
         except (RowError, OSError, ValueError) as e:
             problem(RowProblem(reason=str(e) or type(e).__name__, **where))
             continue
@@ -210,6 +228,10 @@ def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str |
                                       f"{', '.join(prompt_types)} (set by its first row)", **where))
             continue
         seen[item.sample_id] = item.source
+        if content is not None:
+            content.rows += hashes.rows
+        if item.duplicate_of in seen:  # else what it repeats was quarantined: this row is the only one
+            report.duplicates.setdefault(item.split, {})[item.sample_id] = item.duplicate_of
         # Not under --strict's rule: the row is written as imported; only the ablation cannot use it.
         report.notes += [RowNote(reason=note, **where) for note in notes]
         report.rows[item.split] = report.rows.get(item.split, 0) + 1
@@ -221,7 +243,8 @@ def shard_rows(items: Iterable[Record | RowProblem], dataset: str, family: str |
 def ingest(records: Callable[[], Iterable[Record | RowProblem]], store: ShardStore, dataset: str,
            family: str | None, source: str, strict: bool = False,
            progress: bool = True) -> tuple[Manifest, IngestReport]:
-    """Write one dataset's shards, manifest (last) and quarantine report from a reader's records.
+    """Write one dataset's shards, content hashes (datasets.overlap), manifest (last, with the rows
+    kept as duplicates) and quarantine report from a reader's records.
 
     ``records`` is called once per pass: strict ingest first checks every record without writing,
     so a problem leaves storage untouched (a previous version of the dataset included). An earlier
@@ -235,15 +258,21 @@ def ingest(records: Callable[[], Iterable[Record | RowProblem]], store: ShardSto
             pass
     report = IngestReport(dataset, source)
     meter = Meter(f"ingesting {dataset}") if progress else None
-    rows = shard_rows(records(), dataset, family, report, strict, meter)
+    content = ContentIndex(dataset)
+    rows = shard_rows(records(), dataset, family, report, strict, meter, content)
     first = next(rows, None)  # its prompt types are the dataset's; none at all: nothing is touched
     if first is None:
         raise IngestError(f"{source}: no valid rows for dataset {dataset!r}; nothing written\n{report.summary()}")
     dataset_dir = f"{store.path}/{dataset}"
-    for stale in ("manifest.json", REPORT_NAME):
+    for stale in ("manifest.json", REPORT_NAME, CONTENT_NAME):
         if store.fs.get_file_info(f"{dataset_dir}/{stale}").is_file:
             store.fs.delete_file(f"{dataset_dir}/{stale}")
-    manifest = store.write_dataset(dataset, _chain(first, rows), prompt_types_of(first), prompt_family=family)
+
+    def finish() -> dict:  # after the last row, before the manifest
+        return {"duplicates": report.duplicates, "content": write_index(store, content)}
+
+    manifest = store.write_dataset(dataset, _chain(first, rows), prompt_types_of(first), prompt_family=family,
+                                   finish=finish)
     if meter:
         meter.print(final=True)
     write_atomically(store.fs, f"{dataset_dir}/{REPORT_NAME}", report.to_json().encode())
