@@ -412,7 +412,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
                        cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                        max_failures=args.max_failures, retry_failed=args.retry_failed, verbose=args.verbose,
                        force=args.force)
-    return summarize_outcome(outcome, "experiments", args.storage, args.study)
+    return summarize_outcome(outcome, "experiments", args.storage, args.study, args.data)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -464,7 +464,7 @@ def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sourc
                               cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                               max_failures=args.max_failures, retry_failed=args.retry_failed,
                               verbose=args.verbose, force=args.force)
-    return summarize_outcome(outcome, "evaluations", args.storage, args.study)
+    return summarize_outcome(outcome, "evaluations", args.storage, args.study, args.data)
 
 
 def _list(specs: list, store: ResultStore, what: str) -> int:

@@ -10,8 +10,8 @@ import posixpath
 from datasets.shards import write_atomically
 from orchestrator.results import ResultStore
 
-COLUMNS = ["experiment_id", "model", "mode", "train_set", "prompt_type", "eval_set",
-           "dice_mean", "dice_std", "n_images", "best_val_dice", "epochs"]
+COLUMNS = ["experiment_id", "model", "mode", "regime", "train_set", "prompt_type", "eval_set",
+           "dice_mean", "dice_std", "n_images", "best_val_dice", "epochs", "shares_content_with"]
 CAPTION = "Dice (%) per image at original resolution, mean and standard deviation over the test set."
 EVAL_COLUMNS = ["evaluation_id", "kind", "source", "model", "mode", "train_set", "prompt_type", "perturbation",
                 "eval_set", "dice_mean", "dice_std", "n_images", "change"]
@@ -27,6 +27,7 @@ def result_rows(results: ResultStore) -> list[dict]:
         for eval_set, scores in sorted(result["eval"].items()):
             rows.append({
                 "experiment_id": result["experiment_id"], "model": spec["model"], "mode": spec["mode"],
+                "regime": spec.get("regime", "as_run"), "shares_content_with": "",
                 "train_set": spec["train_set"], "prompt_type": spec["prompt_type"], "eval_set": eval_set,
                 "dice_mean": scores["dice_mean"], "dice_std": scores["dice_std"],
                 "n_images": scores["n_images"], "best_val_dice": result["best_val_dice"],
@@ -78,11 +79,35 @@ def to_csv(rows: list[dict], columns: list[str] = COLUMNS) -> str:
     return out.getvalue()
 
 
-def write_report(storage: str, study: str) -> tuple[str, str, list[dict]]:
-    """Write ``report.md`` and ``report.csv`` beside the study's experiments; returns their URIs and rows."""
+def flag_shared_content(rows: list[dict], data: str) -> list[str]:
+    """Mark each row whose evaluation set shares images or masks with another dataset under ``data``
+    (datasets.overlap, from the hashes ingest recorded); returns a note per overlapping pair."""
+    from datasets.overlap import shared_content
+    from datasets.shards import ShardError, ShardStore
+
+    sets = {r["eval_set"] for r in rows} | {r["train_set"] for r in rows}
+    try:
+        overlaps = shared_content(ShardStore(data, cache=False), involving=sets)
+    except (OSError, ShardError) as e:  # no shards where the report runs: nothing to flag from
+        print(f"note: shared content not checked ({e})")
+        return []
+    for row in rows:
+        others = sorted({o.dataset_b if o.dataset_a == row["eval_set"] else o.dataset_a for o in overlaps
+                         if row["eval_set"] in (o.dataset_a, o.dataset_b)})
+        row["shares_content_with"] = " ".join(others)
+    return [f"- {o.describe()}: scores on one are no independent evidence about the other" for o in overlaps]
+
+
+def write_report(storage: str, study: str, data: str | None = None) -> tuple[str, str, list[dict]]:
+    """Write ``report.md`` and ``report.csv`` beside the study's experiments; returns their URIs and rows.
+    With ``data`` (the shard root), rows on datasets that share content with another are flagged."""
     results = ResultStore(storage, study)
     rows = result_rows(results)
+    notes = flag_shared_content(rows, data) if data and rows else []
     files = {"report.md": to_markdown(rows), "report.csv": to_csv(rows)}
+    if notes:
+        files["report.md"] += ("\nDatasets that share images or masks (python -m datasets.validate):\n"
+                               + "\n".join(notes) + "\n")
     if evaluations := evaluation_rows(storage, study):  # evaluations.csv, and a second table in report.md
         files["report.md"] += "\n" + to_markdown(evaluations, EVAL_COLUMNS, EVAL_CAPTION)
         files["evaluations.csv"] = to_csv(evaluations, EVAL_COLUMNS)

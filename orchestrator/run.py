@@ -165,7 +165,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     except StorageError as e:
         print(e, file=sys.stderr)
         return 2
-    return summarize_outcome(outcome, "experiments", args.storage, study)
+    return summarize_outcome(outcome, "experiments", args.storage, study, args.data)
 
 
 def fit_lines(blocks, specs: list[ExperimentSpec], args: argparse.Namespace) -> list[str]:
@@ -179,7 +179,7 @@ def fit_lines(blocks, specs: list[ExperimentSpec], args: argparse.Namespace) -> 
                        cpus=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
 
 
-def summarize_outcome(outcome, what: str, storage: str, study: str) -> int:
+def summarize_outcome(outcome, what: str, storage: str, study: str, data: str | None = None) -> int:
     """Print what a launch did (of grid, zeroshot, ablate or ood), write the report; the exit code."""
     from orchestrator.report import write_report
 
@@ -196,7 +196,7 @@ def summarize_outcome(outcome, what: str, storage: str, study: str) -> int:
         # Tune's own hint on Ctrl-C, Tuner.restore, does not apply: trials resume from storage.
         print(f"  rerun the same command to finish the stopped {what} (training resumes from its checkpoints)",
               file=sys.stderr)
-    md, csv_uri, rows = write_report(storage, study)
+    md, csv_uri, rows = write_report(storage, study, data)
     print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
     return 1 if outcome.failed or outcome.unfinished or outcome.skipped_failed else 0
 
@@ -211,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"no finished experiments or evaluations under {args.storage.rstrip('/')}/{args.study}: "
               "check --storage, --study and --profile", file=sys.stderr)
         return 1
-    md, csv_uri, rows = write_report(args.storage, args.study)
+    md, csv_uri, rows = write_report(args.storage, args.study, args.data)
     print(to_markdown(rows))
     print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
     return 0
@@ -307,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
                                         "from finished experiments; writes report.md and report.csv under "
                                         "<storage>/<study>/.")
     report.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results root (default: {DEFAULT_STORAGE})")
+    report.add_argument("--data", default=DEFAULT_DATA,
+                        help="shard root whose recorded content hashes flag results on datasets that share images "
+                             f"or masks with another (default: {DEFAULT_DATA})")
     add_study_arguments(report, sorted(PROFILES))
     report.set_defaults(func=cmd_report)
 

@@ -24,7 +24,9 @@ def test_defaults_are_pinned():
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentSpec) if f.default is not dataclasses.MISSING}
     assert defaults == {"eval_sets": (), "size": "full", "weights": None, "lr": 2e-3, "weight_decay": 1e-3,
                         "batch_size": 128, "max_epochs": 200, "patience": 50, "lr_patience": 5, "optimizer": "adamw",
-                        "scheduler": "plateau", "bce_weight": 0.2, "encoder_lr_scale": 1.0, "seed": 42}
+                        "scheduler": "plateau", "bce_weight": 0.2, "encoder_lr_scale": 1.0, "seed": 42,
+                        "hparams": "paper", "schedule_epochs": None, "grad_accum": 1, "decoder_dropout": None,
+                        "mask_padding": True, "upsample": "bilinear", "resize": "torch"}
 
 
 def test_id_changes_with_every_field_and_round_trips():
@@ -32,7 +34,9 @@ def test_id_changes_with_every_field_and_round_trips():
     changed = {"model": "cris", "mode": "finetune", "train_set": "x", "prompt_type": "p2", "eval_sets": ("a",),
                "size": "full", "weights": "CIDAS/clipseg-rd64-refined", "lr": 1e-4, "weight_decay": 0.0,
                "batch_size": 4, "max_epochs": 3, "patience": 2, "lr_patience": 1, "optimizer": "adam",
-               "scheduler": "cosine", "bce_weight": 0.0, "encoder_lr_scale": 0.1, "seed": 7}
+               "scheduler": "cosine", "bce_weight": 0.0, "encoder_lr_scale": 0.1, "seed": 7,
+               "hparams": "released", "schedule_epochs": 90, "grad_accum": 2, "decoder_dropout": 0.2,
+               "mask_padding": False, "upsample": "bicubic", "resize": "pil"}
     assert set(changed) == {f.name for f in dataclasses.fields(ExperimentSpec)}
     ids = {dataclasses.replace(spec, **{k: v}).id for k, v in changed.items()}
     assert len(ids) == len(changed) and spec.id not in ids
