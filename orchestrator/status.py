@@ -61,6 +61,7 @@ class Block:
     durations: list[float] = field(default_factory=list)  # full-run seconds of finished experiments
     epochs: list[int] = field(default_factory=list)  # epochs finished experiments ran (early stopping)
     left_runs: float = 0.0  # experiments still to run, a running one counted by its epochs left
+    regimes: set[str] = field(default_factory=set)  # as_run, end_to_end (ExperimentSpec.regime)
 
     def add_dice(self, dice: float | None) -> None:
         if dice is not None and (self.best_val_dice is None or dice > self.best_val_dice):
@@ -105,6 +106,7 @@ def collect(specs: list[ExperimentSpec], results: ResultStore, now: float | None
     running_now, stale, running = 0, [], []
     for spec in specs:
         block = blocks.setdefault(block_of(spec), Block(block_of(spec)))
+        block.regimes.add(spec.regime)
         state = states[spec.id]
         block.counts[state] += 1
         if state == "done" and (result := read[(spec.id, "result")]):
@@ -147,20 +149,21 @@ def duration(seconds: float | None) -> str:
 
 def render(status: Status, where: str) -> str:
     width = max([len("block"), len("total")] + [len(b.name) for b in status.blocks])
-    header = (f"{'block':<{width}}  {'done':>5} {'running':>7} {'failed':>6} {'pending':>7}  "
+    header = (f"{'block':<{width}}  {'regime':<10} {'done':>5} {'running':>7} {'failed':>6} {'pending':>7}  "
               f"{'best val dice':>13}  work left")
     lines = [f"study {where}", header]
 
-    def row(name, counts, dice, left) -> str:
+    def row(name, regime, counts, dice, left) -> str:
         dice_cell = "-" if dice is None else f"{100 * dice:.1f}"
-        return (f"{name:<{width}}  {counts['done']:>5} {counts['running']:>7} {counts['failed']:>6} "
+        return (f"{name:<{width}}  {regime:<10} {counts['done']:>5} {counts['running']:>7} {counts['failed']:>6} "
                 f"{counts['pending']:>7}  {dice_cell:>13}  {left}")
 
     for block in status.blocks:
-        lines.append(row(block.name, block.counts, block.best_val_dice, duration(block.work_left_s)))
+        lines.append(row(block.name, "/".join(sorted(block.regimes)) or "-", block.counts, block.best_val_dice,
+                         duration(block.work_left_s)))
     totals = {s: sum(b.counts[s] for b in status.blocks) for s in STATES}
     dice = [b.best_val_dice for b in status.blocks if b.best_val_dice is not None]
-    lines.append(row("total", totals, max(dice) if dice else None, ""))
+    lines.append(row("total", "", totals, max(dice) if dice else None, ""))
     lines.append("work left: trial time still to run, from the mean duration of the block's finished experiments")
 
     if not totals["pending"] and not totals["running"]:

@@ -58,10 +58,10 @@ def test_status_counts_each_block_from_storage(s3_bucket):
     assert shown.returncode == 0, shown.stderr[-3000:]
     print(shown.stdout)
     table = rows(shown.stdout)
-    # done running failed pending, best validation dice (%), work left: the block's mean full-run time
-    # (600 s) times the runs left (half of one; one and a whole pending one).
-    assert table["clipseg frozen synth_polyp"] == ["1", "1", "1", "0", "90.0", "5", "min"]
-    assert table["clipseg frozen synth_pairs"] == ["1", "1", "0", "1", "60.0", "20", "min"]
+    # regime, done running failed pending, best validation dice (%), work left: the block's mean
+    # full-run time (600 s) times the runs left (half of one; one and a whole pending one).
+    assert table["clipseg frozen synth_polyp"] == ["as_run", "1", "1", "1", "0", "90.0", "5", "min"]
+    assert table["clipseg frozen synth_pairs"] == ["as_run", "1", "1", "0", "1", "60.0", "20", "min"]
     assert table["total"] == ["2", "2", "1", "1", "90.0"]
     # 300 s + 1,200 s of trial time left, two experiments running side by side.
     assert "ETA: 12 min at 2 experiments in parallel" in shown.stdout
