@@ -308,7 +308,7 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
 
 # -- command line (python -m orchestrator.run zeroshot|ablate|ood) --------------------------------
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from orchestrator.run import DEFAULT_DATA, DEFAULT_STORAGE, add_study_arguments
+    from orchestrator.run import DEFAULT_DATA, DEFAULT_STORAGE, add_cluster_argument, add_study_arguments
     from search_spaces.grid import PROFILES
 
     def common(p: argparse.ArgumentParser, what: str) -> None:
@@ -330,6 +330,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="times Ray retries a crashed trial (default: 1)")
         p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
         p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune progress output")
+        add_cluster_argument(p)
 
     zeroshot = sub.add_parser(
         "zeroshot", help="score pretrained weights on every dataset and prompt type (Figure 2)",
@@ -402,6 +403,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.dry_run:
+        print(*_fit([{**s.to_dict(), "id": s.id} for s in specs], args), sep="\n")
         return _list(specs, ResultStore(args.storage, args.study), "experiments")
     problems = input_problems(specs, args.data)
     if problems:
@@ -411,7 +413,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
                        fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                        cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                        max_failures=args.max_failures, retry_failed=args.retry_failed, verbose=args.verbose,
-                       force=args.force)
+                       force=args.force, cluster_file=args.cluster)
     return summarize_outcome(outcome, "experiments", args.storage, args.study, args.data)
 
 
@@ -450,6 +452,7 @@ def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sourc
         return 2
     experiments = ResultStore(args.storage, args.study)
     if args.dry_run:
+        print(*_fit([{**s, "mode": "zeroshot"} for s in sources], args), sep="\n")
         return _list(evaluations, ResultStore(args.storage, args.study, EVALUATIONS), "evaluations")
     by_id = {s["id"]: s for s in sources}
     try:
@@ -463,8 +466,17 @@ def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sourc
                               address=args.address, fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                               cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                               max_failures=args.max_failures, retry_failed=args.retry_failed,
-                              verbose=args.verbose, force=args.force)
+                              verbose=args.verbose, force=args.force, cluster_file=args.cluster)
     return summarize_outcome(outcome, "evaluations", args.storage, args.study, args.data)
+
+
+def _fit(specs: list[dict], args: argparse.Namespace) -> list[str]:
+    """Where the trials' models fit on the cluster file (--cluster, else the repository's)."""
+    from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
+
+    path = args.cluster or str(REPO_CLUSTER_FILE)
+    return fit_summary({args.command: specs}, node_types_from_cluster_file(path), path, cpus=args.cpus_per_trial,
+                       gpus_per_trial=args.gpus_per_trial)
 
 
 def _list(specs: list, store: ResultStore, what: str) -> int:
