@@ -117,7 +117,8 @@ def apply_selections(specs: list[ExperimentSpec], storage: str, study: str) -> l
             out.append(spec)
             continue
         setting = record["selected"]["setting"]
-        horizon = record["search"]["base_spec"].get("schedule_epochs")
+        # The horizon the search's cosine schedules spanned; other schedules have none.
+        horizon = record["search"]["base_spec"].get("schedule_epochs") if setting["scheduler"] == "cosine" else None
         out.append(dataclasses.replace(spec, **setting, schedule_epochs=horizon, hparams=f"hpo:{relative}"))
     return out
 
