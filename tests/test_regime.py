@@ -3,6 +3,7 @@ released code's settings one flag away, and gradient accumulation that keeps the
 
 import argparse
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -174,3 +175,19 @@ def test_an_as_released_spec_decodes_with_the_studys_filter(data):
     trainer, _ = prepare({**spec.to_dict(), "id": spec.id}, data)
     assert spec.resize == "pil" and trainer.train_set.decoded.folder != prepare(
         {**dataclasses.replace(spec, resize="torch").to_dict(), "id": "x"}, data)[0].train_set.decoded.folder
+
+
+@pytest.mark.slow
+def test_the_demo_runs_as_released(tmp_path):
+    storage = tmp_path / "runs"
+    result = run_cli("grid", "--profile", "demo", "--as-released", "--max-epochs", "1", "--data",
+                     str(tmp_path / "shards"), "--storage", str(storage), "--no-dashboard", "--verbose", "0",
+                     timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    specs = [json.loads(p.read_text()) for p in (storage / "demo" / "experiments").glob("*/spec.json")]
+    assert len(specs) == len(PROFILES["demo"]()) == 6
+    for spec in specs:
+        assert (spec["hparams"], spec["bce_weight"], spec["lr"], spec["resize"], spec["patience"]) == (
+            "released", 0.0, 2e-4, "pil", 20)
+        assert (storage / "demo" / "experiments" / spec["id"] / "DONE").exists()
+    assert "6 finished" in result.stdout
