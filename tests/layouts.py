@@ -12,18 +12,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.cli import REPO
+from tests.cli import REPO, require_reference
 
 RELEASED = Path(__file__).resolve().parents[2] / "shared/reference/medvlsm_anns"
 SIZE = (32, 40)  # height, width
 
 
 def released(dataset: str, split: str) -> list[dict]:
-    import pytest
-
     path = RELEASED / dataset / f"{split}.json"
-    if not path.is_file():
-        pytest.skip(f"released annotations not found at {path}")
+    require_reference(path)
     return json.loads(path.read_text())
 
 
