@@ -29,6 +29,7 @@ import numpy as np
 from datasets.shards import Manifest, ShardError, ShardStore, write_atomically
 
 CONTENT_NAME = "content.json"
+OVERLAP_NAME = "overlap.json"  # what validate found over a whole root (datasets/validate.py writes it)
 CONTENT_FORMAT = 1
 EXAMPLES = 5  # sample id pairs an overlap names
 
@@ -172,9 +173,28 @@ def content_indexes(store: ShardStore) -> tuple[dict[str, ContentIndex], list[st
     return indexes, unhashed
 
 
+def validated_overlaps(store: ShardStore) -> list[Overlap]:
+    """What ``python -m datasets.validate`` last found over the whole root (``<root>/overlap.json``),
+    which covers datasets ingested before hashes were recorded; [] when it never ran there."""
+    try:
+        with store.fs.open_input_stream(posixpath.join(store.path, OVERLAP_NAME)) as f:
+            found = json.loads(f.read())["overlaps"]
+        return [Overlap(o["dataset_a"], o["dataset_b"], o["count"], o["masks"],
+                        tuple(tuple(pair) for pair in o["examples"])) for o in found]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: validate writes it again
+        return []
+
+
 def shared_content(store: ShardStore, involving: Iterable[str] | None = None) -> list[Overlap]:
     """Pairs of datasets under the root that share images or masks, from the hashes ingest recorded
-    (no shard is read); datasets without recorded hashes are left out. ``involving``: only pairs
-    with one of these datasets."""
+    (no shard is read) and, for pairs those miss, from validate's ``overlap.json``. ``involving``:
+    only pairs with one of these datasets."""
     indexes, _ = content_indexes(store)
-    return overlaps(indexes.values(), involving)
+    found = overlaps(indexes.values(), involving)
+    pairs = {(o.dataset_a, o.dataset_b) for o in found}
+    wanted = None if involving is None else set(involving)
+    found += [o for o in validated_overlaps(store) if (o.dataset_a, o.dataset_b) not in pairs
+              and (wanted is None or {o.dataset_a, o.dataset_b} & wanted)]
+    return found

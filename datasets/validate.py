@@ -32,11 +32,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from datasets.decoded import decode_mask
-from datasets.overlap import ContentIndex, Overlap, overlaps, read_index, recorded_index
+from datasets.overlap import OVERLAP_NAME, ContentIndex, Overlap, overlaps, read_index, recorded_index
 from datasets.shards import BASE_FIELDS, Manifest, ShardError, ShardStore, write_atomically
 
 BATCH_ROWS = 100  # one row group at a time keeps memory small for large shards
-OVERLAP_NAME = "overlap.json"
 
 
 @dataclass

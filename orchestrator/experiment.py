@@ -11,6 +11,14 @@ from dataclasses import dataclass
 # Hugging Face's CLIPSeg runs its CLIP towers under no_grad, the study's BiomedCLIPSeg its image
 # tower under inference_mode with the text tower frozen.
 DECODER_ONLY_IN_STUDY = ("clipseg", "biomedclipseg", "biomedclipseg_d")
+# Fields with a closed set of values, checked when a spec is made (a typo in --set fails at once).
+CHOICES = {"optimizer": ("adamw", "adam"), "scheduler": ("plateau", "cosine", "constant"),
+           "upsample": ("bilinear", "bicubic"), "resize": ("torch", "pil"), "mask_padding": (True, False)}
+# Fields some models' builders take (trainables.models.MODEL_OPTIONS says which); the others ignore them.
+MODEL_OPTION_FIELDS = ("decoder_dropout", "mask_padding", "upsample")
+# Fields that set how a model learns: overriding one with --set makes the spec's hparams "set".
+HYPERPARAMETERS = ("lr", "weight_decay", "batch_size", "optimizer", "scheduler", "encoder_lr_scale",
+                   "schedule_epochs", "lr_patience")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class ExperimentSpec:
         object.__setattr__(self, "eval_sets", tuple(self.eval_sets))
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"grad_accum {self.grad_accum} must be >= 1 and divide batch_size {self.batch_size}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {', '.join(map(str, allowed))}")
 
     @property
     def regime(self) -> str:

@@ -141,8 +141,6 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
     results.check_writable()
     lease = study_lease(storage, study, force=force)  # another live driver on this study stops us here
     try:
-        for experiment_id in retried:  # a retry that fails again writes its own FAILED.json
-            results.clear_failure(experiment_id)
         use_gpus = start_ray(address, fake_gpus, dashboard)
         nodes = sum(node["Alive"] for node in ray.nodes())
         check_shared_storage(storage, nodes)
@@ -155,6 +153,8 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
         specs_by_id = {s.id: s.to_dict() for s in todo}
         placements = place_trials([{**spec, "id": i} for i, spec in specs_by_id.items()], cluster_file,
                                   cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus)
+        for experiment_id in retried:  # placed: a retry that fails again writes its own FAILED.json
+            results.clear_failure(experiment_id)
         trainable = tune.with_parameters(train_experiment, specs=specs_by_id, data=data, storage=storage,
                                          study=study, threads=max(1, math.floor(cpus_per_trial)),
                                          checkpoint_interval_s=checkpoint_interval_s)

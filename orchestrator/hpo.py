@@ -50,6 +50,7 @@ from search_spaces.hpo import (
 
 METRIC, MODE = "val_dice", "max"
 SELECTION_FILE = "selection.json"
+SEARCH_FILE = "search.json"  # what the search in a folder was started with
 RULE = ("the setting with the best validation dice on the most datasets (Appendix C.2: 'optimal performance "
         "in most datasets'); a tie goes to the higher mean of the datasets' best validation dice")
 
@@ -58,9 +59,38 @@ class SearchStopped(Exception):
     """The search ended before every trial did; its state is saved and the same command resumes it."""
 
 
-def hpo_uri(storage: str, study: str, model: str) -> str:
-    """Where a model's search keeps Tune's trials (``tune/``) and the selection."""
-    return f"{storage.rstrip('/')}/{study}/hpo/{model}"
+def search_name(model: str, mode: str | None = None) -> str:
+    """A search's folder under ``<study>/hpo/``: the model for its as-run mode (``clipseg``), else
+    model and mode (``clipseg-finetune``), so searches of two regimes never share a folder."""
+    return model if mode in (None, AS_RUN_MODE[model]) else f"{model}-{mode}"
+
+
+def hpo_uri(storage: str, study: str, model: str, mode: str | None = None) -> str:
+    """Where a model's search keeps Tune's trials (``tune/``), its settings and the selection."""
+    return f"{storage.rstrip('/')}/{study}/hpo/{search_name(model, mode)}"
+
+
+def read_json(uri: str) -> dict | None:
+    fs, path = filesystem_for(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def check_same_search(where: str, settings: dict) -> None:
+    """A search folder holds one search: continuing it with other settings would mix two."""
+    stored = read_json(f"{where}/{SEARCH_FILE}")
+    if stored is None:
+        raise ValueError(f"{where} holds a search started by an earlier version, which recorded no {SEARCH_FILE}: "
+                         "rerun it with the flags it was started with on that version, or start a new search "
+                         "under another --study")
+    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in changed[:6])
+        raise ValueError(f"{where} holds a search with other settings ({shown}): rerun it with its own flags, "
+                         "or start a new search under another --study")
 
 
 def grid_epochs(model: str, mode: str, size: str) -> tuple[int, str]:
@@ -92,34 +122,36 @@ def searched(mode: str, model: str) -> tuple[str, ...]:
 
 
 def apply_selections(specs: list[ExperimentSpec], storage: str, study: str) -> list[ExperimentSpec]:
-    """``specs`` with each model's hpo selection (``<storage>/<study>/hpo/<model>/selection.json``)
-    where the selection searched the spec's mode and size; the others keep their hyperparameters.
-    The spec's ``hparams`` names the selection it took, relative to ``storage``."""
+    """``specs`` with the hpo selection of their model and mode (``<storage>/<study>/hpo/<search>/
+    selection.json``) where it searched their size; the others keep their hyperparameters. The spec's
+    ``hparams`` names the selection it took, relative to ``storage``; a batch the search ran in
+    micro-batches keeps them (the same training as searched)."""
     import dataclasses
 
     selections = {}
-    for model in dict.fromkeys(s.model for s in specs):
-        relative = f"{study}/hpo/{model}/{SELECTION_FILE}"
-        uri = f"{absolute_uri(storage).rstrip('/')}/{relative}"
-        fs, path = filesystem_for(uri)
-        try:
-            with fs.open_input_stream(path) as f:
-                selections[model] = (relative, json.loads(f.read()))
-        except FileNotFoundError:
-            pass
-    if not selections:
-        raise ValueError(f"--hparams-from-hpo {study}: no hpo selection under {storage.rstrip('/')}/{study}/hpo/ "
-                         f"for {', '.join(dict.fromkeys(s.model for s in specs))}; run hpo first")
-    out = []
+    for model, mode in dict.fromkeys((s.model, s.mode) for s in specs):
+        relative = f"{study}/hpo/{search_name(model, mode)}/{SELECTION_FILE}"
+        record = read_json(f"{absolute_uri(storage).rstrip('/')}/{relative}")
+        if record is not None and record["mode"] == mode:
+            selections[(model, mode)] = (relative, record)
+    out, taken = [], 0
     for spec in specs:
-        relative, record = selections.get(spec.model, (None, None))
-        if record is None or (record["mode"], record["size"]) != (spec.mode, spec.size):
+        relative, record = selections.get((spec.model, spec.mode), (None, None))
+        if record is None or record["size"] != spec.size:
             out.append(spec)
             continue
         setting = record["selected"]["setting"]
         # The horizon the search's cosine schedules spanned; other schedules have none.
         horizon = record["search"]["base_spec"].get("schedule_epochs") if setting["scheduler"] == "cosine" else None
-        out.append(dataclasses.replace(spec, **setting, schedule_epochs=horizon, hparams=f"hpo:{relative}"))
+        accumulate = (record.get("grad_accum") or {}).get(str(setting["batch_size"]), 1)
+        out.append(dataclasses.replace(spec, **setting, schedule_epochs=horizon, grad_accum=accumulate,
+                                       hparams=f"hpo:{relative}"))
+        taken += 1
+    if not taken:
+        raise ValueError(f"--hparams-from-hpo {study}: no hpo selection under {storage.rstrip('/')}/{study}/hpo/ "
+                         "fits these experiments (model, mode and size); run hpo for them first")
+    print(f"--hparams-from-hpo {study}: {taken} of {len(specs)} experiments take an hpo selection "
+          f"({', '.join(f'{m} {mode}' for m, mode in selections)}); the others keep their own")
     return out
 
 
@@ -246,9 +278,14 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
     data, storage = absolute_uri(data), absolute_uri(storage)
     base = base_spec(model, mode, size, prompt, max_epochs, weights)
     cpus = cpus_per_trial if cpus_per_trial is not None else (1.0 if size == "small" else None)
-    where = hpo_uri(storage, study, model)
+    where = hpo_uri(storage, study, model, mode)
+    settings = {"base_spec": base, "datasets": list(datasets), "num_samples": num_samples, "max_t": max_epochs,
+                "grace_period": grace_period, "reduction_factor": reduction_factor, "seed": seed}
+    restoring = tune.Tuner.can_restore(f"{where}/tune")
+    if restoring:
+        check_same_search(where, settings)
 
-    lease = study_lease(storage, f"{study}/hpo/{model}", force=force)  # one driver per search folder
+    lease = study_lease(storage, f"{study}/hpo/{search_name(model, mode)}", force=force)  # one driver per folder
     try:
         use_gpus = start_ray(address, fake_gpus, dashboard)
         check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
@@ -274,12 +311,13 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
             tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data, threads=threads,
                                  checkpoint_interval_s=checkpoint_interval_s, grad_accum=accumulate),
             resources)
-        if tune.Tuner.can_restore(f"{where}/tune"):
+        if restoring:
             # The same command again: an interrupted search goes on (searcher state included), a
             # finished one only re-derives the selection. Another --study starts a new search.
             print(f"continuing the search in {where}/tune")
             tuner = tune.Tuner.restore(f"{where}/tune", trainable=trainable, resume_errored=True)
         else:
+            write_json(f"{where}/{SEARCH_FILE}", settings)
             searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
             if max_concurrent:
                 searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)

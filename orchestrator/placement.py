@@ -64,6 +64,7 @@ class Placement:
     resources: dict[str, float]
     node_type: NodeType | None = None
     grad_accum: int = 1
+    unchecked: str = ""  # why the need was not checked against a GPU, where it could not be
 
 
 @dataclass
@@ -177,6 +178,11 @@ def place(spec: dict, node_types: list[NodeType], *, cpus: float | None = None, 
             if memory > sized[0].gpu_memory_gib:  # too big for the smallest GPUs: route to this type
                 resources[f"{ACCELERATOR_PREFIX}{node_type.accelerator}"] = ROUTING_SHARE
             return Placement(spec_id, need_k, resources, node_type, k)
+    unknown = [t for t in node_types if not t.gpu_memory_gib]
+    if unknown:  # perhaps large enough: Ray decides, and the trial may wait for such a node
+        return Placement(spec_id, need, {"cpu": cpu, "gpu": gpus_per_trial if gpus_per_trial is not None else 1.0},
+                         unchecked=f"needs ~{need:.0f} GiB, more than any GPU of known memory; "
+                                   f"the memory of {', '.join(str(t) for t in unknown)} is unknown")
     return Refusal(spec_id, need, sized[-1], remedies(spec, replicas, sized[-1], gpus_per_trial))
 
 
@@ -210,6 +216,10 @@ def place_all(specs: list[dict], node_types: list[NodeType], source: str, **kwar
         (refused.append(result) if isinstance(result, Refusal) else placed.__setitem__(result.spec_id, result))
     if refused:
         raise Unplaceable(refused, source)
+    unchecked = [p for p in placed.values() if p.unchecked]
+    if unchecked:
+        print(f"warning: {len(unchecked)} trial(s) not checked against a GPU, e.g. {unchecked[0].spec_id}: "
+              f"{unchecked[0].unchecked} (GPU_MEMORY_GIB in orchestrator/placement.py names the known ones)")
     return placed
 
 
@@ -220,6 +230,7 @@ def fit_summary(blocks: dict[str, list[dict]], node_types: list[NodeType], sourc
         results = [place(s, node_types, **kwargs) for s in specs]
         needs = [r.need_gib for r in results if r.need_gib is not None]
         refused = [r for r in results if isinstance(r, Refusal)]
+        unchecked = [r for r in results if isinstance(r, Placement) and r.unchecked]
         counts: dict[str, int] = {}
         for r in results:
             if isinstance(r, Placement) and r.node_type:
@@ -227,5 +238,6 @@ def fit_summary(blocks: dict[str, list[dict]], node_types: list[NodeType], sourc
         where = ", ".join(f"{n} on {t}" for t, n in counts.items()) or "no GPU check (size small or no GPU types)"
         need = f"{max(needs):.1f} GiB" if needs else "-"
         lines.append(f"  {name:<15} need up to {need:>9}: {where}"
-                     + (f"; {len(refused)} fit NO node type (launch refuses them)" if refused else ""))
+                     + (f"; {len(refused)} fit NO node type (launch refuses them)" if refused else "")
+                     + (f"; {len(unchecked)} unchecked (GPU memory unknown)" if unchecked else ""))
     return lines

@@ -8,6 +8,7 @@ import io
 import posixpath
 
 from datasets.shards import write_atomically
+from orchestrator.experiment import ExperimentSpec
 from orchestrator.results import ResultStore
 
 COLUMNS = ["experiment_id", "model", "mode", "regime", "train_set", "prompt_type", "eval_set",
@@ -27,7 +28,7 @@ def result_rows(results: ResultStore) -> list[dict]:
         for eval_set, scores in sorted(result["eval"].items()):
             rows.append({
                 "experiment_id": result["experiment_id"], "model": spec["model"], "mode": spec["mode"],
-                "regime": spec.get("regime", "as_run"), "shares_content_with": "",
+                "regime": ExperimentSpec.from_dict(spec).regime, "shares_content_with": "",
                 "train_set": spec["train_set"], "prompt_type": spec["prompt_type"], "eval_set": eval_set,
                 "dice_mean": scores["dice_mean"], "dice_std": scores["dice_std"],
                 "n_images": scores["n_images"], "best_val_dice": result["best_val_dice"],

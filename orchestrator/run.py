@@ -16,7 +16,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 from datasets.shards import ShardError, ShardStore  # noqa: E402
-from orchestrator.experiment import ExperimentSpec  # noqa: E402
+from orchestrator.experiment import CHOICES, HYPERPARAMETERS, MODEL_OPTION_FIELDS, ExperimentSpec  # noqa: E402
 from orchestrator.lease import LeaseError, add_force_argument, driver_line  # noqa: E402
 from orchestrator.placement import Unplaceable  # noqa: E402
 
@@ -47,13 +47,26 @@ def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
 
         specs = apply_selections(specs, args.storage, args.hparams_from_hpo)
     changes = dict(getattr(args, "set", None) or [])
+    if any(k in HYPERPARAMETERS for k in changes):
+        changes.setdefault("hparams", "set")  # no longer the paper's, the release's or a selection's
     if getattr(args, "grad_accum", None):
         changes["grad_accum"] = args.grad_accum
     if args.max_epochs is not None:
         changes["max_epochs"] = args.max_epochs
     if changes:
-        specs = [ExperimentSpec.from_dict({**s.to_dict(), **changes}) for s in specs]
+        specs = [ExperimentSpec.from_dict({**s.to_dict(), **only_options_of(s.model, changes)}) for s in specs]
     return select(specs, args.only)
+
+
+def only_options_of(model: str, changes: dict) -> dict:
+    """``changes`` less the model options (trainables.models.MODEL_OPTIONS) that ``model`` does not
+    take: `--set decoder_dropout=0.2` changes the CRIS experiments, not every id of the grid."""
+    if not changes.keys() & set(MODEL_OPTION_FIELDS):
+        return changes
+    from trainables.models import MODEL_OPTIONS  # loads PyTorch: only when an option is set
+
+    others = {o for options in MODEL_OPTIONS.values() for o in options} - set(MODEL_OPTIONS.get(model, ()))
+    return {k: v for k, v in changes.items() if k not in others}
 
 
 SETTABLE = {f.name: f for f in dataclasses.fields(ExperimentSpec)}
@@ -71,6 +84,8 @@ def spec_setting(text: str) -> tuple[str, object]:
     except json.JSONDecodeError:
         value = raw
     default = SETTABLE[name].default
+    if name in CHOICES and value not in CHOICES[name]:
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} takes one of {', '.join(map(str, CHOICES[name]))}")
     if isinstance(default, bool) and not isinstance(value, bool) or (
             isinstance(default, (int, float)) and not isinstance(default, bool)
             and (isinstance(value, bool) or not isinstance(value, (int, float)))):

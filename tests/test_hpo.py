@@ -6,11 +6,12 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from cli import run_cli
 
 from datasets.shards import ShardStore
 from datasets.synthetic import synthetic_rows
-from orchestrator.hpo import grid_epochs, select_setting
+from orchestrator.hpo import SEARCH_FILE, apply_selections, check_same_search, grid_epochs, search_name, select_setting
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from search_spaces.hpo import BATCH_SIZES, LR_RANGE, OPTIMIZERS, SCHEDULERS
 
@@ -81,11 +82,11 @@ def test_search_stops_weak_trials_selects_by_the_rule_and_feeds_the_grid(tmp_pat
 
     # The grid takes the selection: each spec holds the chosen setting, the horizon and their source.
     grid = run_cli("grid", "--profile", "demo", "--hparams-from-hpo", "demo",
-                   "--only", "clipseg-frozen-synth_single-p0-*", "--max-epochs", "1",
+                   "--only", "clipseg-frozen-synth_polyp-p0-*", "--max-epochs", "1",
                    "--data", str(tmp_path / "shards"), "--storage", str(storage),
                    "--no-dashboard", "--verbose", "0", timeout=600)
     assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
-    [spec_file] = (storage / "demo" / "experiments").glob("clipseg-frozen-synth_single-p0-*/spec.json")
+    [spec_file] = (storage / "demo" / "experiments").glob("clipseg-frozen-synth_polyp-p0-*/spec.json")
     spec = json.loads(spec_file.read_text())
     assert spec["hparams"] == "hpo:demo/hpo/clipseg/selection.json"
     assert spec["schedule_epochs"] == (horizon if chosen["scheduler"] == "cosine" else None)
@@ -159,3 +160,22 @@ def test_a_stopped_search_continues_its_trials_from_their_checkpoints(tmp_path):
     assert len(trials) == 2 and all(set(t["best_val_dice"]) == set(DATASETS) for t in trials)
     resumed = [t["resumed_from_epoch"] for t in trials if t["resumed_from_epoch"] is not None]
     assert resumed and all(2 <= r < epochs for r in resumed), trials
+
+
+def test_each_regime_searches_in_its_own_folder_and_a_folder_holds_one_search(tmp_path):
+    assert search_name("clipseg", "frozen") == "clipseg" and search_name("clipseg", "finetune") == "clipseg-finetune"
+    assert search_name("cris", "finetune") == "cris"
+    settings = {"base_spec": {"mode": "frozen"}, "num_samples": 32, "max_t": 40}
+    with pytest.raises(ValueError, match="earlier version"):
+        check_same_search(str(tmp_path), settings)
+    (tmp_path / SEARCH_FILE).write_text(json.dumps(settings))
+    check_same_search(str(tmp_path), settings)
+    with pytest.raises(ValueError, match="num_samples: 32 there, 8 now"):
+        check_same_search(str(tmp_path), {**settings, "num_samples": 8})
+
+
+def test_hparams_from_hpo_without_a_fitting_selection_is_an_error(tmp_path):
+    from search_spaces.grid import demo
+
+    with pytest.raises(ValueError, match="no hpo selection"):
+        apply_selections(demo(), str(tmp_path), "demo")

@@ -105,3 +105,15 @@ def test_launch_routes_a_large_trial_to_the_large_gpu_and_refuses_one_too_large(
     assert result["run"]["node_id"] == l40s.node_id
     assert result["run"]["resources"].get("accelerator_type:L40S") == pytest.approx(0.001)
     assert fs.get_file_info(f"{root}/experiments/{result['experiment_id']}/DONE").type == FileType.File
+
+
+def test_a_gpu_of_unknown_memory_is_not_a_reason_to_refuse():
+    from orchestrator.placement import NodeType
+
+    spec = first("end_to_end", "clipseg")
+    types = [NodeType("a10g", 1, "A10G"), NodeType("workstation", 1, "RTX-A6000")]
+    placed = place(spec, types)
+    assert isinstance(placed, Placement) and placed.unchecked and "RTX-A6000" in placed.unchecked
+    assert not any(k.startswith("accelerator_type:") for k in placed.resources)
+    # A trial that a known GPU holds is placed there as usual.
+    assert place(first("individual", "cris"), types).node_type.accelerator == "A10G"

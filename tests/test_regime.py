@@ -111,15 +111,39 @@ def test_gradient_accumulation_keeps_the_batch_gradient(data):
     with pytest.raises(ValueError, match="grad_accum"):
         dataclasses.replace(spec, grad_accum=3)
     parts = micro_batches({"sample_ids": list("abcde"), "x": torch.arange(5), "f": {"y": torch.zeros(5, 2)}}, 2)
-    assert [p["sample_ids"] for p in parts] == [list("abc"), list("de")] and parts[1]["f"]["y"].shape == (2, 2)
+    assert [p["sample_ids"] for p in parts] == [list("ab"), list("cde")] and parts[1]["f"]["y"].shape == (3, 2)
+    # Never a slice of one sample (BatchNorm cannot train on it): a short batch gets fewer slices.
+    for n, k in ((9, 8), (25, 8), (3, 8), (2, 2)):
+        sizes = [len(p["sample_ids"]) for p in micro_batches({"sample_ids": list(range(n))}, k)]
+        assert sum(sizes) == n and min(sizes) >= 2 and len(sizes) <= k, (n, k, sizes)
 
 
-def test_cosine_schedule_spans_schedule_epochs():
-    model = torch.nn.Linear(2, 1)
-    config = TrainConfig(scheduler="cosine", max_epochs=4, schedule_epochs=90)
-    assert make_scheduler(config, make_optimizer(config, model)).T_max == 90
-    plain = dataclasses.replace(config, schedule_epochs=None)
-    assert make_scheduler(plain, make_optimizer(plain, model)).T_max == 4
+def test_cris_trains_in_micro_batches_on_a_short_last_batch(data):
+    # 8 rows at batch 6: batches of 6 (three slices of 2) and 2 (one slice): BatchNorm sees no single sample.
+    spec = ExperimentSpec(model="cris", mode="finetune", train_set="tiny", prompt_type="p1", size="small",
+                          batch_size=6, grad_accum=3, max_epochs=1)
+    trainer, _ = prepare({**spec.to_dict(), "id": spec.id}, data)
+    assert trainer.train_epoch() > 0
+
+
+def lrs(config: TrainConfig, epochs: int) -> list[float]:
+    optimizer = make_optimizer(config, torch.nn.Linear(2, 1))
+    scheduler = make_scheduler(config, optimizer)
+    out = []
+    for _ in range(epochs):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_cosine_schedule_spans_schedule_epochs_then_holds():
+    config = TrainConfig(lr=1.0, scheduler="cosine", max_epochs=200, schedule_epochs=90)
+    rates = lrs(config, 200)
+    assert rates[0] == 1.0 and rates[45] == pytest.approx(0.5) and rates[90] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates, rates[1:]))  # decays, then stays at 0: no warm restart
+    plain = lrs(dataclasses.replace(config, schedule_epochs=None, max_epochs=4), 4)
+    assert plain[2] == pytest.approx(0.5)  # without a horizon, over max_epochs
 
 
 def test_cris_released_options_change_what_the_model_computes():
@@ -137,7 +161,9 @@ def test_cris_released_options_change_what_the_model_computes():
         assert not torch.allclose(ours(pixels, ids, mask), released(pixels, ids, mask))
         padding_only = build_model("cris", "finetune", "small", mask_padding=False).eval()
         padding_only.load_state_dict(ours.state_dict())
-        # Without padding there is nothing to mask: the two agree.
+        # The padding mask alone changes the output of a padded prompt...
+        assert not torch.allclose(ours(pixels, ids, mask), padding_only(pixels, ids, mask), atol=1e-5)
+        # ... and nothing without padding.
         full = torch.ones_like(mask)
         assert torch.allclose(ours(pixels, ids, full), padding_only(pixels, ids, full), atol=1e-5)
     with pytest.raises(ValueError, match="takes no option"):
@@ -191,3 +217,21 @@ def test_the_demo_runs_as_released(tmp_path):
             "released", 0.0, 2e-4, "pil", 20)
         assert (storage / "demo" / "experiments" / spec["id"] / "DONE").exists()
     assert "6 finished" in result.stdout
+
+
+def test_set_changes_only_the_models_that_take_an_option_and_marks_hyperparameters():
+    from orchestrator.experiment import MODEL_OPTION_FIELDS
+    from orchestrator.run import build_specs
+    from trainables.models import MODEL_OPTIONS
+
+    assert {o for options in MODEL_OPTIONS.values() for o in options} == set(MODEL_OPTION_FIELDS)
+    args = argparse.Namespace(profile="study", block=["individual"], max_epochs=None, only=None, as_released=False,
+                              hparams_from_hpo=None, grad_accum=None, set=[spec_setting("decoder_dropout=0.2")])
+    before = {s.id: s for s in STUDY_BLOCKS["individual"].specs()}
+    after = build_specs(args)
+    changed = [s for s in after if s.id not in before]
+    assert changed and {s.model for s in changed} == {"cris"} and all(s.decoder_dropout == 0.2 for s in changed)
+    args.set = [spec_setting("lr=1e-4")]
+    assert {s.hparams for s in build_specs(args)} == {"set"}
+    with pytest.raises(argparse.ArgumentTypeError):
+        spec_setting("resize=PIL")

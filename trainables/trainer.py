@@ -68,24 +68,30 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                           patience=config.lr_patience)
     if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.schedule_epochs
-                                                                              or config.max_epochs))
+        # Cosine decay to 0 over the horizon, then held there: PyTorch's CosineAnnealingLR is periodic
+        # and would climb back up in a run that outlasts its horizon (an early-stopped grid run often does).
+        horizon = max(1, config.schedule_epochs or config.max_epochs)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, horizon) / horizon)))
     if config.scheduler == "constant":
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     raise ValueError(f"unknown scheduler {config.scheduler!r}: expected plateau, cosine or constant")
 
 
 def micro_batches(batch: dict, parts: int) -> list[dict]:
-    """``batch`` cut into ``parts`` consecutive slices (tensors, lists and nested dicts alike)."""
+    """``batch`` cut into up to ``parts`` consecutive slices of near-equal size (tensors, lists and
+    nested dicts alike), none of a single sample: BatchNorm cannot train on one (CRIS, the CNNs).
+    A short last batch of an epoch is then cut into fewer slices."""
     n = len(batch["sample_ids"])
-    if parts <= 1 or n <= 1:
+    parts = min(parts, n // 2)
+    if parts <= 1:
         return [batch]
-    size = math.ceil(n / parts)
+    bounds = [n * i // parts for i in range(parts + 1)]
 
     def cut(value, lo: int, hi: int):
         return {k: cut(v, lo, hi) for k, v in value.items()} if isinstance(value, dict) else value[lo:hi]
 
-    return [cut(batch, lo, lo + size) for lo in range(0, n, size)]
+    return [cut(batch, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
 class Trainer:
