@@ -110,6 +110,10 @@ def test_content_shared_across_datasets_is_found_by_ingest_and_validate(tmp_path
     manifest = json.loads((root / "cvc300_polyp/manifest.json").read_text())
     del manifest["content"]
     (root / "cvc300_polyp/manifest.json").write_text(json.dumps(manifest))
+    assert content_indexes(store)[1] == ["cvc300_polyp"]
+    # What validate recorded over the whole root still names the pair (the report reads it too).
+    assert shared_content(store) == [overlap]
+    (root / "overlap.json").unlink()
     assert shared_content(store) == []
     checks = validate(str(root), ["colondb_polyp", "cvc300_polyp"], out=io.StringIO())
     assert [c.overlaps for c in checks] == [[overlap], [overlap]] and all(c.ok for c in checks)
