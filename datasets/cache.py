@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from datasets.progress import Meter
-from datasets.shards import ShardError
+from datasets.storage import ShardError
 
 CACHE_ENV = "VLSM_CACHE"
 DEFAULT_CACHE = "~/.cache/vlsm-tune"

@@ -7,7 +7,7 @@ The study trained on two pools besides single datasets (paper, section 2.2 and T
 - ``pooled_all`` (Table 2's "Pooled"): the eight datasets used for finetuning (the three polyp sets,
   ISIC, DFU, CAMUS, BUSI and CheXlocalize); scored on the test splits of all eleven datasets.
 
-The names are the study's datamodule names, as the grid (``search_spaces/datasets.py``) uses them.
+The names are the study's datamodule names, as the grid (``datasets/catalogue.py``) uses them.
 A pool's train (val) split is the concatenation of its members' train (val) splits, as the study's
 configs list them (naamiinepal/medvlsm, ``configs/datamodule/img_txt_mask/pooled_*.yaml``). Names are
 the released layout's folder names; ColonDB is ``colondb_polyp``, as in the study's per-dataset and
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from datasets.catalogue import POOLS
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardError, ShardStore
-from search_spaces.datasets import POOLS
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class PooledView:
     eval_sets: tuple[str, ...]  # datasets whose test split the study scored a model of this pool on
 
 
-# One table of the study's datasets and pools (search_spaces/datasets.py); this is its data-side view.
+# One table of the study's datasets and pools (datasets/catalogue.py); this is its data-side view.
 POOLED_VIEWS: dict[str, PooledView] = {name: PooledView(name, pool.members, pool.eval_sets)
                                        for name, pool in POOLS.items()}
 

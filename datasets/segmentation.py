@@ -59,7 +59,7 @@ class SegmentationSplit(Dataset):
             raise PerturbationError("perturbations apply at evaluation, to one prompt type")
         if family is None:
             raise PerturbationError(f"dataset {self.dataset!r} has no prompt_family in its manifest; "
-                                    "regenerate its prompts with `python -m prompts generate`")
+                                    "regenerate its prompts with `python -m datasets.prompts generate`")
         perturbed = []
         for sample_id, entries in zip(self.sample_ids, metadata):
             try:

@@ -15,19 +15,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from datasets.cache import NodeCache
+from datasets.cache import NodeCache
+from datasets.storage import ShardError, absolute_uri, filesystem_for, write_atomically  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 1
 ROWS_PER_FILE = 1000
@@ -49,38 +47,9 @@ BASE_FIELDS = [
 METADATA_FIELD = pa.field("metadata", pa.map_(pa.string(), pa.string()))
 
 
-class ShardError(Exception):
-    """A dataset, shard or row that cannot be used; the message names it and what to do."""
-
-
 def shard_schema(prompt_types: Iterable[str]) -> pa.Schema:
     prompt_fields = [pa.field(p, pa.list_(pa.string()), nullable=False) for p in prompt_types]
     return pa.schema(BASE_FIELDS + prompt_fields + [METADATA_FIELD], metadata={"vlsm_format": str(FORMAT_VERSION)})
-
-
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and path for a local folder or an ``s3://`` URI.
-
-    S3 endpoint and credentials come from the environment (``AWS_ENDPOINT_URL`` and friends),
-    the same way boto3 and Ray find them.
-    """
-    if uri.startswith("s3://"):
-        return pafs.FileSystem.from_uri(uri)
-    if "://" in uri:
-        raise ShardError(f"unsupported storage URI {uri!r}: use a local folder or s3://bucket/prefix")
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-
-
-def absolute_uri(uri: str) -> str:
-    """``s3://`` URIs as they are; local paths made absolute, since Ray trials run in other folders."""
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
-
-
-def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
 
 
 class ShardFile:
@@ -182,8 +151,6 @@ class ShardStore:
     def __init__(self, root: str, cache: NodeCache | bool = True):
         """``cache``: the node cache that remote shards are read through (True: the default one,
         ``$VLSM_CACHE``; False: none, every read goes to storage and splits decode in memory)."""
-        from datasets.cache import NodeCache  # imports this module
-
         self.root = root.rstrip("/")
         self.fs, self.path = filesystem_for(self.root)
         self.cache: NodeCache | None = NodeCache() if cache is True else (cache or None)

@@ -31,15 +31,15 @@ import time
 import types
 from dataclasses import dataclass, field
 
+from datasets.catalogue import ENDOSCOPY, POOLS
 from datasets.shards import ShardError, ShardStore, absolute_uri
-from orchestrator.experiment import ExperimentSpec
 from orchestrator.lease import add_force_argument, study_lease
-from orchestrator.results import ResultStore
-from prompts.perturb import OPPOSITES, Perturbation, PerturbationError
+from prompts.perturb import OPPOSITES, PerturbationError, parse_perturbation
 from prompts.templates import TEMPLATE_ATTRIBUTES
-from search_spaces.datasets import ENDOSCOPY, POOLS
 from search_spaces.defaults import STUDY_WEIGHTS
+from search_spaces.experiment import ExperimentSpec
 from search_spaces.grid import CNNS
+from trainables.results import ResultStore
 
 EVALUATIONS = "evaluations"  # the folder beside "experiments" in <storage>/<study>/
 KINDS = ("ablate", "ood")
@@ -49,14 +49,6 @@ POLYP_TEST_SETS = ENDOSCOPY
 NOT_PERTURBED = ("class_name", "description", "report")
 # Figure 2's zero-shot models with the study's weights (BiomedCLIPSeg has no pretrained decoder).
 DEFAULT_ZEROSHOT_WEIGHTS = {model: STUDY_WEIGHTS[model] for model in ("cris", "clipseg")}
-
-
-def parse_perturbation(text: str | None) -> Perturbation | None:
-    """``opposite:location``, ``random_word:size``, ``class_only``; None or "" for no perturbation."""
-    if not text:
-        return None
-    kind, _, attribute = text.partition(":")
-    return Perturbation(kind, attribute or None)
 
 
 @dataclass(frozen=True)
@@ -142,7 +134,7 @@ def ood_specs(sources: list[dict], test_sets: tuple[str, ...]) -> list[Evaluatio
 
 def finished_sources(storage: str, study: str, patterns: list[str] | None) -> list[dict]:
     """Specs (with their ids) of the finished experiments whose ids match ``patterns``."""
-    from orchestrator.run import select
+    from orchestrator.common import select
 
     found = []
     for result in ResultStore(storage, study).results():
@@ -308,7 +300,7 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
 
 # -- command line (python -m orchestrator.run zeroshot|ablate|ood) --------------------------------
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from orchestrator.run import DEFAULT_DATA, DEFAULT_STORAGE, add_cluster_argument, add_study_arguments
+    from orchestrator.common import DEFAULT_DATA, DEFAULT_STORAGE, add_cluster_argument, add_study_arguments
     from search_spaces.grid import PROFILES
 
     def common(p: argparse.ArgumentParser, what: str) -> None:
@@ -385,8 +377,8 @@ def parse_weights(items: list[str] | None) -> dict[str, str]:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from orchestrator.common import select, summarize_outcome
     from orchestrator.grid_runner import input_problems, run_grid
-    from orchestrator.run import select, summarize_outcome
 
     try:
         weights = parse_weights(args.weights) or DEFAULT_ZEROSHOT_WEIGHTS
@@ -443,7 +435,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sources: list[dict], which: str) -> int:
-    from orchestrator.run import summarize_outcome
+    from orchestrator.common import summarize_outcome
 
     if not evaluations:
         chosen = f" matching --only {' '.join(args.only)}" if args.only else ""

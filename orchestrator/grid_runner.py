@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from datasets.pooled import member_splits
 from datasets.shards import ShardError, ShardStore, absolute_uri
-from orchestrator.experiment import ExperimentSpec
 from orchestrator.lease import study_lease
 from orchestrator.placement import Placement, cluster_node_types, place_all
-from orchestrator.results import ResultStore, StorageError
+from search_spaces.experiment import ExperimentSpec
 from trainables.models import MODES, model_inputs
+from trainables.results import ResultStore, StorageError
 
 
 @dataclass

@@ -20,9 +20,9 @@ import statistics
 import sys
 from collections import Counter
 
-from datasets.shards import ShardError, absolute_uri, filesystem_for, write_atomically
-from orchestrator.experiment import DECODER_ONLY_IN_STUDY, ExperimentSpec
+from datasets.shards import ShardError, absolute_uri
 from orchestrator.lease import add_force_argument, study_lease
+from orchestrator.selection import SEARCH_FILE, SELECTION_FILE, hpo_uri, read_json, search_name, write_json
 from search_spaces.defaults import (
     AS_RUN_MODE,
     FINETUNE_ENCODER_LR_SCALE,
@@ -32,6 +32,8 @@ from search_spaces.defaults import (
     resources_for,
     training_defaults,
 )
+from search_spaces.estimates import expected_epochs, load_step_times
+from search_spaces.experiment import DECODER_ONLY_IN_STUDY, ExperimentSpec
 from search_spaces.hpo import (
     BATCH_SIZES,
     ENCODER_LR_SCALE_RANGE,
@@ -49,34 +51,12 @@ from search_spaces.hpo import (
 )
 
 METRIC, MODE = "val_dice", "max"
-SELECTION_FILE = "selection.json"
-SEARCH_FILE = "search.json"  # what the search in a folder was started with
 RULE = ("the setting with the best validation dice on the most datasets (Appendix C.2: 'optimal performance "
         "in most datasets'); a tie goes to the higher mean of the datasets' best validation dice")
 
 
 class SearchStopped(Exception):
     """The search ended before every trial did; its state is saved and the same command resumes it."""
-
-
-def search_name(model: str, mode: str | None = None) -> str:
-    """A search's folder under ``<study>/hpo/``: the model for its as-run mode (``clipseg``), else
-    model and mode (``clipseg-finetune``), so searches of two regimes never share a folder."""
-    return model if mode in (None, AS_RUN_MODE[model]) else f"{model}-{mode}"
-
-
-def hpo_uri(storage: str, study: str, model: str, mode: str | None = None) -> str:
-    """Where a model's search keeps Tune's trials (``tune/``), its settings and the selection."""
-    return f"{storage.rstrip('/')}/{study}/hpo/{search_name(model, mode)}"
-
-
-def read_json(uri: str) -> dict | None:
-    fs, path = filesystem_for(uri)
-    try:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
 
 
 def check_same_search(where: str, settings: dict) -> None:
@@ -96,8 +76,6 @@ def check_same_search(where: str, settings: dict) -> None:
 def grid_epochs(model: str, mode: str, size: str) -> tuple[int, str]:
     """The epochs a grid run of this model is expected to take, and the figure's source: the cosine
     horizon of every hpo trial, so a schedule chosen here decays as it will in the grid."""
-    from orchestrator.plan import expected_epochs, load_step_times
-
     sizing = SMALL_OVERRIDES if size == "small" else STUDY
     grid_spec = {**training_defaults(model), **sizing, "model": model, "mode": mode}
     epochs = expected_epochs(grid_spec, load_step_times())
@@ -119,40 +97,6 @@ def base_spec(model: str, mode: str, size: str, prompt: str, max_epochs: int, we
 def searched(mode: str, model: str) -> tuple[str, ...]:
     """The spec fields a trial samples: Table 4's, and the encoders' LR scale where they train too."""
     return SEARCHED + (("encoder_lr_scale",) if mode == "finetune" and model in DECODER_ONLY_IN_STUDY else ())
-
-
-def apply_selections(specs: list[ExperimentSpec], storage: str, study: str) -> list[ExperimentSpec]:
-    """``specs`` with the hpo selection of their model and mode (``<storage>/<study>/hpo/<search>/
-    selection.json``) where it searched their size; the others keep their hyperparameters. The spec's
-    ``hparams`` names the selection it took, relative to ``storage``; a batch the search ran in
-    micro-batches keeps them (the same training as searched)."""
-    import dataclasses
-
-    selections = {}
-    for model, mode in dict.fromkeys((s.model, s.mode) for s in specs):
-        relative = f"{study}/hpo/{search_name(model, mode)}/{SELECTION_FILE}"
-        record = read_json(f"{absolute_uri(storage).rstrip('/')}/{relative}")
-        if record is not None and record["mode"] == mode:
-            selections[(model, mode)] = (relative, record)
-    out, taken = [], 0
-    for spec in specs:
-        relative, record = selections.get((spec.model, spec.mode), (None, None))
-        if record is None or record["size"] != spec.size:
-            out.append(spec)
-            continue
-        setting = record["selected"]["setting"]
-        # The horizon the search's cosine schedules spanned; other schedules have none.
-        horizon = record["search"]["base_spec"].get("schedule_epochs") if setting["scheduler"] == "cosine" else None
-        accumulate = (record.get("grad_accum") or {}).get(str(setting["batch_size"]), 1)
-        out.append(dataclasses.replace(spec, **setting, schedule_epochs=horizon, grad_accum=accumulate,
-                                       hparams=f"hpo:{relative}"))
-        taken += 1
-    if not taken:
-        raise ValueError(f"--hparams-from-hpo {study}: no hpo selection under {storage.rstrip('/')}/{study}/hpo/ "
-                         "fits these experiments (model, mode and size); run hpo for them first")
-    print(f"--hparams-from-hpo {study}: {taken} of {len(specs)} experiments take an hpo selection "
-          f"({', '.join(f'{m} {mode}' for m, mode in selections)}); the others keep their own")
-    return out
 
 
 def trial_specs(base: dict, setting: dict, datasets: list[str], grad_accum: dict[int, int] | None = None
@@ -247,13 +191,6 @@ def select_setting(trials: list[dict], datasets: list[str]) -> dict:
         "selected": {**chosen, "datasets_won": won, "wins": len(won), "of_datasets": len(datasets)},
         "per_dataset": per_dataset,
     }
-
-
-def write_json(uri: str, obj: dict) -> str:
-    fs, path = filesystem_for(uri)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    write_atomically(fs, path, json.dumps(obj, indent=2, sort_keys=True).encode())
-    return uri
 
 
 def run_search(model: str, datasets: list[str], *, data: str, storage: str, study: str, size: str = "small",
@@ -443,8 +380,8 @@ def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_sto
 
 def cmd_hpo(args: argparse.Namespace) -> int:
     from datasets.synthetic import SYNTHETIC_DATASETS
+    from orchestrator.common import ensure_synthetic
     from orchestrator.grid_runner import input_problems
-    from orchestrator.run import ensure_synthetic
     from search_spaces.grid import CNNS
 
     datasets = args.datasets or list(SYNTHETIC_DATASETS)

@@ -29,10 +29,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from orchestrator.experiment import ExperimentSpec
+from search_spaces.estimates import STEP_TIMES, expected_epochs, load_step_times  # noqa: F401 (re-exported)
+from search_spaces.experiment import ExperimentSpec
 
-STEP_TIMES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "search_spaces",
-                          "step_times.json")
 # On-demand $ per GPU-hour: AWS EC2 list prices, us-east-1, Linux, as of 2025-06 (instance price / GPUs):
 # g5.xlarge (A10G) $1.006, g6.xlarge (L4) $0.805, p4d.24xlarge (8 A100 40 GB) $32.77, p5.48xlarge
 # (8 H100) $55.04 after the June 2025 cut, p5en.48xlarge (8 H200) about $63.30. Check current prices;
@@ -61,20 +60,9 @@ class TrialTime:
     source: str
 
 
-def load_step_times(path: str = STEP_TIMES) -> dict:
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read step times from {path}: {e}") from None
-    if not isinstance(table.get("devices"), dict) or not isinstance(table.get("paper"), dict):
-        raise ValueError(f"{path}: expected objects 'devices' and 'paper' at the top level")
-    return table
-
-
 def split_rows(dataset: str, data: str | None) -> tuple[int, int, int]:
     """(train, val, test) rows: from the shards' manifest at ``data`` if there, else DATA-FACTS."""
-    from search_spaces.datasets import POOLS
+    from datasets.catalogue import POOLS
 
     if dataset in POOLS:
         rows = [split_rows(m, data) for m in POOLS[dataset].members]
@@ -95,14 +83,6 @@ def split_rows(dataset: str, data: str | None) -> tuple[int, int, int]:
     if dataset not in DATASET_ROWS:
         raise ValueError(f"no row counts for dataset {dataset!r}: not at --data and not in DATA-FACTS")
     return DATASET_ROWS[dataset]
-
-
-def expected_epochs(spec: dict, table: dict, override: int | None = None) -> int:
-    if override:
-        return min(override, spec["max_epochs"])
-    paper = table["paper"].get(spec["model"])
-    guess = paper["epochs"] if paper and spec["size"] == "full" else 2 * spec["patience"]
-    return max(1, min(spec["max_epochs"], guess))
 
 
 def per_sample_seconds(spec: dict, table: dict, device: str) -> tuple[float, float, dict, str]:
@@ -220,7 +200,7 @@ def _fixed(spec: dict, table: dict, device: str) -> float:
 
 
 def grid_specs(args) -> list[dict]:
-    from orchestrator.run import build_specs
+    from orchestrator.common import build_specs
 
     return [{**s.to_dict(), "id": s.id} for s in build_specs(args)]
 
@@ -421,7 +401,7 @@ def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
     p.add_argument("--only", action="append", metavar="PATTERN", help="experiments whose id matches (repeatable)")
     p.add_argument("--max-epochs", type=int, metavar="E",
                    help="cap every experiment's epochs, as `run grid --max-epochs` (hpo: ASHA's max_t)")
-    from orchestrator.run import DEFAULT_STORAGE, add_cluster_argument, add_spec_arguments
+    from orchestrator.common import DEFAULT_STORAGE, add_cluster_argument, add_spec_arguments
 
     add_spec_arguments(p)
     add_cluster_argument(p)
@@ -474,7 +454,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 print("no experiment matches", file=sys.stderr)
                 return 2
             if args.calibrate:
-                from orchestrator.run import ensure_synthetic
+                from orchestrator.common import ensure_synthetic
 
                 ensure_synthetic(args.data, args.profile)
                 print(*calibrate(specs, args.data, args.gpu_type, args.step_times, args.threads,

@@ -8,8 +8,8 @@ import io
 import posixpath
 
 from datasets.shards import write_atomically
-from orchestrator.experiment import ExperimentSpec
-from orchestrator.results import ResultStore
+from search_spaces.experiment import ExperimentSpec
+from trainables.results import ResultStore
 
 COLUMNS = ["experiment_id", "model", "mode", "regime", "train_set", "prompt_type", "eval_set",
            "dice_mean", "dice_std", "n_images", "best_val_dice", "epochs", "shares_content_with"]

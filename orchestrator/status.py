@@ -12,8 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from orchestrator.experiment import ExperimentSpec
-from orchestrator.results import ResultStore
+from search_spaces.experiment import ExperimentSpec
+from trainables.results import ResultStore
 
 STATES = ("done", "running", "failed", "pending")
 # A running experiment whose progress note is older than this has probably lost its driver.

@@ -119,3 +119,11 @@ def perturb(family: str, prompt_type: str, attributes: Mapping[str, str], pertur
     return [text for variant in variants
             for text in render(family, perturbed_attributes(family, prompt_type, variant, perturbation, sample_key),
                                [prompt_type])[prompt_type]]
+
+
+def parse_perturbation(text: str | None) -> Perturbation | None:
+    """``opposite:location``, ``random_word:size``, ``class_only``; None or "" for no perturbation."""
+    if not text:
+        return None
+    kind, _, attribute = text.partition(":")
+    return Perturbation(kind, attribute or None)

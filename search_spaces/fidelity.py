@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from orchestrator.experiment import ExperimentSpec
+from search_spaces.experiment import ExperimentSpec
 
 # What every VLSM's released run used where the paper's text says otherwise: MONAI DiceCELoss with a
 # one-channel output, whose CE term is zero in the pinned MONAI (Dice only in effect; the paper: Dice

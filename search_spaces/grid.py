@@ -13,9 +13,8 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from datasets.catalogue import ALL_POOL, DATASETS, ENDOSCOPY_POOL, INDIVIDUAL, POOLS
 from datasets.synthetic import SYNTHETIC_DATASETS
-from orchestrator.experiment import ExperimentSpec
-from search_spaces.datasets import ALL_POOL, DATASETS, ENDOSCOPY_POOL, INDIVIDUAL, POOLS
 from search_spaces.defaults import (
     AS_RUN_MODE,
     FINETUNE_ENCODER_LR_SCALE,
@@ -25,6 +24,7 @@ from search_spaces.defaults import (
     estimated_memory_gib,
     training_defaults,
 )
+from search_spaces.experiment import ExperimentSpec
 
 PAPER_FINETUNING_TOTAL = 442  # Appendix C.1: "we have 442 finetuning experiments"
 

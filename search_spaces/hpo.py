@@ -5,7 +5,7 @@ Plain values first (what the paper lists), then the same space in Ray Tune's ter
 
 from __future__ import annotations
 
-from search_spaces.datasets import INDIVIDUAL
+from datasets.catalogue import INDIVIDUAL
 
 # Appendix C.2, Table 4.
 OPTIMIZERS = ("adam", "adamw")

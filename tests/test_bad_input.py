@@ -7,10 +7,10 @@ import pytest
 
 from datasets.shards import ShardStore
 from datasets.synthetic import synthetic_rows, write_synthetic
-from orchestrator.experiment import ExperimentSpec
 from orchestrator.grid_runner import input_problems
-from orchestrator.results import ResultStore
+from search_spaces.experiment import ExperimentSpec
 from tests.cli import run_cli
+from trainables.results import ResultStore
 
 
 def test_unknown_dataset_and_prompt_type_are_reported_before_anything_runs(tmp_path):
@@ -84,7 +84,7 @@ def test_report_on_an_empty_study_says_so(tmp_path):
 
 def test_local_storage_is_refused_on_a_multi_node_cluster():
     from orchestrator.grid_runner import check_shared_storage
-    from orchestrator.results import StorageError
+    from trainables.results import StorageError
 
     check_shared_storage("/tmp/runs", nodes=1)
     check_shared_storage("s3://bucket/runs", nodes=3)

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from orchestrator.run import parser, select
+from orchestrator.common import select
+from orchestrator.run import parser
 from search_spaces.grid import demo
 from tests.cli import REPO
 

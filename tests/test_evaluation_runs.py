@@ -15,9 +15,9 @@ import pytest
 from datasets.shards import ShardStore
 from datasets.synthetic import write_synthetic
 from orchestrator.evaluation import EvaluationSpec, ood_specs, run_evaluations
-from orchestrator.results import ResultStore
 from prompts.perturb import UNCOMMON_WORDS
 from tests.cli import run_cli
+from trainables.results import ResultStore
 
 SETS = ("synth_polyp", "synth_pairs")
 RAY = ["--cpus-per-trial", "1", "--no-dashboard", "--verbose", "0"]
@@ -156,8 +156,8 @@ def test_zeroshot_scores_pretrained_weights_on_every_dataset_and_prompt(trained,
 
 
 def test_zeroshot_builds_the_grids_zero_shot_experiments():
+    from datasets.catalogue import DATASETS, INDIVIDUAL
     from orchestrator.evaluation import DEFAULT_ZEROSHOT_WEIGHTS, zeroshot_specs
-    from search_spaces.datasets import DATASETS, INDIVIDUAL
     from search_spaces.grid import zeroshot
 
     # Same ids: `zeroshot` and `grid --block zeroshot` skip each other's finished experiments.

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from orchestrator.experiment import ExperimentSpec
+from search_spaces.experiment import ExperimentSpec
 from search_spaces.grid import demo
 
 PINNED = {

@@ -8,7 +8,8 @@ import re
 import pytest
 from cli import REPO
 
-from orchestrator.run import parser, spec_setting
+from orchestrator.common import spec_setting
+from orchestrator.run import parser
 
 DOC = (REPO / "docs" / "fidelity.md").read_text()
 # The differences the study's issue tracker lists; each must have a row of the table.

@@ -4,9 +4,9 @@ from collections import Counter
 
 from cli import run_cli
 
+from datasets.catalogue import DATASETS, POOLS, prompt_types
 from orchestrator.grid_runner import trial_resources
 from orchestrator.placement import NodeType, place
-from search_spaces.datasets import DATASETS, POOLS, prompt_types
 from search_spaces.defaults import GPU_MEMORY_GIB, RESOURCES, estimated_memory_gib, resources_for
 from search_spaces.grid import PROFILES, STUDY_BLOCKS, block_of, blocks_for, specs_of
 

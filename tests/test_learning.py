@@ -10,7 +10,7 @@ import torch
 
 from datasets.shards import ShardStore
 from datasets.synthetic import write_synthetic
-from orchestrator.experiment import ExperimentSpec
+from search_spaces.experiment import ExperimentSpec
 from trainables.experiment import prepare
 
 EPOCHS = 60  # 1,200 steps of batch 8; about a minute per run on two CPU cores

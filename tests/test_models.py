@@ -6,9 +6,9 @@ import torch
 
 from datasets.shards import ShardStore
 from datasets.synthetic import split_rows
-from orchestrator.experiment import ExperimentSpec
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from search_spaces.defaults import MODEL_DEFAULTS, training_defaults
+from search_spaces.experiment import ExperimentSpec
 from trainables.experiment import prepare
 from trainables.models import BUILDERS, MODEL_INPUTS, build_model, build_tokenizer
 

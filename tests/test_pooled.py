@@ -82,8 +82,8 @@ def test_pools_and_evaluation_sets_are_the_studys():
 
 
 def test_pools_and_ingest_names_agree_with_the_grid():
-    """The grid's dataset table (search_spaces/datasets.py) and the data side name the same things."""
-    import search_spaces.datasets as grid
+    """The grid's dataset table (datasets/catalogue.py) and the data side name the same things."""
+    import datasets.catalogue as grid
     for name, view in POOLED_VIEWS.items():
         assert set(grid.POOLS[name].members) == set(view.members)
         assert set(grid.POOLS[name].eval_sets) == set(view.eval_sets)
@@ -94,8 +94,8 @@ def test_pools_and_ingest_names_agree_with_the_grid():
 
 def test_a_grid_experiment_trains_on_a_pool_and_scores_its_members(store):
     """What the grid's pooled block runs: prepare() reads the pool's members, trains, and tests."""
-    from orchestrator.experiment import ExperimentSpec
     from orchestrator.grid_runner import input_problems
+    from search_spaces.experiment import ExperimentSpec
     from trainables.experiment import prepare
 
     for name in SIZES:  # test splits to score the pooled model on

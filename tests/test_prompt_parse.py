@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from datasets.catalogue import DATASETS
 from datasets.ingest.medvlsm import FAMILIES, medvlsm_records
 from datasets.ingest.rows import REPORT_NAME, ingest
 from datasets.segmentation import SegmentationSplit
@@ -16,7 +17,6 @@ from prompts.metadata import stored_attributes
 from prompts.parse import PromptParseError, parse_attributes
 from prompts.perturb import UNCOMMON_WORDS, Perturbation, PerturbationError, opposite, perturb
 from prompts.templates import render
-from search_spaces.datasets import DATASETS
 from tests.layouts import make_layout, released, run_ingest
 
 

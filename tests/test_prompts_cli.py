@@ -1,13 +1,13 @@
-"""`python -m prompts show` and `generate`: prompts from masks, images and metadata, written into shards."""
+"""`python -m datasets.prompts show` and `generate`: prompts from masks, images and metadata, written into shards."""
 
 import subprocess
 import sys
 
 import pytest
 
+from datasets.prompts import main
 from datasets.shards import ShardStore
 from datasets.synthetic import split_rows
-from prompts.__main__ import main
 from tests.cli import REPO
 
 
@@ -84,7 +84,7 @@ def test_generate_names_the_row_whose_metadata_is_bad(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["show", "generate"])
 def test_help_documents_every_flag(command):
-    out = subprocess.run([sys.executable, "-m", "prompts", command, "--help"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "datasets.prompts", command, "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0
     for flag in ("--dataset", "-n", "--perturb") if command == "show" else ("--family", "--to", "--overwrite"):

@@ -11,9 +11,9 @@ from cli import run_cli
 
 from datasets.shards import ShardStore
 from datasets.synthetic import split_rows
-from orchestrator.experiment import ExperimentSpec
-from orchestrator.run import spec_setting
+from orchestrator.common import spec_setting
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
+from search_spaces.experiment import ExperimentSpec
 from search_spaces.fidelity import AS_RELEASED, as_released
 from search_spaces.grid import PROFILES, STUDY_BLOCKS, shared_experiments, specs_of
 from trainables.experiment import prepare
@@ -220,8 +220,8 @@ def test_the_demo_runs_as_released(tmp_path):
 
 
 def test_set_changes_only_the_models_that_take_an_option_and_marks_hyperparameters():
-    from orchestrator.experiment import MODEL_OPTION_FIELDS
-    from orchestrator.run import build_specs
+    from orchestrator.common import build_specs
+    from search_spaces.experiment import MODEL_OPTION_FIELDS
     from trainables.models import MODEL_OPTIONS
 
     assert {o for options in MODEL_OPTIONS.values() for o in options} == set(MODEL_OPTION_FIELDS)

@@ -4,7 +4,7 @@ import csv
 import io
 
 from orchestrator.report import to_markdown, write_report
-from orchestrator.results import ResultStore
+from trainables.results import ResultStore
 
 
 def test_report_rows_from_stored_results(tmp_path):

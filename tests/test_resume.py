@@ -149,9 +149,9 @@ def test_a_killed_grid_resumes_from_checkpoints_and_finishes_every_experiment_on
 def test_an_unusable_checkpoint_is_never_loaded(tmp_path):
     from datasets.shards import ShardStore
     from datasets.synthetic import write_synthetic
-    from orchestrator.results import ResultStore
     from search_spaces.grid import demo
     from trainables.experiment import prepare
+    from trainables.results import ResultStore
     from trainables.tune_trainable import save_checkpoint, stored_state
 
     data = str(tmp_path / "shards")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import time
 
-from orchestrator.results import ResultStore
 from orchestrator.status import STALE_AFTER_S, collect, render
 from search_spaces.grid import PROFILES
 from tests.cli import run_cli
+from trainables.results import ResultStore
 
 
 def demo_ids() -> dict[str, str]:

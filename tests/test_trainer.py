@@ -8,8 +8,8 @@ import torch
 
 from datasets.shards import ShardStore
 from datasets.synthetic import split_rows
-from orchestrator.experiment import ExperimentSpec
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
+from search_spaces.experiment import ExperimentSpec
 from trainables.experiment import prepare
 
 

@@ -21,8 +21,8 @@ import torch
 from ray import tune
 
 from datasets.shards import ShardError
-from orchestrator.results import ResultStore
 from trainables.experiment import prepare, summarize
+from trainables.results import ResultStore
 from trainables.trainer import Trainer
 
 # Checkpoint at most this often (and always after the last epoch): small models finish epochs in

@@ -37,9 +37,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from datasets.catalogue import DATASETS
 from datasets.ingest.records import Record, RowDropped, RowError, RowNote, RowProblem
 from prompts.metadata import BUSI_CLASS_NAME, CAMUS_STRUCTURES
-from search_spaces.datasets import DATASETS
 
 SPLIT_ORDER = ("train", "val", "test")
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")

@@ -1,4 +1,4 @@
-"""``python -m prompts {show,generate}``: look at a dataset's prompts, or write generated ones."""
+"""``python -m datasets.prompts {show,generate}``: look at a dataset's prompts, or write generated ones."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ import sys
 from datasets.shards import ShardError, ShardStore
 from prompts.generate import row_attributes, row_prompts
 from prompts.metadata import store_attributes, stored_attributes
-from prompts.perturb import KINDS, Perturbation, PerturbationError, perturb
+from prompts.perturb import KINDS, PerturbationError, parse_perturbation, perturb
 from prompts.templates import PROMPT_TYPES
-
-
-def parse_perturbation(text: str | None) -> Perturbation | None:
-    """``opposite:location``, ``random_word:size`` or ``class_only``."""
-    if not text:
-        return None
-    kind, _, attribute = text.partition(":")
-    return Perturbation(kind, attribute or None)
 
 
 def split_dataset(args: argparse.Namespace) -> None:
@@ -81,7 +73,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m prompts", description="Show or generate a dataset's prompts.")
+    top = argparse.ArgumentParser(prog="python -m datasets.prompts",
+                                  description="Show or generate a dataset's prompts.")
     sub = top.add_subparsers(dest="command", required=True, metavar="{show,generate}")
     show = sub.add_parser("show", help="print a few samples' prompts",
                           description="Print the prompt strings of the first N samples of a split, optionally "

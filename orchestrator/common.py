@@ -1,0 +1,164 @@
+"""What the commands share: default locations, how a launch's experiments are built from the command
+line (profile, blocks, --as-released, --hparams-from-hpo, --set, ...), the flags for them, and the
+summary of a launch. Below ``orchestrator.run`` and the commands it dispatches to."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import json
+import sys
+
+from datasets.shards import ShardStore
+from orchestrator.selection import apply_selections
+from search_spaces.experiment import CHOICES, HYPERPARAMETERS, MODEL_OPTION_FIELDS, ExperimentSpec
+
+DEFAULT_DATA = "data/shards"
+DEFAULT_STORAGE = "runs"
+
+
+def select(specs: list[ExperimentSpec], patterns: list[str] | None) -> list[ExperimentSpec]:
+    """Keep specs whose id matches any pattern (a glob, or a plain substring)."""
+    if not patterns:
+        return specs
+    return [s for s in specs if any(fnmatch.fnmatchcase(s.id, p if any(c in p for c in "*?[") else f"*{p}*")
+                                    for p in patterns)]
+
+
+def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
+    """The profile's (or blocks') specs with the launch's changes, in this order: --as-released, the
+    hpo selections (--hparams-from-hpo), --set, --grad-accum, --max-epochs; then --only. Each change
+    is part of the spec, so of its id: `status` and `report` need the same flags as the launch."""
+    from search_spaces.fidelity import as_released
+    from search_spaces.grid import blocks_for, specs_of
+
+    specs = specs_of(blocks_for(args.profile, getattr(args, "block", None)))
+    if getattr(args, "as_released", False):
+        specs = [as_released(s) for s in specs]
+    if getattr(args, "hparams_from_hpo", None):
+        specs = apply_selections(specs, args.storage, args.hparams_from_hpo)
+    changes = dict(getattr(args, "set", None) or [])
+    if any(k in HYPERPARAMETERS for k in changes):
+        changes.setdefault("hparams", "set")  # no longer the paper's, the release's or a selection's
+    if getattr(args, "grad_accum", None):
+        changes["grad_accum"] = args.grad_accum
+    if args.max_epochs is not None:
+        changes["max_epochs"] = args.max_epochs
+    if changes:
+        specs = [ExperimentSpec.from_dict({**s.to_dict(), **only_options_of(s.model, changes)}) for s in specs]
+    return select(specs, args.only)
+
+
+def only_options_of(model: str, changes: dict) -> dict:
+    """``changes`` less the model options (trainables.models.MODEL_OPTIONS) that ``model`` does not
+    take: `--set decoder_dropout=0.2` changes the CRIS experiments, not every id of the grid."""
+    if not changes.keys() & set(MODEL_OPTION_FIELDS):
+        return changes
+    from trainables.models import MODEL_OPTIONS  # loads PyTorch: only when an option is set
+
+    others = {o for options in MODEL_OPTIONS.values() for o in options} - set(MODEL_OPTIONS.get(model, ()))
+    return {k: v for k, v in changes.items() if k not in others}
+
+
+SETTABLE = {f.name: f for f in dataclasses.fields(ExperimentSpec)}
+FIXED_BY_GRID = ("model", "mode", "train_set", "prompt_type", "eval_sets")
+
+
+def spec_setting(text: str) -> tuple[str, object]:
+    """``--set FIELD=VALUE``: a spec field and its value (JSON: 0.2, true, null, "x"; else a string)."""
+    name, sep, raw = text.partition("=")
+    if not sep or name not in SETTABLE or name in FIXED_BY_GRID:
+        settable = ", ".join(n for n in SETTABLE if n not in FIXED_BY_GRID)
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with FIELD one of {settable}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    default = SETTABLE[name].default
+    if name in CHOICES and value not in CHOICES[name]:
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} takes one of {', '.join(map(str, CHOICES[name]))}")
+    if isinstance(default, bool) and not isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(default, bool)
+            and (isinstance(value, bool) or not isinstance(value, (int, float)))):
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} takes a {type(default).__name__}, got {raw!r}")
+    return name, value
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags that change what an experiment trains (so its id); grid, status and plan share them."""
+    p.add_argument("--as-released", action="store_true",
+                   help="train as the study's released code did where it differs from the paper's text: loss, "
+                        "learning rate, batch, patience, CRIS dropout, padding and upsampling "
+                        "(search_spaces/fidelity.py; docs/fidelity.md)")
+    p.add_argument("--hparams-from-hpo", metavar="STUDY",
+                   help="take each model's optimizer, learning rate, scheduler and batch size from the hpo "
+                        "selection in <storage>/STUDY/hpo/<model>/selection.json (for the specs of the mode it "
+                        "searched); the source is recorded in each spec (field hparams)")
+    p.add_argument("--set", action="append", type=spec_setting, metavar="FIELD=VALUE",
+                   help="set one spec field in every experiment, e.g. bce_weight=0 or mask_padding=false "
+                        "(repeatable; changes the ids)")
+    p.add_argument("--grad-accum", type=int, metavar="K",
+                   help="split every batch into K micro-batches (the same effective batch, about 1/K of the "
+                        "activation memory; changes the ids)")
+
+
+def add_cluster_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="YAML",
+                   help="Ray cluster file whose node types trials must fit (default: on a running cluster its "
+                        "nodes and the head's ~/ray_bootstrap_config.yaml; for --dry-run and plan, "
+                        "the repository's cluster.yaml)")
+
+
+def ensure_synthetic(data: str, profile: str) -> None:
+    """Generate the profile's synthetic datasets into ``data`` if they are not there yet."""
+    from datasets.synthetic import write_synthetic
+    from search_spaces.grid import PROFILE_SYNTHETIC
+
+    store = ShardStore(data)
+    present = set(store.datasets())
+    for name in PROFILE_SYNTHETIC.get(profile, ()):
+        if name not in present:
+            manifest = write_synthetic(store, name)
+            rows = ", ".join(f"{split} {entry['rows']}" for split, entry in manifest.splits.items())
+            print(f"generated synthetic dataset {name} in {store.root}/{name} ({rows})")
+
+
+def fit_lines(blocks, specs: list[ExperimentSpec], args: argparse.Namespace) -> list[str]:
+    """Per block, the largest memory need and the node types of the cluster file its trials go to."""
+    from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
+
+    path = args.cluster or str(REPO_CLUSTER_FILE)
+    chosen = {s.id for s in specs}
+    by_block = {b.name: [{**s.to_dict(), "id": s.id} for s in b.specs() if s.id in chosen] for b in blocks}
+    return fit_summary({k: v for k, v in by_block.items() if v}, node_types_from_cluster_file(path), path,
+                       cpus=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+
+
+def summarize_outcome(outcome, what: str, storage: str, study: str, data: str | None = None) -> int:
+    """Print what a launch did (of grid, zeroshot, ablate or ood), write the report; the exit code."""
+    from orchestrator.report import write_report
+
+    ran = len(outcome.finished) + len(outcome.failed) + len(outcome.unfinished)
+    print(f"ran {ran} {what}: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
+          f"{len(outcome.unfinished)} stopped before the end, {outcome.skipped} skipped as already finished")
+    for record_id, error in outcome.failed.items():
+        print(f"  FAILED {record_id}: {error}", file=sys.stderr)
+    if outcome.skipped_failed:
+        print(f"  {len(outcome.skipped_failed)} {what} failed in an earlier launch and were skipped "
+              "(see FAILED.json in each; --retry-failed reruns them):", *outcome.skipped_failed, sep="\n    ",
+              file=sys.stderr)
+    if outcome.unfinished:
+        # Tune's own hint on Ctrl-C, Tuner.restore, does not apply: trials resume from storage.
+        print(f"  rerun the same command to finish the stopped {what} (training resumes from its checkpoints)",
+              file=sys.stderr)
+    md, csv_uri, rows = write_report(storage, study, data)
+    print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
+    return 1 if outcome.failed or outcome.unfinished or outcome.skipped_failed else 0
+
+
+def add_study_arguments(p: argparse.ArgumentParser, profiles: list[str]) -> None:
+    """--profile and --study for commands that read a grid's results: the study is named after its grid."""
+    p.add_argument("--profile", choices=profiles, default="demo",
+                   help="the grid whose results to read (default: demo)")
+    p.add_argument("--study", help="study name under --storage (default: the profile name, as grid names it)")

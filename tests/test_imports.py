@@ -1,0 +1,64 @@
+"""The packages stand on floors: each imports only from the floors below it, and no module imports
+itself back through others (module-level and function-local imports alike)."""
+
+import ast
+from collections import defaultdict
+
+from cli import REPO
+
+# Data flows one way: prompts -> datasets -> trainables -> search_spaces -> orchestrator.
+FLOORS = ("prompts", "datasets", "trainables", "search_spaces", "orchestrator")
+
+
+def modules() -> dict[str, ast.Module]:
+    found = {}
+    for top in FLOORS:
+        for path in (REPO / top).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            found[name] = ast.parse(path.read_text(), str(path))
+    return found
+
+
+def imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
+    """(imported module, names) for every absolute import, at any depth."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+    return out
+
+
+def test_no_package_imports_from_a_floor_above():
+    upward = []
+    for name, tree in modules().items():
+        floor = FLOORS.index(name.split(".")[0])
+        for module, _ in imports(tree):
+            top = module.split(".")[0]
+            if top in FLOORS and FLOORS.index(top) > floor:
+                upward.append(f"{name} -> {module}")
+    assert not upward, upward
+
+
+def test_no_import_circles():
+    found = modules()
+    graph = defaultdict(set)
+    for name, tree in found.items():
+        for module, names in imports(tree):
+            for target in [module, *(f"{module}.{n}" for n in names)]:
+                if target in found and target != name:
+                    graph[name].add(target)
+    # A circle is a module that reaches itself.
+    circles = []
+    for start in found:
+        seen, stack = set(), list(graph[start])
+        while stack:
+            current = stack.pop()
+            if current == start:
+                circles.append(start)
+                break
+            if current not in seen:
+                seen.add(current)
+                stack.extend(graph[current])
+    assert not circles, sorted(circles)
