@@ -29,11 +29,12 @@ import statistics
 import sys
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datasets.catalogue import ENDOSCOPY, POOLS
 from datasets.shards import ShardError, ShardStore, absolute_uri
-from orchestrator.lease import add_force_argument, study_lease
+from orchestrator.launch import Outcome, fit, place_trials, session
+from orchestrator.lease import add_force_argument
 from prompts.perturb import OPPOSITES, PerturbationError, parse_perturbation
 from prompts.templates import TEMPLATE_ATTRIBUTES
 from search_spaces.defaults import STUDY_WEIGHTS
@@ -167,15 +168,6 @@ def evaluation_problems(evaluations: list[EvaluationSpec], sources: dict[str, di
 
 
 # -- running them --------------------------------------------------------------------------------
-@dataclass
-class EvaluationOutcome:
-    skipped: int  # finished before this launch
-    skipped_failed: list[str] = field(default_factory=list)  # failed before this launch, not retried
-    finished: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # id -> error
-    unfinished: list[str] = field(default_factory=list)  # stopped before the end, e.g. by Ctrl-C
-
-
 def evaluation_result(spec: EvaluationSpec, source: dict, dice: dict[str, float], prompts: dict[str, str],
                       run: dict) -> dict:
     """The result.json of an evaluation: mean and spread of dice, and the prompt each image got."""
@@ -241,19 +233,16 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
                     study: str, address: str | None = None, fake_gpus: int | None = None,
                     gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
                     max_failures: int = 1, retry_failed: bool = False, verbose: int = 1,
-                    force: bool = False, cluster_file: str | None = None) -> EvaluationOutcome:
+                    force: bool = False, cluster_file: str | None = None) -> Outcome:
     """Run the evaluations not finished yet (nor failed, unless ``retry_failed``) as Tune trials."""
-    import ray
     from ray import tune
-
-    from orchestrator.grid_runner import check_shared_storage, place_trials, start_ray
 
     data, storage = absolute_uri(data), absolute_uri(storage)
     store = ResultStore(storage, study, EVALUATIONS)
     done, failed = store.finished_ids(), store.failed_ids()
     todo = [e for e in evaluations if e.id not in done and (retry_failed or e.id not in failed)]
-    outcome = EvaluationOutcome(skipped=sum(e.id in done for e in evaluations),
-                                skipped_failed=[] if retry_failed else [e.id for e in evaluations if e.id in failed])
+    outcome = Outcome(skipped=sum(e.id in done for e in evaluations),
+                      skipped_failed=[] if retry_failed else [e.id for e in evaluations if e.id in failed])
     print(f"{len(evaluations)} evaluations: {outcome.skipped} already finished in {store.uri}/{EVALUATIONS}, "
           f"{len(outcome.skipped_failed)} failed before (--retry-failed reruns them), {len(todo)} to run")
     if not todo:
@@ -265,11 +254,8 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
         job["evaluations"].append(spec.to_dict())
 
     store.check_writable()
-    lease = study_lease(storage, study, force=force)  # another live driver on this study stops us here
-
-    try:
-        use_gpus = start_ray(address, fake_gpus, dashboard)
-        check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
+    with session(storage, study, address=address, fake_gpus=fake_gpus, dashboard=dashboard,
+                 force=force) as use_gpus:
         # An evaluation holds its source's model without gradients: the zero-shot (frozen) memory.
         placements = place_trials([{**job["source"], "mode": "zeroshot", "id": name} for name, job in jobs.items()],
                                   cluster_file, cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus)
@@ -279,22 +265,16 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
 
         trainable = tune.with_parameters(evaluation_trial, jobs=jobs, data=data, storage=storage, study=study,
                                          threads=max(1, math.floor(cpus_per_trial)))
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            param_space={"job": tune.grid_search(list(jobs))},
-            tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["job"],
-                                        trial_dirname_creator=lambda t: t.config["job"]),
-            run_config=tune.RunConfig(name=f"tune-{EVALUATIONS}", storage_path=store.uri, verbose=verbose,
-                                      failure_config=tune.FailureConfig(max_failures=max_failures)),
-        )
-        errors = {r.config["job"]: repr(r.error) for r in tuner.fit() if r.error is not None}
-
-        # A crashed trial leaves every evaluation of its job it had not recorded yet failed.
+        grid = fit(trainable, resources, storage_path=store.uri, name=f"tune-{EVALUATIONS}",
+                   param_space={"job": tune.grid_search(list(jobs))},
+                   tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["job"],
+                                               trial_dirname_creator=lambda t: t.config["job"]),
+                   max_failures=max_failures, verbose=verbose)
+        errors = {r.config["job"]: repr(r.error) for r in grid if r.error is not None}
+        # A crashed trial leaves every evaluation of its job it had not recorded yet failed; recorded
+        # before the session ends, so a relaunch sees this run's FAILED.json.
         store.record_outcome(outcome, ((spec.id, spec.to_dict(), errors.get(name)) for name, job in jobs.items()
                                        for spec in map(EvaluationSpec.from_dict, job["evaluations"])))
-    finally:  # the lease goes only once the outcome is recorded: a relaunch sees this run's FAILED.json
-        ray.shutdown()
-        lease.release()
     return outcome
 
 

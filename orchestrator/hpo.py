@@ -21,7 +21,8 @@ import sys
 from collections import Counter
 
 from datasets.shards import ShardError, absolute_uri
-from orchestrator.lease import add_force_argument, study_lease
+from orchestrator.launch import fit, place_trials, session
+from orchestrator.lease import add_force_argument
 from orchestrator.selection import SEARCH_FILE, SELECTION_FILE, hpo_uri, read_json, search_name, write_json
 from search_spaces.defaults import (
     AS_RUN_MODE,
@@ -203,13 +204,10 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                cluster_file: str | None = None) -> dict:
     """Run the search and the selection; returns the selection record, also written to storage."""
     import optuna
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
-
-    from orchestrator.grid_runner import check_shared_storage, place_trials, start_ray
 
     mode = mode or AS_RUN_MODE[model]
     data, storage = absolute_uri(data), absolute_uri(storage)
@@ -222,10 +220,9 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
     if restoring:
         check_same_search(where, settings)
 
-    lease = study_lease(storage, f"{study}/hpo/{search_name(model, mode)}", force=force)  # one driver per folder
-    try:
-        use_gpus = start_ray(address, fake_gpus, dashboard)
-        check_shared_storage(storage, sum(node["Alive"] for node in ray.nodes()))
+    # One driver per search folder; the lease goes only once selection.json is written.
+    with session(storage, f"{study}/hpo/{search_name(model, mode)}", address=address, fake_gpus=fake_gpus,
+                 dashboard=dashboard, force=force) as use_gpus:
 
         # An hpo trial holds one model per dataset; the sampled batch size sets the activations. Each
         # batch size of the space is placed before anything starts (raises Unplaceable), a batch that
@@ -244,33 +241,28 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
             return dict(by_batch[config["batch_size"]].resources)
 
         threads = max(1, math.floor(cpus or resources_for(base)["cpu"]))
-        trainable = tune.with_resources(
-            tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data, threads=threads,
-                                 checkpoint_interval_s=checkpoint_interval_s, grad_accum=accumulate),
-            resources)
+        trainable = tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data,
+                                         threads=threads, checkpoint_interval_s=checkpoint_interval_s,
+                                         grad_accum=accumulate)
         if restoring:
             # The same command again: an interrupted search goes on (searcher state included), a
             # finished one only re-derives the selection. Another --study starts a new search.
             print(f"continuing the search in {where}/tune")
-            tuner = tune.Tuner.restore(f"{where}/tune", trainable=trainable, resume_errored=True)
+            grid = fit(trainable, resources, storage_path=where, name="tune", restore=True)
         else:
             write_json(f"{where}/{SEARCH_FILE}", settings)
             searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
             if max_concurrent:
                 searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=tune_space(with_encoder_lr=len(searched(mode, model)) > len(SEARCHED)),
-                tune_config=tune.TuneConfig(
-                    metric=METRIC, mode=MODE, search_alg=searcher, num_samples=num_samples, reuse_actors=True,
-                    scheduler=ASHAScheduler(max_t=max_epochs, grace_period=grace_period,
-                                            reduction_factor=reduction_factor),
-                    trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
-                    trial_dirname_creator=lambda trial: f"{model}-{trial.trial_id}"),
-                run_config=tune.RunConfig(name="tune", storage_path=where, verbose=verbose,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-            )
-        grid = tuner.fit()
+            grid = fit(trainable, resources, storage_path=where, name="tune", verbose=verbose,
+                       param_space=tune_space(with_encoder_lr=len(searched(mode, model)) > len(SEARCHED)),
+                       tune_config=tune.TuneConfig(
+                           metric=METRIC, mode=MODE, search_alg=searcher, num_samples=num_samples, reuse_actors=True,
+                           scheduler=ASHAScheduler(max_t=max_epochs, grace_period=grace_period,
+                                                   reduction_factor=reduction_factor),
+                           trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
+                           trial_dirname_creator=lambda trial: f"{model}-{trial.trial_id}"),
+                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
 
         # Trials that ran out or that ASHA stopped report done; a Ctrl-C (or a lost lease) leaves the
         # running ones TERMINATED all the same, but not done.
@@ -304,9 +296,6 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
         }
         record["uri"] = write_json(f"{where}/{SELECTION_FILE}", record)
         return record
-    finally:  # the lease goes only once selection.json is written
-        ray.shutdown()
-        lease.release()
 
 
 def describe(record: dict) -> list[str]:

@@ -83,7 +83,7 @@ def test_report_on_an_empty_study_says_so(tmp_path):
 
 
 def test_local_storage_is_refused_on_a_multi_node_cluster():
-    from orchestrator.grid_runner import check_shared_storage
+    from orchestrator.launch import check_shared_storage
     from trainables.results import StorageError
 
     check_shared_storage("/tmp/runs", nodes=1)

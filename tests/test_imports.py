@@ -62,3 +62,20 @@ def test_no_import_circles():
                 seen.add(current)
                 stack.extend(graph[current])
     assert not circles, sorted(circles)
+
+
+def test_one_launch_path():
+    """grid, the evaluation commands and hpo launch through orchestrator.launch: one Outcome, one fit."""
+    found = modules()
+    outcomes = [name for name, tree in found.items() for node in ast.walk(tree)
+                if isinstance(node, ast.ClassDef) and node.name.endswith("Outcome")]
+    assert outcomes == ["orchestrator.launch"]
+    for name in ("orchestrator.grid_runner", "orchestrator.evaluation", "orchestrator.hpo"):
+        imported = {n for module, names in imports(found[name]) if module == "orchestrator.launch" for n in names}
+        assert {"fit", "session", "place_trials"} <= imported, name
+        calls = {node.func.id for node in ast.walk(found[name])
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+        assert {"fit", "session"} <= calls, name
+        # No Tuner of their own: only launch.fit builds one.
+        assert not any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Tuner"
+                       for node in ast.walk(found[name])), name
