@@ -7,7 +7,7 @@
 A trial's time is ``start + setup + epochs x (train rows x train time per sample + val rows x eval
 time per sample) + test rows x eval time per sample``, plus, in frozen mode, computing the feature
 cache once per (model, dataset) on the node. Step times come from ``search_spaces/step_times.json``
-(measured on the device type by ``python -m orchestrator.bench gpu --save`` or ``plan --calibrate``),
+(measured on the device type by ``python -m benchmarks gpu --save`` or ``plan --calibrate``),
 else from the paper's reported minutes and epochs per experiment (Appendix C.1). Epochs: the paper's reported
 average where it gives one (CLIPSeg 90, CRIS 45, BiomedCLIPSeg 80, -D 50), else twice the
 early-stopping patience, never more than the spec's ``max_epochs``. Trials are packed in grid order

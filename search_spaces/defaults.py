@@ -82,7 +82,7 @@ RESOURCES: dict[str, dict[str, float]] = {
 # finetune 10.1 GiB (fixed from the parameter count, per sample the rest / 32). The others are
 # estimates scaled from CLIPSeg by tokens and pixels per sample (BiomedCLIP: 196 image tokens at 224
 # and a 256-token BERT; CRIS: RN50 at 416 and a 104x104 projector; CNNs at 256); replace them with
-# `python -m trainables.bench` numbers from the target GPU. Zero-shot evaluates without gradients:
+# `python -m benchmarks.models` numbers from the target GPU. Zero-shot evaluates without gradients:
 # the frozen numbers bound it.
 MEMORY: dict[str, dict[str, tuple[float, float]]] = {
     "clipseg": {"frozen": (0.56, 0.035), "finetune": (2.25, 0.245)},  # measured

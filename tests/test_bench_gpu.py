@@ -1,4 +1,4 @@
-"""`python -m orchestrator.bench gpu` on the CPU with tiny settings: the same code a GPU runs, end to end.
+"""`python -m benchmarks gpu` on the CPU with tiny settings: the same code a GPU runs, end to end.
 
 It runs the real command in a child process (small models, 2 steps, 1 and 2 sharing trials), reads
 its printed tables, and checks that `--save` writes entries the planner reads. Times are only
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from orchestrator.benchmarks.gpu import device_type
+from benchmarks.gpu import device_type
 from orchestrator.plan import STEP_TIMES, load_step_times, per_sample_seconds
 from tests.cli import REPO, kill_session
 
@@ -21,7 +21,7 @@ MODELS = ("clipseg", "unet")
 
 
 def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.bench", "gpu", *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", "gpu", *args], cwd=REPO,
                             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -12,11 +12,11 @@ from PIL import Image
 
 import datasets.decoded as decoded
 import datasets.shards as shards
+from benchmarks.together import start_together
 from datasets.cache import NodeCache
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardError, ShardStore
 from datasets.synthetic import synthetic_rows
-from orchestrator.benchmarks.together import start_together
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 
 SIZE = 64

@@ -6,8 +6,8 @@ from collections import defaultdict
 
 from cli import REPO
 
-# Data flows one way: prompts -> datasets -> trainables -> search_spaces -> orchestrator.
-FLOORS = ("prompts", "datasets", "trainables", "search_spaces", "orchestrator")
+# Data flows one way: prompts -> datasets -> trainables -> search_spaces -> orchestrator; benchmarks on top.
+FLOORS = ("prompts", "datasets", "trainables", "search_spaces", "orchestrator", "benchmarks")
 
 
 def modules() -> dict[str, ast.Module]:
@@ -79,3 +79,18 @@ def test_one_launch_path():
         # No Tuner of their own: only launch.fit builds one.
         assert not any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Tuner"
                        for node in ast.walk(found[name])), name
+
+
+def test_the_local_datasets_package_shadows_hugging_faces_and_nothing_needs_that_one():
+    """Run from the repository, `datasets` is this project's package; transformers, Ray and the models
+    import beside it and never reach for Hugging Face's `datasets`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, datasets, transformers, ray; import trainables.models, orchestrator.run; "
+            "from transformers import CLIPSegForImageSegmentation; "
+            "assert datasets.__file__.startswith(sys.argv[1]), datasets.__file__; "
+            "assert not any(m == 'datasets.arrow_dataset' for m in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PATH": "/usr/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -1,7 +1,7 @@
 """The node cache on a real S3 server on loopback: each shard downloaded once per node, checked, resumable, retried.
 
 The server is moto's, with a wrapper that counts the body bytes it serves per object
-(orchestrator/benchmarks/s3.py), so "downloaded once" is measured where the bytes leave.
+(benchmarks/s3.py), so "downloaded once" is measured where the bytes leave.
 """
 
 import hashlib
@@ -16,9 +16,9 @@ import pytest
 
 import datasets.cache as cache_module
 import datasets.shards as shards
+from benchmarks.s3 import bench_rows, counting_s3_server, run_trials, stop_server
 from datasets.cache import NodeCache
 from datasets.shards import ShardError, ShardStore
-from orchestrator.benchmarks.s3 import bench_rows, counting_s3_server, run_trials, stop_server
 
 
 @pytest.fixture(scope="module")

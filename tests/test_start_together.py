@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from orchestrator.benchmarks.together import start_together
+from benchmarks.together import start_together
 
 
 def die_before_the_barrier(code: int, barrier, results) -> None:

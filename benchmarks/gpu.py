@@ -1,10 +1,10 @@
 """Step time per model at the study's batch sizes, and frozen CLIPSeg trials sharing one device.
 
-    python -m orchestrator.bench gpu [--models ...] [--steps N] [--shares 1 2 4] [--save]
+    python -m benchmarks gpu [--models ...] [--steps N] [--shares 1 2 4] [--save]
 
 Part 1, per model, each in a fresh process (so its peak memory is its own): the median training
 step (forward, backward, AdamW) at the study's batch and input size, in the mode the study trained
-it (VLSMs frozen, CNNs end to end; ``--mode`` changes the VLSMs'), through ``trainables.bench``.
+it (VLSMs frozen, CNNs end to end; ``--mode`` changes the VLSMs'), through ``benchmarks.models``.
 For a frozen model that can run from the feature cache it also times what a grid trial runs: the
 decoder alone on encoder outputs kept as fp16 on the host (moved to the device every step, as the
 Trainer does), the encoders once per image (what building the cache costs), and an evaluation
@@ -68,8 +68,8 @@ def add_arguments(parser) -> None:
 # -- part 1: one model, one fresh process -------------------------------------------------------
 
 def measure_model(name: str, mode: str, size: str, batch: int, steps: int, device: str) -> dict:
-    """trainables.bench's step (encoders every step) plus, in frozen mode, the feature-cache path."""
-    from trainables.bench import measure
+    """benchmarks.models's step (encoders every step) plus, in frozen mode, the feature-cache path."""
+    from benchmarks.models import measure
 
     row = measure(name, mode, size, batch, steps, device)
     row.update(batch=batch, size=size)
@@ -295,7 +295,7 @@ def save(rows: list[dict], device: str, device_name: str, path: str | None) -> s
                      eval_step_ms=round(row["eval_s"] * 1000, 2), peak_gib=round(row["peak_gib"], 2))
         if cached:
             entry["cache_build_ms_per_row"] = round(row["encode_ms_per_row"], 3)
-        entry["source"] = (f"orchestrator.bench gpu on {device_name}, input {row['input']}, "
+        entry["source"] = (f"benchmarks gpu on {device_name}, input {row['input']}, "
                            + ("decoder on cached fp16 features (encoders every step: "
                               f"{row['step_s'] * 1000:.1f} ms)" if cached else "encoders every step")
                            + f", random init, {time.strftime('%Y-%m-%d')}")
@@ -329,7 +329,7 @@ def _fmt(value, spec: str, width: int) -> str:
 def run(args) -> int:
     import torch
 
-    from orchestrator.benchmarks.frozen import write_split_data
+    from benchmarks.frozen import write_split_data
     from trainables.models import model_inputs
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,7 +16,7 @@ from collections import Counter
 
 import numpy as np
 
-from orchestrator.benchmarks.together import start_together
+from benchmarks.together import start_together
 
 HELP = "bytes read from the S3 server while N trials start together: direct reads vs the node cache"
 

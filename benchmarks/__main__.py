@@ -1,8 +1,8 @@
 """Benchmarks that print the baseline and the new path side by side, with medians.
 
-    python -m orchestrator.bench {data,s3,frozen,grid,gpu} [options]
+    python -m benchmarks {data,s3,frozen,grid,gpu} [options]
 
-Each benchmark is a module of ``orchestrator.benchmarks`` with ``HELP``, ``add_arguments(parser)``
+Each benchmark is a module of ``benchmarks`` with ``HELP``, ``add_arguments(parser)``
 and ``run(args) -> int``; this file only dispatches.
 """
 
@@ -20,13 +20,13 @@ BENCHMARKS = ("data", "s3", "frozen", "grid", "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="python -m orchestrator.bench", description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="benchmark", required=True)
     for name in BENCHMARKS:
         try:
-            module = importlib.import_module(f"orchestrator.benchmarks.{name}")
+            module = importlib.import_module(f"benchmarks.{name}")
         except ModuleNotFoundError as e:
-            if e.name != f"orchestrator.benchmarks.{name}":
+            if e.name != f"benchmarks.{name}":
                 raise
             continue  # not built yet
         parser = sub.add_parser(name, help=module.HELP, description=module.HELP)

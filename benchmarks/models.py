@@ -1,6 +1,6 @@
 """Per-model train-step time and peak memory at the study's input sizes.
 
-    python -m trainables.bench [--models clipseg unet ...] [--size full] [--batch 2] [--steps 5]
+    python -m benchmarks.models [--models clipseg unet ...] [--size full] [--batch 2] [--steps 5]
 
 Each model runs in a fresh process, so its peak memory is its own: on CUDA the peak allocated by
 PyTorch, on the CPU the process's peak resident set. Steps are forward + backward + optimizer at
@@ -65,7 +65,7 @@ def _child(queue, *args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="python -m trainables.bench", description=__doc__.split("\n\n")[0])
+    top = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n\n")[0])
     top.add_argument("--models", nargs="+", choices=sorted(BUILDERS), default=sorted(BUILDERS),
                      help="models to measure (default: all)")
     top.add_argument("--size", choices=("full", "small"), default="full", help="architecture size (default: full)")
