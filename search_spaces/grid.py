@@ -216,7 +216,7 @@ def block_summary(blocks: tuple[Block, ...], selected: list[ExperimentSpec]) -> 
                          f"run once, reported in both")
     if any(b.finetuning for b in blocks):
         lines.append(f"finetuning experiments here: {finetuning} listed, {len(chosen)} to run; the paper counts "
-                     f"{PAPER_FINETUNING_TOTAL} (README, 'The study's grid', reconciles the two)")
+                     f"{PAPER_FINETUNING_TOTAL} (docs/study.md reconciles the two)")
     return lines
 
 

@@ -2,7 +2,7 @@
 planned from step times calibrated here, then run for real through the CLI.
 
 The timed comparison is loose on purpose (within 3x): this machine is shared. The 25% bar is
-checked by hand and reported in the README's "Speed" section.
+checked by hand and reported in docs/performance.md.
 """
 
 import json

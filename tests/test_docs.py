@@ -1,0 +1,67 @@
+"""The README fits a screen or two, its links resolve, and every flag a page shows in a command line
+exists in that command's --help."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+from cli import REPO
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+COMMAND = re.compile(r"python -m ((?:orchestrator\.run|datasets\.\w+|benchmarks(?:\.\w+)?)(?: [a-z_]+)?)")
+
+
+def command_lines(text: str) -> list[str]:
+    """Indented code lines and `inline` code that run a project command, continuations joined."""
+    lines, joined = [], ""
+    for line in text.splitlines():
+        if line.startswith("    "):
+            joined += " " + line.strip().rstrip("\\")
+            if line.rstrip().endswith("\\"):
+                continue
+            lines.append(joined.strip())
+        joined = ""
+    lines += re.findall(r"`(python -m [^`]+)`", text)
+    return [line for line in lines if COMMAND.search(line)]
+
+
+_HELP: dict[str, str] = {}
+
+
+def help_text(command: str) -> str:
+    """--help of `python -m MODULE [SUBCOMMAND]` (a subcommand only where the module has them)."""
+    if command not in _HELP:
+        module, _, sub = command.partition(" ")
+        done = subprocess.run([sys.executable, "-m", module, *([sub] if sub else []), "--help"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120,
+                              env={"PATH": "/usr/bin", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
+        if done.returncode != 0 and sub:  # a positional argument, not a subcommand
+            return help_text(module)
+        assert done.returncode == 0, done.stderr[-1000:]
+        _HELP[command] = done.stdout
+    return _HELP[command]
+
+
+def test_the_readme_fits_a_screen_or_two():
+    assert len((REPO / "README.md").read_bytes()) < 8 * 1024
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_links_resolve(page):
+    for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
+        if "://" not in target:
+            assert (page.parent / target).exists(), f"{page.name} links to {target}"
+
+
+def test_every_flag_shown_exists():
+    missing = []
+    for page in PAGES:
+        for line in command_lines(page.read_text()):
+            for match in COMMAND.finditer(line):
+                command = match.group(1)
+                rest = line[match.end():].split("python -m")[0]
+                for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+                    if flag not in help_text(command):
+                        missing.append(f"{page.name}: {command} {flag}")
+    assert not missing, missing
