@@ -87,7 +87,8 @@ def test_sharing_row_per_trial_count_with_positive_numbers(bench):
         assert number(row[2]) > 0 and number(row[3]) > 0 and number(row[4]) > 0 and number(row[5]) > 0, out
     assert number(one[4]) == 1.0 and number(one[5]) == 1.0
     assert number(two[2]) == pytest.approx(number(two[4]) * number(one[2]), rel=0.01)
-    assert number(two[5]) == pytest.approx(number(one[3]) / number(two[3]), rel=0.02)
+    # Printed to two decimals: half of the last digit is the rounding, however small the figure.
+    assert number(two[5]) == pytest.approx(number(one[3]) / number(two[3]), rel=0.02, abs=0.005)
 
 
 def test_save_writes_entries_the_planner_reads(bench):
