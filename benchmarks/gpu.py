@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
                         help="what the VLSMs train (default: frozen, as the study); CNNs always end to end")
     parser.add_argument("--size", choices=("full", "small"),
                         help="architecture size (default: full on CUDA, small on the CPU)")
-    parser.add_argument("--batch", type=int,
+    parser.add_argument("--batch-size", dest="batch", type=int,
                         help=f"batch size for every model (default: the study's on CUDA, {CPU_BATCH} on the CPU)")
     parser.add_argument("--steps", type=int,
                         help="timed steps per model, and steps per epoch of a sharing trial "

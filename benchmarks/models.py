@@ -1,6 +1,6 @@
 """Per-model train-step time and peak memory at the study's input sizes.
 
-    python -m benchmarks.models [--models clipseg unet ...] [--size full] [--batch 2] [--steps 5]
+    python -m benchmarks.models [--models clipseg unet ...] [--size full] [--batch-size 2] [--steps 5]
 
 Each model runs in a fresh process, so its peak memory is its own: on CUDA the peak allocated by
 PyTorch, on the CPU the process's peak resident set. Steps are forward + backward + optimizer at
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--size", choices=("full", "small"), default="full", help="architecture size (default: full)")
     top.add_argument("--mode", choices=("frozen", "finetune"),
                      help="training mode for the VLSMs (default: frozen, as the study); CNNs always finetune")
-    top.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
+    top.add_argument("--batch-size", dest="batch", type=int, default=2, help="batch size (default: 2)")
     top.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default: 5)")
     top.add_argument("--device", choices=("cpu", "cuda"),
                      help="where to run (default: cuda when available, else cpu)")

@@ -13,11 +13,11 @@ from prompts.templates import PROMPT_TYPES
 
 
 def split_dataset(args: argparse.Namespace) -> None:
-    """Without --dataset, the last part of the shard path names the dataset: ``shards/kvasir``."""
+    """Without --name, the last part of the shard path names the dataset: ``shards/kvasir``."""
     if args.dataset is None:
         args.shards, _, args.dataset = args.shards.rstrip("/").rpartition("/")
         if not args.shards or not args.dataset:
-            raise ShardError("name the dataset: --dataset NAME, or a path ending in it (e.g. data/shards/kvasir)")
+            raise ShardError("name the dataset: --name NAME, or a path ending in it (e.g. data/shards/kvasir)")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -80,8 +80,9 @@ def parser() -> argparse.ArgumentParser:
                           description="Print the prompt strings of the first N samples of a split, optionally "
                                       "with a perturbation applied as in the study's ablation.")
     show.add_argument("shards", help="shard root (a folder or s3://bucket/prefix), or ROOT/DATASET")
-    show.add_argument("--dataset", help="dataset name under the shard root (default: the path's last part)")
-    show.add_argument("--type", default="p6", help="prompt type, p0..pN (default: p6)")
+    show.add_argument("--name", dest="dataset", metavar="NAME",
+                      help="dataset name under the shard root (default: the path's last part)")
+    show.add_argument("--prompts", dest="type", default="p6", metavar="P", help="prompt type, p0..pN (default: p6)")
     show.add_argument("--split", default="train", help="split to read (default: train)")
     show.add_argument("-n", type=int, default=5, help="how many samples (default: 5)")
     show.add_argument("--perturb", metavar="KIND[:ATTRIBUTE]",
@@ -92,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
                                           "from the mask and image; the rest from metadata), render every prompt "
                                           "type of the family, and write the dataset's shards again.")
     generate.add_argument("shards", help="shard root (a folder or s3://bucket/prefix), or ROOT/DATASET")
-    generate.add_argument("--dataset", help="dataset name under the shard root (default: the path's last part)")
+    generate.add_argument("--name", dest="dataset", metavar="NAME",
+                          help="dataset name under the shard root (default: the path's last part)")
     generate.add_argument("--family", choices=sorted(PROMPT_TYPES),
                           help="template family (default: the one the manifest names)")
     generate.add_argument("--to", help="write to this shard root instead of rewriting in place")

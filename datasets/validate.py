@@ -1,4 +1,4 @@
-"""``python -m datasets.validate <root> [--dataset NAME] [--strict-overlap]``: check every row of every shard.
+"""``python -m datasets.validate <root> [--datasets NAME ...] [--strict-overlap]``: check every row of every shard.
 
 Per dataset: the manifest parses; every file it lists exists, matches its sha256 and row count, and
 the split counts add up; every row has the dataset's name and split, a unique sample_id, an image
@@ -9,7 +9,7 @@ per dataset or each problem with file, row and field.
 
 Then, across datasets: images or masks that two datasets share (datasets.overlap), hashed from the
 rows decoded here, so datasets ingested before hashes were recorded are covered too (datasets not
-checked in this run, with --dataset, by their recorded hashes). Each pair is printed as an OVERLAP
+checked in this run, with --datasets, by their recorded hashes). Each pair is printed as an OVERLAP
 line naming both, the counts and a few sample ids. It is a finding, not a fault of the shards (the
 study's own CVC-300 annotations copy ColonDB's): it does not fail validation unless
 --strict-overlap. A run over the whole root records it in ``<root>/overlap.json`` for other tools.
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datasets.validate",
                                      description="Check every row of the shards under a root (folder or s3://).")
     parser.add_argument("root", help="shard root: a folder or s3://bucket/prefix")
-    parser.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: all)")
+    parser.add_argument("--datasets", dest="dataset", nargs="+", metavar="NAME",
+                        help="only these datasets (default: all)")
     parser.add_argument("--strict-overlap", action="store_true",
                         help="exit 1 when two datasets share an image or a mask (default: print each such "
                              "OVERLAP, record it in <root>/overlap.json, exit 0)")

@@ -331,7 +331,7 @@ def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_sto
                         "the CLIPSeg family's decoder alone, CRIS and the CNNs end to end), or end_to_end (the "
                         "opt-in end_to_end block; also searches the encoders' LR scale)")
     p.add_argument("--mode", choices=("frozen", "finetune"), help="what trains, overriding --regime")
-    p.add_argument("--prompt", default=HPO_PROMPT,
+    p.add_argument("--prompts", dest="prompt", default=HPO_PROMPT, metavar="P",
                    help=f"prompt type on every dataset (default: {HPO_PROMPT}, a draw among P1..PN per sample)")
     p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, metavar="N",
                    help=f"settings to try (default: {NUM_SAMPLES}: TPE models ~20 finished trials after its 10 "

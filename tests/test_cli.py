@@ -54,3 +54,24 @@ def test_project_datasets_package_does_not_break_transformers_or_ray():
             "CLIPSegForImageSegmentation(CLIPSegConfig())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_one_flag_name_per_concept():
+    """Batch size, prompt types and datasets have one flag name in every command of every package."""
+    import ast
+
+    from cli import REPO
+
+    synonyms = {"--batch": "--batch-size", "--type": "--prompts", "--prompt": "--prompts",
+                "--dataset": "--datasets (a list) or --name (one dataset's name)"}
+    found = []
+    for path in REPO.glob("*/**/*.py"):
+        if path.parts[len(REPO.parts)] in ("tests", ".venv"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_argument" and node.args
+                    and isinstance(node.args[0], ast.Constant) and node.args[0].value in synonyms):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.args[0].value}: "
+                             f"use {synonyms[node.args[0].value]}")
+    assert not found, found

@@ -83,7 +83,7 @@ def test_tokenizer_produces_real_ids(name):
 def test_bench_prints_step_time_and_memory_per_model(capsys):
     from benchmarks.models import main
 
-    assert main(["--size", "small", "--steps", "1", "--batch", "2", "--models", "clipseg", "unet"]) == 0
+    assert main(["--size", "small", "--steps", "1", "--batch-size", "2", "--models", "clipseg", "unet"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == {"clipseg", "unet"}

@@ -19,15 +19,15 @@ def rows(dataset, sizes=(("train", 30), ("test", 10)), metadata=None):
 def test_show_prints_prompts_and_perturbations(tmp_path, capsys):
     ShardStore(str(tmp_path)).write_dataset("tiny", rows("tiny"), [f"p{i}" for i in range(10)], "non_radiology")
     written = next(rows("tiny"))
-    assert main(["show", str(tmp_path), "--dataset", "tiny", "--type", "p6", "-n", "1"]) == 0
+    assert main(["show", str(tmp_path), "--name", "tiny", "--prompts", "p6", "-n", "1"]) == 0
     assert repr(written["p6"][0]) in capsys.readouterr().out
-    assert main(["show", f"{tmp_path}/tiny", "--type", "p6", "-n", "1"]) == 0  # ROOT/DATASET
+    assert main(["show", f"{tmp_path}/tiny", "--prompts", "p6", "-n", "1"]) == 0  # ROOT/DATASET
     assert repr(written["p6"][0]) in capsys.readouterr().out
-    assert main(["show", str(tmp_path), "--dataset", "tiny", "--type", "p6", "-n", "1",
+    assert main(["show", str(tmp_path), "--name", "tiny", "--prompts", "p6", "-n", "1",
                  "--perturb", "random_word:color"]) == 0
     shown = capsys.readouterr().out
     assert written["metadata"]["attr.color"] not in shown and written["metadata"]["attr.shape"] in shown
-    assert main(["show", str(tmp_path), "--dataset", "nope"]) == 2
+    assert main(["show", str(tmp_path), "--name", "nope"]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
 
 
@@ -35,9 +35,9 @@ def test_generate_recovers_the_generators_prompts_from_pixels(tmp_path, capsys):
     store = ShardStore(str(tmp_path / "bare"))
     # Shards without prompts or attributes: only images, masks and class names.
     store.write_dataset("tiny", rows("tiny", metadata={}), ["p0"])
-    assert main(["generate", str(tmp_path / "bare"), "--dataset", "tiny"]) == 2
+    assert main(["generate", str(tmp_path / "bare"), "--name", "tiny"]) == 2
     assert "--family" in capsys.readouterr().err
-    assert main(["generate", str(tmp_path / "bare"), "--dataset", "tiny", "--family", "non_radiology"]) == 0
+    assert main(["generate", str(tmp_path / "bare"), "--name", "tiny", "--family", "non_radiology"]) == 0
     manifest = store.manifest("tiny")
     assert manifest.prompt_types == tuple(f"p{i}" for i in range(10))
     assert manifest.prompt_family == "non_radiology"
@@ -55,14 +55,14 @@ def test_generate_recovers_the_generators_prompts_from_pixels(tmp_path, capsys):
         same_p6 += row["p6"] == truth["p6"]
     assert same_p6 >= 0.9 * len(generated)
     # The dataset has prompts now: generating again needs --overwrite.
-    assert main(["generate", str(tmp_path / "bare"), "--dataset", "tiny"]) == 2
+    assert main(["generate", str(tmp_path / "bare"), "--name", "tiny"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
 def test_generate_uses_metadata_for_radiology_families(tmp_path):
     camus = {"label": "1", "view": "2CH", "phase": "ED", "sex": "F", "age": "56", "image_quality": "Good"}
     ShardStore(str(tmp_path)).write_dataset("echo", rows("echo", (("train", 3),), camus), ["p0"])
-    assert main(["generate", str(tmp_path), "--dataset", "echo", "--family", "camus", "--to",
+    assert main(["generate", str(tmp_path), "--name", "echo", "--family", "camus", "--to",
                  str(tmp_path / "out")]) == 0
     row = next(ShardStore(str(tmp_path / "out")).iter_rows("echo", "train"))
     assert row["p6"] == [
@@ -77,7 +77,7 @@ def test_generate_uses_metadata_for_radiology_families(tmp_path):
 
 def test_generate_names_the_row_whose_metadata_is_bad(tmp_path, capsys):
     ShardStore(str(tmp_path)).write_dataset("echo", rows("echo", (("train", 2),), {"label": "7"}), ["p0"])
-    assert main(["generate", str(tmp_path), "--dataset", "echo", "--family", "camus"]) == 2
+    assert main(["generate", str(tmp_path), "--name", "echo", "--family", "camus"]) == 2
     err = capsys.readouterr().err
     assert "split 'train' row 0 (sample_id 'echo-train-00000')" in err and "'label'" in err
 
@@ -87,5 +87,5 @@ def test_help_documents_every_flag(command):
     out = subprocess.run([sys.executable, "-m", "datasets.prompts", command, "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0
-    for flag in ("--dataset", "-n", "--perturb") if command == "show" else ("--family", "--to", "--overwrite"):
+    for flag in ("--name", "-n", "--perturb") if command == "show" else ("--family", "--to", "--overwrite"):
         assert flag in out.stdout

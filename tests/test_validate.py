@@ -64,7 +64,7 @@ def test_one_dataset_of_a_folder(tmp_path):
     bad = rows("other", (("train", 2),))
     bad[0]["mask"] = b"not an image"
     store.write_dataset("other", bad, NON_RADIOLOGY_PROMPT_TYPES)
-    assert run_validate(str(tmp_path), "--dataset", "tiny").returncode == 0
+    assert run_validate(str(tmp_path), "--datasets", "tiny").returncode == 0
     everything = run_validate(str(tmp_path))
     assert everything.returncode == 1
     assert "FAILED other: 1 problem(s)" in everything.stdout and "OK tiny" in everything.stdout
@@ -129,7 +129,7 @@ def test_corrupt_file_bytes(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (("{root}",), "no datasets (no */manifest.json) under"),
-    (("{root}", "--dataset", "nope"), "unknown dataset 'nope'"),
+    (("{root}", "--datasets", "nope"), "unknown dataset 'nope'"),
 ])
 def test_nothing_to_validate_fails(tmp_path, args, message):
     result = run_validate(*(a.format(root=tmp_path) for a in args))
