@@ -132,7 +132,8 @@ def parser() -> argparse.ArgumentParser:
     from search_spaces.grid import PROFILES, STUDY_BLOCKS
 
     top = argparse.ArgumentParser(
-        prog="python -m orchestrator.run",
+        # The console script (vlsm-tune) or the module, as the user ran it.
+        prog="vlsm-tune" if os.path.basename(sys.argv[0]) == "vlsm-tune" else "python -m orchestrator.run",
         description="Run the VLSM transfer-learning study as Ray Tune trials and tabulate the results.")
     sub = top.add_subparsers(dest="command", required=True, metavar="{grid,report,status,hpo,zeroshot,ablate,ood,plan}")
 

@@ -75,3 +75,12 @@ def test_one_flag_name_per_concept():
                 found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.args[0].value}: "
                              f"use {synonyms[node.args[0].value]}")
     assert not found, found
+
+
+def test_the_console_script_is_the_command_line():
+    from importlib.metadata import entry_points
+
+    from orchestrator.run import main
+
+    [script] = entry_points(group="console_scripts", name="vlsm-tune")
+    assert script.load() is main

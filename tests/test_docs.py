@@ -10,6 +10,7 @@ from cli import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 COMMAND = re.compile(r"python -m ((?:orchestrator\.run|datasets\.\w+|benchmarks(?:\.\w+)?)(?: [a-z_]+)?)")
+SCRIPT = re.compile(r"\bvlsm-tune ")  # the console script is python -m orchestrator.run
 
 
 def command_lines(text: str) -> list[str]:
@@ -23,7 +24,8 @@ def command_lines(text: str) -> list[str]:
             lines.append(joined.strip())
         joined = ""
     lines += re.findall(r"`(python -m [^`]+)`", text)
-    return [line for line in lines if COMMAND.search(line)]
+    return [SCRIPT.sub("python -m orchestrator.run ", line) for line in lines
+            if COMMAND.search(line) or SCRIPT.search(line)]
 
 
 _HELP: dict[str, str] = {}
@@ -62,6 +64,6 @@ def test_every_flag_shown_exists():
                 command = match.group(1)
                 rest = line[match.end():].split("python -m")[0]
                 for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
-                    if flag not in help_text(command):
+                    if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text(command)):
                         missing.append(f"{page.name}: {command} {flag}")
     assert not missing, missing

@@ -11,7 +11,8 @@ from cli import run_cli
 
 from datasets.shards import ShardStore
 from datasets.synthetic import synthetic_rows
-from orchestrator.hpo import SEARCH_FILE, apply_selections, check_same_search, grid_epochs, search_name, select_setting
+from orchestrator.hpo import check_same_search, grid_epochs, select_setting
+from orchestrator.selection import SEARCH_FILE, apply_selections, search_name
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from search_spaces.hpo import BATCH_SIZES, LR_RANGE, OPTIMIZERS, SCHEDULERS
 
