@@ -160,7 +160,8 @@ def test_a_stopped_search_continues_its_trials_from_their_checkpoints(tmp_path):
     trials = selection["trials"]
     assert len(trials) == 2 and all(set(t["best_val_dice"]) == set(DATASETS) for t in trials)
     resumed = [t["resumed_from_epoch"] for t in trials if t["resumed_from_epoch"] is not None]
-    assert resumed and all(2 <= r < epochs for r in resumed), trials
+    # The kill waited for one trial's checkpoint after epoch 2; the other may have stopped earlier.
+    assert resumed and all(1 <= r < epochs for r in resumed) and max(resumed) >= 2, trials
 
 
 def test_each_regime_searches_in_its_own_folder_and_a_folder_holds_one_search(tmp_path):
