@@ -13,6 +13,8 @@ import importlib
 import os
 import sys
 
+from datasets.cli import DefaultsHelpFormatter
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,7 +22,8 @@ BENCHMARKS = ("data", "s3", "frozen", "grid", "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
+                                  formatter_class=DefaultsHelpFormatter)
     sub = top.add_subparsers(dest="benchmark", required=True)
     for name in BENCHMARKS:
         try:
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             if e.name != f"benchmarks.{name}":
                 raise
             continue  # not built yet
-        parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        parser = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=DefaultsHelpFormatter)
         module.add_arguments(parser)
         parser.set_defaults(run=module.run)
     args = top.parse_args(argv)

@@ -14,25 +14,31 @@ import statistics
 import tempfile
 import time
 
+from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
+from search_spaces.defaults import training_defaults
+from trainables.models import build_model, build_tokenizer, encoder_prefixes, model_inputs
+
+# `python -m benchmarks --help` imports this module, so what loads PyTorch (the Trainer, the feature cache, the
+# decoded splits), pyarrow (datasets.shards) or scipy (datasets.synthetic) is imported in the functions that use it.
+
 HELP = "epoch time of frozen CLIPSeg and BiomedCLIPSeg with and without the frozen-feature cache"
 MODELS = ("clipseg", "biomedclipseg")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=("clipseg", "cris", "biomedclipseg"),
-                        help="models to measure (default: clipseg biomedclipseg)")
-    parser.add_argument("--size", choices=("full", "small"), default="full", help="architecture size (default: full)")
-    parser.add_argument("--train-images", type=int, default=16, help="training images (default: 16)")
-    parser.add_argument("--val-images", type=int, default=4, help="validation images (default: 4)")
-    parser.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path (default: 2)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+                        help="models to measure")
+    parser.add_argument("--size", choices=("full", "small"), default="full", help="architecture size")
+    parser.add_argument("--train-images", type=int, default=16, help="training images")
+    parser.add_argument("--val-images", type=int, default=4, help="validation images")
+    parser.add_argument("--batch-size", type=int, default=4, help="batch size")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path")
+    parser.add_argument("--threads", type=int, help="torch threads (none: torch's choice)")
 
 
 def write_split_data(root: str, train: int, val: int) -> None:
     from datasets.shards import ShardStore
     from datasets.synthetic import synthetic_rows
-    from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 
     sizes = (("train", train), ("val", val), ("test", 1))
     rows = itertools.chain.from_iterable(synthetic_rows("bench", s, n, 0.5, seed=7) for s, n in sizes)
@@ -44,9 +50,7 @@ def measure(model_name: str, args, data: str, cache_root: str) -> dict:
 
     from datasets.segmentation import SegmentationSplit
     from datasets.shards import ShardStore
-    from search_spaces.defaults import training_defaults
     from trainables.feature_cache import FeatureCache
-    from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs
     from trainables.trainer import TrainConfig, Trainer
 
     inputs = model_inputs(model_name, args.size)
@@ -68,7 +72,7 @@ def measure(model_name: str, args, data: str, cache_root: str) -> dict:
         return times
 
     plain = epochs(Trainer(model, tokenizer, inputs, config, train, val), args.epochs)
-    cache = FeatureCache(model, tokenizer, inputs, model_name, ENCODER_PREFIXES[model_name], root=cache_root)
+    cache = FeatureCache(model, tokenizer, inputs, model_name, encoder_prefixes(model_name), root=cache_root)
     cached = epochs(Trainer(model, tokenizer, inputs, config, train, val, feature_cache=cache), args.epochs + 1)
     return {"model": model_name, "input": inputs.input_size, "plain": statistics.median(plain),
             "first": cached[0], "cached": statistics.median(cached[1:]),

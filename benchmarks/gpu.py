@@ -8,7 +8,9 @@ it (VLSMs frozen, CNNs end to end; ``--mode`` changes the VLSMs'), through ``ben
 For a frozen model that can run from the feature cache it also times what a grid trial runs: the
 decoder alone on encoder outputs kept as fp16 on the host (moved to the device every step, as the
 Trainer does), the encoders once per image (what building the cache costs), and an evaluation
-batch. ``--save`` writes these into the planner's step-time table under the device type.
+batch. ``--save`` writes these under the device type into this user's step-time file
+(``$VLSM_CACHE/step_times.json``, which the planner reads over the shipped table), never into the
+source tree; to ship them, copy the device's entries into ``search_spaces/step_times.json`` in a commit.
 
 Part 2: 1, 2 and 4 processes, each training frozen CLIPSeg through the real Trainer (by default on
 the feature cache, as the grid runs it; ``--features live`` runs the encoders every step) while
@@ -25,44 +27,52 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import queue as queues
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 
+from benchmarks.frozen import write_split_data
+from search_spaces.defaults import training_defaults
+from trainables.models import build_model, build_tokenizer, card, encoder_prefixes, model_inputs, model_names
+
+# `python -m benchmarks --help` imports this module, so what loads PyTorch (the models, the Trainer, the feature
+# cache) or pyarrow (datasets.*, search_spaces.estimates, orchestrator.plan) is imported in the functions that use it.
+
 HELP = "step time per model at the study's batch sizes, and 1/2/4 frozen CLIPSeg trials sharing one GPU"
-CNNS = ("unet", "unetpp", "deeplabv3plus")
 SHARED_MODEL = "clipseg"
 CPU_BATCH = 2  # the CPU stand-in for the study's batches
 BARRIER_TIMEOUT_S = 1800  # building the feature cache of the first process happens before the barrier
 
 
 def add_arguments(parser) -> None:
-    from trainables.models import BUILDERS
-
-    parser.add_argument("--models", nargs="*", choices=sorted(BUILDERS), default=sorted(BUILDERS),
-                        help="models for the step times (default: all; none skips part 1)")
+    parser.add_argument("--models", nargs="*", choices=model_names(), default=model_names(study_only=True),
+                        help="models for the step times (--models alone skips part 1)")
     parser.add_argument("--mode", choices=("frozen", "finetune"),
-                        help="what the VLSMs train (default: frozen, as the study); CNNs always end to end")
+                        help="what the VLSMs train (none: frozen, as the study); CNNs always end to end")
     parser.add_argument("--size", choices=("full", "small"),
-                        help="architecture size (default: full on CUDA, small on the CPU)")
+                        help="architecture size (none: full on CUDA, small on the CPU)")
     parser.add_argument("--batch-size", dest="batch", type=int,
-                        help=f"batch size for every model (default: the study's on CUDA, {CPU_BATCH} on the CPU)")
+                        help=f"batch size for every model (none: the study's on CUDA, {CPU_BATCH} on the CPU)")
     parser.add_argument("--steps", type=int,
                         help="timed steps per model, and steps per epoch of a sharing trial "
-                             "(default: 10 on CUDA, 3 on the CPU)")
+                             "(none: 10 on CUDA, 3 on the CPU)")
     parser.add_argument("--shares", nargs="*", type=int, default=[1, 2, 4],
-                        help="numbers of frozen CLIPSeg trials sharing the device (default: 1 2 4; none skips)")
+                        help="numbers of frozen CLIPSeg trials sharing the device (--shares alone skips part 2)")
     parser.add_argument("--features", choices=("cached", "live"), default="cached",
-                        help="sharing trials train on the feature cache (default, as the grid) or run the "
-                             "encoders every step")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per sharing trial (default: 3)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+                        help="sharing trials train on the feature cache (cached, as the grid) or run the "
+                             "encoders every step (live)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per sharing trial")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="where to run (none: cuda when available, else cpu)")
     parser.add_argument("--save", action="store_true",
                         help="store the step times in the planner's table under --gpu-type")
-    parser.add_argument("--gpu-type", help="device type to store under (default: from the GPU's name, or cpu)")
-    parser.add_argument("--step-times", help="step-time table (default: the repo's search_spaces/step_times.json)")
+    parser.add_argument("--gpu-type", help="device type to store under (none: from the GPU's name, or cpu)")
+    parser.add_argument("--step-times", metavar="JSON",
+                        help="step-time table --save writes to; without it, this user's "
+                             "($VLSM_CACHE/step_times.json), which the planner reads over the shipped table")
 
 
 # -- part 1: one model, one fresh process -------------------------------------------------------
@@ -82,7 +92,6 @@ def _measure_cached_and_eval(name: str, mode: str, size: str, batch: int, steps:
 
     from trainables.feature_cache import supports_feature_cache
     from trainables.losses import dice_bce_loss
-    from trainables.models import build_model, model_inputs
 
     def timed(fn, repeats: int) -> float:
         times = []
@@ -176,16 +185,12 @@ def _model_child(queue, *args) -> None:
 
 
 def study_batch(model: str) -> int:
-    from search_spaces.defaults import training_defaults
-
     return training_defaults(model)["batch_size"]
 
 
 def collect(queue, children: list) -> list[dict]:
     """One result per child; a child that died without one (killed for memory, a crash in CUDA) gives
     an error row, and the others, which would wait for it at the barrier, are stopped."""
-    import queue as queues
-
     rows: list[dict] = []
     while len(rows) < len(children):
         try:
@@ -220,9 +225,7 @@ def _share_trial(barrier, shares: int, threads: int, size: str, batch: int, epoc
 
     from datasets.segmentation import SegmentationSplit
     from datasets.shards import ShardStore
-    from search_spaces.defaults import training_defaults
     from trainables.feature_cache import FeatureCache
-    from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs
     from trainables.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(threads)
@@ -234,7 +237,7 @@ def _share_trial(barrier, shares: int, threads: int, size: str, batch: int, epoc
     model = build_model(SHARED_MODEL, "frozen", size)
     tokenizer = build_tokenizer(SHARED_MODEL)
     config = TrainConfig(lr=training_defaults(SHARED_MODEL)["lr"], batch_size=batch, max_epochs=10**6)
-    cache = (FeatureCache(model, tokenizer, inputs, SHARED_MODEL, ENCODER_PREFIXES[SHARED_MODEL], root=cache_root)
+    cache = (FeatureCache(model, tokenizer, inputs, SHARED_MODEL, encoder_prefixes(SHARED_MODEL), root=cache_root)
              if features == "cached" else None)
     trainer = Trainer(model, tokenizer, inputs, config, train, None, device=torch.device(device), feature_cache=cache)
     trainer.train_epoch()  # builds or reads the feature cache and warms up, before the others start
@@ -282,15 +285,16 @@ def device_type(name: str) -> str:
 
 
 def save(rows: list[dict], device: str, device_name: str, path: str | None) -> str:
-    from orchestrator.plan import STEP_TIMES, load_step_times, save_step_times
+    """Store the rows' step times under ``device`` in ``path``, or with None in this user's step-time
+    file (``search_spaces.estimates.user_step_times``; never the shipped table). Returns the file."""
+    from search_spaces.estimates import load_step_times, save_step_times
 
-    path = path or STEP_TIMES
-    table = load_step_times(path)
-    entries = table["devices"].setdefault(device, {})
+    known = load_step_times(path)["devices"].get(device, {})
+    entries = {}
     for row in rows:
         key = f"{row['model']}/{row['mode']}/{row['size']}"
         cached = row["cached_s"] is not None
-        entry = {k: v for k, v in entries.get(key, {}).items() if k in ("setup_s", "start_s")}  # batch-free
+        entry = {k: v for k, v in known.get(key, {}).items() if k in ("setup_s", "start_s")}  # batch-free
         entry.update(batch=row["batch"], step_ms=round((row["cached_s"] if cached else row["step_s"]) * 1000, 2),
                      eval_step_ms=round(row["eval_s"] * 1000, 2), peak_gib=round(row["peak_gib"], 2))
         if cached:
@@ -300,8 +304,7 @@ def save(rows: list[dict], device: str, device_name: str, path: str | None) -> s
                               f"{row['step_s'] * 1000:.1f} ms)" if cached else "encoders every step")
                            + f", random init, {time.strftime('%Y-%m-%d')}")
         entries[key] = entry
-    save_step_times(table, path)
-    return path
+    return save_step_times({"devices": {device: entries}}, path)
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -329,9 +332,14 @@ def _fmt(value, spec: str, width: int) -> str:
 def run(args) -> int:
     import torch
 
-    from benchmarks.frozen import write_split_data
-    from trainables.models import model_inputs
+    from search_spaces.estimates import load_step_times, ship_hint
 
+    if args.save:
+        try:
+            load_step_times(args.step_times)  # a table that cannot be read stops here, before the measuring
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 2
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = args.device == "cuda"
     args.size = args.size or ("full" if on_cuda else "small")
@@ -351,7 +359,7 @@ def run(args) -> int:
               f"{'eval (s)':>9} {'encode ms/img':>13} {'peak GiB':>9} {'cached GiB':>10}")
         context = multiprocessing.get_context("spawn")
         for model in args.models:
-            mode = "finetune" if model in CNNS else (args.mode or "frozen")
+            mode = "finetune" if card(model).family == "cnn" else (args.mode or "frozen")
             batch = args.batch or (study_batch(model) if on_cuda else CPU_BATCH)
             queue = context.Queue()
             child = context.Process(target=_model_child,
@@ -404,5 +412,7 @@ def run(args) -> int:
     if args.save and rows:
         device = args.gpu_type or (device_type(name) if on_cuda else "cpu")
         print(f"\nstored {len(rows)} entries under {device!r} in {save(rows, device, name, args.step_times)}")
+        if not args.step_times:
+            print(ship_hint(device))
     return 0
 

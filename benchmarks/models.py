@@ -18,8 +18,9 @@ import time
 
 import torch
 
+from datasets.cli import DefaultsHelpFormatter
 from trainables.losses import dice_bce_loss
-from trainables.models import BUILDERS, build_model, model_inputs
+from trainables.models import build_model, model_inputs, model_names
 
 
 def measure(name: str, mode: str, size: str, batch: int, steps: int, device: str) -> dict:
@@ -65,16 +66,17 @@ def _child(queue, *args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n\n")[0])
-    top.add_argument("--models", nargs="+", choices=sorted(BUILDERS), default=sorted(BUILDERS),
-                     help="models to measure (default: all)")
-    top.add_argument("--size", choices=("full", "small"), default="full", help="architecture size (default: full)")
+    top = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n\n")[0],
+                                  formatter_class=DefaultsHelpFormatter)
+    top.add_argument("--models", nargs="+", choices=model_names(), default=model_names(study_only=True),
+                     help="models to measure")
+    top.add_argument("--size", choices=("full", "small"), default="full", help="architecture size")
     top.add_argument("--mode", choices=("frozen", "finetune"),
-                     help="training mode for the VLSMs (default: frozen, as the study); CNNs always finetune")
-    top.add_argument("--batch-size", dest="batch", type=int, default=2, help="batch size (default: 2)")
-    top.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default: 5)")
+                     help="training mode for the VLSMs (none: frozen, as the study); CNNs always finetune")
+    top.add_argument("--batch-size", dest="batch", type=int, default=2, help="batch size")
+    top.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     top.add_argument("--device", choices=("cpu", "cuda"),
-                     help="where to run (default: cuda when available, else cpu)")
+                     help="where to run (none: cuda when available, else cpu)")
     args = top.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass
 
 from datasets.cache import CACHE_ENV, DEFAULT_CACHE, cache_root
+from datasets.cli import DefaultsHelpFormatter
 
 KINDS = ("shards", "decoded", "features")
 CACHE_FOLDERS = (*KINDS, "verified")
@@ -212,13 +213,15 @@ def prune(root: str, max_bytes: float | None, older_than_s: float | None, dry_ru
 
 
 def main(argv: list[str] | None = None) -> int:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--cache", help=f"the cache folder (default: ${CACHE_ENV}, else {DEFAULT_CACHE})")
-    parser = argparse.ArgumentParser(prog="python -m datasets.cache_usage",
+    common = argparse.ArgumentParser(add_help=False, formatter_class=DefaultsHelpFormatter)
+    common.add_argument("--cache", help=f"the cache folder (none: ${CACHE_ENV}, else {DEFAULT_CACHE})")
+    parser = argparse.ArgumentParser(prog="python -m datasets.cache_usage", formatter_class=DefaultsHelpFormatter,
                                      description="See and reclaim the node cache's disk (shards, decoded, features).")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", parents=[common], help="every entry with its size and last use, then the totals")
-    p = commands.add_parser("prune", parents=[common], help="remove least recently used or old entries")
+    commands.add_parser("list", parents=[common], help="every entry with its size and last use, then the totals",
+                        formatter_class=DefaultsHelpFormatter)
+    p = commands.add_parser("prune", parents=[common], help="remove least recently used or old entries",
+                            formatter_class=DefaultsHelpFormatter)
     p.add_argument("--max-gb", type=float, help="remove least recently used entries until at most this many GB stay")
     p.add_argument("--older-than-days", type=float, help="remove every entry unused for more than this many days")
     p.add_argument("--dry-run", action="store_true", help="print what would go and the bytes freed; remove nothing")

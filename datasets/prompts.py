@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from datasets.cli import DefaultsHelpFormatter
 from datasets.shards import ShardError, ShardStore
 from prompts.generate import row_attributes, row_prompts
 from prompts.metadata import store_attributes, stored_attributes
@@ -73,30 +74,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m datasets.prompts",
+    top = argparse.ArgumentParser(prog="python -m datasets.prompts", formatter_class=DefaultsHelpFormatter,
                                   description="Show or generate a dataset's prompts.")
     sub = top.add_subparsers(dest="command", required=True, metavar="{show,generate}")
-    show = sub.add_parser("show", help="print a few samples' prompts",
+    show = sub.add_parser("show", help="print a few samples' prompts", formatter_class=DefaultsHelpFormatter,
                           description="Print the prompt strings of the first N samples of a split, optionally "
                                       "with a perturbation applied as in the study's ablation.")
     show.add_argument("shards", help="shard root (a folder or s3://bucket/prefix), or ROOT/DATASET")
     show.add_argument("--name", dest="dataset", metavar="NAME",
-                      help="dataset name under the shard root (default: the path's last part)")
-    show.add_argument("--prompts", dest="type", default="p6", metavar="P", help="prompt type, p0..pN (default: p6)")
-    show.add_argument("--split", default="train", help="split to read (default: train)")
-    show.add_argument("-n", type=int, default=5, help="how many samples (default: 5)")
+                      help="dataset name under the shard root (none: the path's last part)")
+    show.add_argument("--prompts", dest="type", default="p6", metavar="P", help="prompt type, p0..pN")
+    show.add_argument("--split", default="train", help="split to read")
+    show.add_argument("-n", type=int, default=5, help="how many samples")
     show.add_argument("--perturb", metavar="KIND[:ATTRIBUTE]",
                       help=f"apply a perturbation: {', '.join(KINDS)}, e.g. opposite:location")
     show.set_defaults(func=cmd_show)
     generate = sub.add_parser("generate", help="write prompts generated from masks, images and metadata",
+                              formatter_class=DefaultsHelpFormatter,
                               description="Compute each row's attributes (number, size, location, shape, colour "
                                           "from the mask and image; the rest from metadata), render every prompt "
                                           "type of the family, and write the dataset's shards again.")
     generate.add_argument("shards", help="shard root (a folder or s3://bucket/prefix), or ROOT/DATASET")
     generate.add_argument("--name", dest="dataset", metavar="NAME",
-                          help="dataset name under the shard root (default: the path's last part)")
+                          help="dataset name under the shard root (none: the path's last part)")
     generate.add_argument("--family", choices=sorted(PROMPT_TYPES),
-                          help="template family (default: the one the manifest names)")
+                          help="template family (none: the one the manifest names)")
     generate.add_argument("--to", help="write to this shard root instead of rewriting in place")
     generate.add_argument("--overwrite", action="store_true", help="replace prompts the dataset already has")
     generate.set_defaults(func=cmd_generate)

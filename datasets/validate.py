@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from datasets.cli import DefaultsHelpFormatter
 from datasets.decoded import decode_mask
 from datasets.overlap import OVERLAP_NAME, ContentIndex, Overlap, overlaps, read_index, recorded_index
 from datasets.shards import BASE_FIELDS, Manifest, ShardError, ShardStore, write_atomically
@@ -225,13 +226,13 @@ def record_overlaps(store: ShardStore, compared: list[str], found: list[Overlap]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.validate",
+    parser = argparse.ArgumentParser(prog="python -m datasets.validate", formatter_class=DefaultsHelpFormatter,
                                      description="Check every row of the shards under a root (folder or s3://).")
     parser.add_argument("root", help="shard root: a folder or s3://bucket/prefix")
     parser.add_argument("--datasets", dest="dataset", nargs="+", metavar="NAME",
-                        help="only these datasets (default: all)")
+                        help="only these datasets (none: every one under the root)")
     parser.add_argument("--strict-overlap", action="store_true",
-                        help="exit 1 when two datasets share an image or a mask (default: print each such "
+                        help="exit 1 when two datasets share an image or a mask (without it: print each such "
                              "OVERLAP, record it in <root>/overlap.json, exit 0)")
     args = parser.parse_args(argv)
     try:

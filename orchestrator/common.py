@@ -11,8 +11,14 @@ import json
 import sys
 
 from datasets.shards import ShardStore
+from datasets.synthetic import write_synthetic
+from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
+from orchestrator.report import write_report
 from orchestrator.selection import apply_selections
-from search_spaces.experiment import CHOICES, HYPERPARAMETERS, MODEL_OPTION_FIELDS, ExperimentSpec
+from search_spaces.experiment import CHOICES, HYPERPARAMETERS, ExperimentSpec
+from search_spaces.fidelity import as_released
+from search_spaces.grid import PROFILE_SYNTHETIC, profile_specs
+from trainables.models import card, cards
 
 DEFAULT_DATA = "data/shards"
 DEFAULT_STORAGE = "runs"
@@ -30,10 +36,7 @@ def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
     """The profile's (or blocks') specs with the launch's changes, in this order: --as-released, the
     hpo selections (--hparams-from-hpo), --set, --grad-accum, --max-epochs; then --only. Each change
     is part of the spec, so of its id: `status` and `report` need the same flags as the launch."""
-    from search_spaces.fidelity import as_released
-    from search_spaces.grid import blocks_for, specs_of
-
-    specs = specs_of(blocks_for(args.profile, getattr(args, "block", None)))
+    specs = profile_specs(args.profile, getattr(args, "block", None), getattr(args, "model", None))
     if getattr(args, "as_released", False):
         specs = [as_released(s) for s in specs]
     if getattr(args, "hparams_from_hpo", None):
@@ -51,13 +54,9 @@ def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
 
 
 def only_options_of(model: str, changes: dict) -> dict:
-    """``changes`` less the model options (trainables.models.MODEL_OPTIONS) that ``model`` does not
-    take: `--set decoder_dropout=0.2` changes the CRIS experiments, not every id of the grid."""
-    if not changes.keys() & set(MODEL_OPTION_FIELDS):
-        return changes
-    from trainables.models import MODEL_OPTIONS  # loads PyTorch: only when an option is set
-
-    others = {o for options in MODEL_OPTIONS.values() for o in options} - set(MODEL_OPTIONS.get(model, ()))
+    """``changes`` less the builder options (fields of model cards' ``options``) that ``model`` does
+    not take: `--set decoder_dropout=0.2` changes the CRIS experiments, not every id of the grid."""
+    others = {o for c in cards() for o in c.options} - set(card(model).options)
     return {k: v for k, v in changes.items() if k not in others}
 
 
@@ -86,7 +85,10 @@ def spec_setting(text: str) -> tuple[str, object]:
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags that change what an experiment trains (so its id); grid, status and plan share them."""
+    """Flags that choose and change what experiments train (so their ids); grid, status and plan share them."""
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="only this model's experiments (repeatable); with --profile demo, the demo for this "
+                        "model instead of CLIPSeg: any registered model, its card's defaults (docs/models.md)")
     p.add_argument("--as-released", action="store_true",
                    help="train as the study's released code did where it differs from the paper's text: loss, "
                         "learning rate, batch, patience, CRIS dropout, padding and upsampling "
@@ -105,16 +107,13 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_cluster_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", metavar="YAML",
-                   help="Ray cluster file whose node types trials must fit (default: on a running cluster its "
+                   help="Ray cluster file whose node types trials must fit (none: on a running cluster its "
                         "nodes and the head's ~/ray_bootstrap_config.yaml; for --dry-run and plan, "
                         "the repository's cluster.yaml)")
 
 
 def ensure_synthetic(data: str, profile: str) -> None:
     """Generate the profile's synthetic datasets into ``data`` if they are not there yet."""
-    from datasets.synthetic import write_synthetic
-    from search_spaces.grid import PROFILE_SYNTHETIC
-
     store = ShardStore(data)
     present = set(store.datasets())
     for name in PROFILE_SYNTHETIC.get(profile, ()):
@@ -126,8 +125,6 @@ def ensure_synthetic(data: str, profile: str) -> None:
 
 def fit_lines(blocks, specs: list[ExperimentSpec], args: argparse.Namespace) -> list[str]:
     """Per block, the largest memory need and the node types of the cluster file its trials go to."""
-    from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
-
     path = args.cluster or str(REPO_CLUSTER_FILE)
     chosen = {s.id for s in specs}
     by_block = {b.name: [{**s.to_dict(), "id": s.id} for s in b.specs() if s.id in chosen] for b in blocks}
@@ -137,8 +134,6 @@ def fit_lines(blocks, specs: list[ExperimentSpec], args: argparse.Namespace) -> 
 
 def summarize_outcome(outcome, what: str, storage: str, study: str, data: str | None = None) -> int:
     """Print what a launch did (of grid, zeroshot, ablate or ood), write the report; the exit code."""
-    from orchestrator.report import write_report
-
     ran = len(outcome.finished) + len(outcome.failed) + len(outcome.unfinished)
     print(f"ran {ran} {what}: {len(outcome.finished)} finished, {len(outcome.failed)} failed, "
           f"{len(outcome.unfinished)} stopped before the end, {outcome.skipped} skipped as already finished")
@@ -159,6 +154,5 @@ def summarize_outcome(outcome, what: str, storage: str, study: str, data: str | 
 
 def add_study_arguments(p: argparse.ArgumentParser, profiles: list[str]) -> None:
     """--profile and --study for commands that read a grid's results: the study is named after its grid."""
-    p.add_argument("--profile", choices=profiles, default="demo",
-                   help="the grid whose results to read (default: demo)")
-    p.add_argument("--study", help="study name under --storage (default: the profile name, as grid names it)")
+    p.add_argument("--profile", choices=profiles, default="demo", help="the grid whose results to read")
+    p.add_argument("--study", help="study name under --storage (none: the profile name, as grid names it)")

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import statistics
 import sys
 import time
@@ -32,14 +31,14 @@ import types
 from dataclasses import dataclass
 
 from datasets.catalogue import ENDOSCOPY, POOLS
+from datasets.cli import DefaultsHelpFormatter
 from datasets.shards import ShardError, ShardStore, absolute_uri
-from orchestrator.launch import Outcome, fit, place_trials, session
+from orchestrator.launch import Job, Outcome, add_verbose_argument, launch
 from orchestrator.lease import add_force_argument
 from prompts.perturb import OPPOSITES, PerturbationError, parse_perturbation
 from prompts.templates import TEMPLATE_ATTRIBUTES
-from search_spaces.defaults import STUDY_WEIGHTS
 from search_spaces.experiment import ExperimentSpec
-from search_spaces.grid import CNNS
+from trainables.models import card, model_names
 from trainables.results import ResultStore
 
 EVALUATIONS = "evaluations"  # the folder beside "experiments" in <storage>/<study>/
@@ -49,7 +48,7 @@ POLYP_TEST_SETS = ENDOSCOPY
 # Values the ablation leaves alone: the class name (``class_only`` tests it) and whole sentences.
 NOT_PERTURBED = ("class_name", "description", "report")
 # Figure 2's zero-shot models with the study's weights (BiomedCLIPSeg has no pretrained decoder).
-DEFAULT_ZEROSHOT_WEIGHTS = {model: STUDY_WEIGHTS[model] for model in ("cris", "clipseg")}
+DEFAULT_ZEROSHOT_WEIGHTS = {model: card(model).weights for model in ("cris", "clipseg")}
 
 
 @dataclass(frozen=True)
@@ -114,8 +113,8 @@ def ablation_specs(sources: list[dict], store: ShardStore, requested: list[str] 
     be perturbed (e.g. prompt type ``random``, a dataset without a prompt family)."""
     specs, skipped = [], []
     for source in sources:
-        if source["model"] in CNNS:  # they read no prompt: nothing to perturb
-            skipped.append(f"{source['id']} (a CNN reads no prompt)")
+        if not card(source["model"]).reads_text:  # nothing to perturb
+            skipped.append(f"{source['id']} ({source['model']} reads no prompt)")
             continue
         for eval_set in source["eval_sets"]:
             family = store.manifest(eval_set).prompt_family
@@ -182,22 +181,19 @@ def evaluation_result(spec: EvaluationSpec, source: dict, dice: dict[str, float]
 
 def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: str, study: str,
                      threads: int = 1) -> None:
-    """A Tune trial: one source experiment's pending evaluations, one after another."""
+    """A Tune trial: one source experiment's pending evaluations (its job's records), one after another."""
     import ray
-    import torch
     from ray import tune
 
     from trainables.evaluate import Evaluator
+    from trainables.tune_trainable import claim_resources
 
-    job = jobs[config["job"]]
+    job = jobs[config["trial"]]
     source = job["source"]
     evaluations = ResultStore(storage, study, EVALUATIONS)
-    torch.set_num_threads(threads)
-    resources = tune.get_context().get_trial_resources().required_resources
-    if torch.cuda.is_available() and 0 < resources.get("GPU", 0) < 1:
-        torch.cuda.set_per_process_memory_fraction(resources["GPU"])  # trials sharing a GPU must fit
+    resources = claim_resources(threads)
     done = evaluations.finished_ids()  # a retry after a lost worker skips what already finished
-    pending = [spec for spec in map(EvaluationSpec.from_dict, job["evaluations"]) if spec.id not in done]
+    pending = [spec for spec in map(EvaluationSpec.from_dict, job["records"].values()) if spec.id not in done]
     if not pending:
         tune.report({"finished": 0, "failed": 0, "pending": 0})
         return
@@ -234,48 +230,21 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
                     gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
                     max_failures: int = 1, retry_failed: bool = False, verbose: int = 1,
                     force: bool = False, cluster_file: str | None = None) -> Outcome:
-    """Run the evaluations not finished yet (nor failed, unless ``retry_failed``) as Tune trials."""
-    from ray import tune
-
+    """Run the evaluations not finished yet (nor failed, unless ``retry_failed``) as Tune trials: one per
+    source experiment and kind, named ``<kind>-<source id>``, through ``orchestrator.launch``."""
     data, storage = absolute_uri(data), absolute_uri(storage)
-    store = ResultStore(storage, study, EVALUATIONS)
-    done, failed = store.finished_ids(), store.failed_ids()
-    todo = [e for e in evaluations if e.id not in done and (retry_failed or e.id not in failed)]
-    outcome = Outcome(skipped=sum(e.id in done for e in evaluations),
-                      skipped_failed=[] if retry_failed else [e.id for e in evaluations if e.id in failed])
-    print(f"{len(evaluations)} evaluations: {outcome.skipped} already finished in {store.uri}/{EVALUATIONS}, "
-          f"{len(outcome.skipped_failed)} failed before (--retry-failed reruns them), {len(todo)} to run")
-    if not todo:
-        return outcome
-
-    jobs: dict[str, dict] = {}
-    for spec in todo:
-        job = jobs.setdefault(f"{spec.kind}-{spec.source}", {"source": sources[spec.source], "evaluations": []})
-        job["evaluations"].append(spec.to_dict())
-
-    store.check_writable()
-    with session(storage, study, address=address, fake_gpus=fake_gpus, dashboard=dashboard,
-                 force=force) as use_gpus:
+    jobs: dict[str, Job] = {}
+    for spec in evaluations:
+        name, source = f"{spec.kind}-{spec.source}", sources[spec.source]
         # An evaluation holds its source's model without gradients: the zero-shot (frozen) memory.
-        placements = place_trials([{**job["source"], "mode": "zeroshot", "id": name} for name, job in jobs.items()],
-                                  cluster_file, cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus)
-
-        def resources(config: dict) -> dict:
-            return dict(placements[config["job"]].resources)
-
-        trainable = tune.with_parameters(evaluation_trial, jobs=jobs, data=data, storage=storage, study=study,
-                                         threads=max(1, math.floor(cpus_per_trial)))
-        grid = fit(trainable, resources, storage_path=store.uri, name=f"tune-{EVALUATIONS}",
-                   param_space={"job": tune.grid_search(list(jobs))},
-                   tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["job"],
-                                               trial_dirname_creator=lambda t: t.config["job"]),
-                   max_failures=max_failures, verbose=verbose)
-        errors = {r.config["job"]: repr(r.error) for r in grid if r.error is not None}
-        # A crashed trial leaves every evaluation of its job it had not recorded yet failed; recorded
-        # before the session ends, so a relaunch sees this run's FAILED.json.
-        store.record_outcome(outcome, ((spec.id, spec.to_dict(), errors.get(name)) for name, job in jobs.items()
-                                       for spec in map(EvaluationSpec.from_dict, job["evaluations"])))
-    return outcome
+        job = jobs.setdefault(name, Job(name, {}, placed_as={**source, "mode": "zeroshot"}, context={"source": source}))
+        job.records[spec.id] = spec.to_dict()
+    return launch(list(jobs.values()), ResultStore(storage, study, EVALUATIONS), evaluation_trial,
+                  what="evaluations", storage=storage, lease=study, tune_name=f"tune-{EVALUATIONS}",
+                  address=address, fake_gpus=fake_gpus, gpus_per_trial=gpus_per_trial,
+                  cpus_per_trial=cpus_per_trial, dashboard=dashboard, max_failures=max_failures,
+                  retry_failed=retry_failed, verbose=verbose, force=force, cluster_file=cluster_file,
+                  bound={"data": data, "storage": storage, "study": study})
 
 
 # -- command line (python -m orchestrator.run zeroshot|ablate|ood) --------------------------------
@@ -285,27 +254,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     def common(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--data", default=DEFAULT_DATA,
-                       help=f"shard root: a folder or s3://... (default: {DEFAULT_DATA})")
-        p.add_argument("--storage", default=DEFAULT_STORAGE,
-                       help=f"results root, a folder or s3://... (default: {DEFAULT_STORAGE})")
+                       help="shard root: a folder or s3://...")
+        p.add_argument("--storage", default=DEFAULT_STORAGE, help="results root, a folder or s3://...")
         add_study_arguments(p, sorted(PROFILES))
         add_force_argument(p)
         p.add_argument("--only", action="append", metavar="PATTERN",
                        help=f"only {what} whose id matches PATTERN (glob or substring); repeatable")
         p.add_argument("--dry-run", action="store_true", help="list what would run and its status, run nothing")
         p.add_argument("--retry-failed", action="store_true", help="run again those that failed before")
-        p.add_argument("--address", help="Ray cluster to join (e.g. auto); default: a local Ray")
+        p.add_argument("--address", help="Ray cluster to join (e.g. auto; none: a local Ray)")
         p.add_argument("--fake-gpus", type=int, metavar="N", help="declare N logical GPUs on a local Ray")
-        p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial (default: the model's)")
-        p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs per trial (default: 1)")
-        p.add_argument("--max-failures", type=int, default=1, metavar="K",
-                       help="times Ray retries a crashed trial (default: 1)")
+        p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial (none: the model's)")
+        p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs per trial")
+        p.add_argument("--max-failures", type=int, default=1, metavar="K", help="times Ray retries a crashed trial")
         p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
-        p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune progress output")
+        add_verbose_argument(p)
         add_cluster_argument(p)
 
     zeroshot = sub.add_parser(
         "zeroshot", help="score pretrained weights on every dataset and prompt type (Figure 2)",
+        formatter_class=DefaultsHelpFormatter,
         description="Zero-shot experiments: each model's pretrained weights on the test split of every "
                     "dataset (with train, val and test splits; pools left out) and every prompt type, as grid "
                     "experiments of mode zeroshot, built as the grid's zero-shot block builds them: finished "
@@ -313,32 +281,34 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     common(zeroshot, "experiments")
     zeroshot.add_argument("--weights", action="append", metavar="MODEL=WEIGHTS",
                           help="a model and its weights (hub id, folder or file); repeatable "
-                               f"(default: {' '.join(f'{m}={w}' for m, w in DEFAULT_ZEROSHOT_WEIGHTS.items())})")
+                               f"(none: {' '.join(f'{m}={w}' for m, w in DEFAULT_ZEROSHOT_WEIGHTS.items())})")
     zeroshot.add_argument("--size", choices=("full", "small"), default="full",
-                          help="architecture size the weights fit (default: full)")
-    zeroshot.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets (default: every one in --data "
+                          help="architecture size the weights fit")
+    zeroshot.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets (none: every one in --data "
                                                                         "with train, val and test splits)")
-    zeroshot.add_argument("--prompts", nargs="+", metavar="P", help="prompt types (default: all of each dataset)")
+    zeroshot.add_argument("--prompts", nargs="+", metavar="P", help="prompt types (none: all of each dataset)")
     zeroshot.set_defaults(func=cmd_zeroshot)
 
     ablate = sub.add_parser(
         "ablate", help="score finished experiments with perturbed prompts (Figure 3)",
+        formatter_class=DefaultsHelpFormatter,
         description="For each finished experiment chosen by --only: its best weights on its test sets with "
                     "the prompt as trained and with each perturbation at inference (an attribute value "
                     "replaced by an uncommon word or by its opposite, or the class name alone).")
     common(ablate, "source experiments")
     ablate.add_argument("--perturb", action="append", metavar="KIND[:ATTRIBUTE]",
                         help="only this perturbation, e.g. opposite:location, random_word:size, class_only; "
-                             "repeatable (default: every one the prompt type can take)")
+                             "repeatable (none: every one the prompt type can take)")
     ablate.set_defaults(func=cmd_ablate)
 
     ood = sub.add_parser(
         "ood", help="score experiments trained on one polyp set on all of them (Table 3)",
+        formatter_class=DefaultsHelpFormatter,
         description="For each finished experiment chosen by --only that trained on one of --test-sets: its "
                     "best weights on the test split of every one of them.")
     common(ood, "source experiments")
     ood.add_argument("--test-sets", nargs="+", default=list(POLYP_TEST_SETS), metavar="NAME",
-                     help=f"the endoscopy sets (default: {' '.join(POLYP_TEST_SETS)})")
+                     help="the endoscopy sets")
     ood.set_defaults(func=cmd_ood)
 
 
@@ -348,8 +318,8 @@ def parse_weights(items: list[str] | None) -> dict[str, str]:
         model, sep, value = item.partition("=")
         if not sep or not model or not value:
             raise ValueError(f"--weights {item!r}: expected MODEL=WEIGHTS, e.g. clipseg=CIDAS/clipseg-rd64-refined")
-        if model not in STUDY_WEIGHTS:
-            raise ValueError(f"--weights {item!r}: unknown model {model!r} (known: {', '.join(STUDY_WEIGHTS)})")
+        if model not in model_names():
+            raise ValueError(f"--weights {item!r}: unknown model {model!r} (known: {', '.join(model_names())})")
         # Kept as given, so ids do not depend on the machine: trials resolve relative paths against
         # the folder this command runs in (trainables.models.resolve_weights).
         weights[model] = value

@@ -21,20 +21,12 @@ import sys
 from collections import Counter
 
 from datasets.shards import ShardError, absolute_uri
-from orchestrator.launch import fit, place_trials, session
+from orchestrator.launch import add_verbose_argument, fit, place_trials, session, trial_resources
 from orchestrator.lease import add_force_argument
 from orchestrator.selection import SEARCH_FILE, SELECTION_FILE, hpo_uri, read_json, search_name, write_json
-from search_spaces.defaults import (
-    AS_RUN_MODE,
-    FINETUNE_ENCODER_LR_SCALE,
-    SMALL_OVERRIDES,
-    STUDY,
-    STUDY_WEIGHTS,
-    resources_for,
-    training_defaults,
-)
+from search_spaces.defaults import SMALL_OVERRIDES, STUDY, resources_for, training_defaults
 from search_spaces.estimates import expected_epochs, load_step_times
-from search_spaces.experiment import DECODER_ONLY_IN_STUDY, ExperimentSpec
+from search_spaces.experiment import ExperimentSpec
 from search_spaces.hpo import (
     BATCH_SIZES,
     ENCODER_LR_SCALE_RANGE,
@@ -50,6 +42,7 @@ from search_spaces.hpo import (
     SEARCHED,
     tune_space,
 )
+from trainables.models import card, model_names
 
 METRIC, MODE = "val_dice", "max"
 RULE = ("the setting with the best validation dice on the most datasets (Appendix C.2: 'optimal performance "
@@ -80,7 +73,7 @@ def grid_epochs(model: str, mode: str, size: str) -> tuple[int, str]:
     sizing = SMALL_OVERRIDES if size == "small" else STUDY
     grid_spec = {**training_defaults(model), **sizing, "model": model, "mode": mode}
     epochs = expected_epochs(grid_spec, load_step_times())
-    paper = size == "full" and model in load_step_times()["paper"]
+    paper = size == "full" and card(model).paper_time is not None
     return epochs, ("the paper's average epochs per experiment (App. C.1)" if paper else
                     f"twice the early-stopping patience ({grid_spec['patience']}), capped at max_epochs")
 
@@ -88,7 +81,7 @@ def grid_epochs(model: str, mode: str, size: str) -> tuple[int, str]:
 def base_spec(model: str, mode: str, size: str, prompt: str, max_epochs: int, weights: str | None) -> dict:
     """The spec every trial starts from; a trial sets the searched fields and the dataset."""
     sizing = {**SMALL_OVERRIDES} if size == "small" else {**STUDY}
-    encoder_lr_scale = FINETUNE_ENCODER_LR_SCALE[model] if mode == "finetune" else 1.0  # as the grid's
+    encoder_lr_scale = card(model).encoder_lr_scale if mode == "finetune" else 1.0  # as the grid's
     spec = ExperimentSpec(model=model, mode=mode, train_set="-", prompt_type=prompt, weights=weights,
                           encoder_lr_scale=encoder_lr_scale, schedule_epochs=grid_epochs(model, mode, size)[0],
                           **{**training_defaults(model), **sizing, "max_epochs": max_epochs})
@@ -97,7 +90,8 @@ def base_spec(model: str, mode: str, size: str, prompt: str, max_epochs: int, we
 
 def searched(mode: str, model: str) -> tuple[str, ...]:
     """The spec fields a trial samples: Table 4's, and the encoders' LR scale where they train too."""
-    return SEARCHED + (("encoder_lr_scale",) if mode == "finetune" and model in DECODER_ONLY_IN_STUDY else ())
+    end_to_end = mode == "finetune" and card(model).as_run_mode == "frozen"
+    return SEARCHED + (("encoder_lr_scale",) if end_to_end else ())
 
 
 def trial_specs(base: dict, setting: dict, datasets: list[str], grad_accum: dict[int, int] | None = None
@@ -123,12 +117,9 @@ def search_trial(config: dict, base: dict, datasets: list[str], data: str, threa
     from ray import tune
 
     from trainables.experiment import prepare
-    from trainables.tune_trainable import CHECKPOINT_INTERVAL_S, FULL_SIZE_CHECKPOINT_INTERVAL_S
+    from trainables.tune_trainable import CHECKPOINT_INTERVAL_S, FULL_SIZE_CHECKPOINT_INTERVAL_S, claim_resources
 
-    torch.set_num_threads(threads)
-    share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
-    if torch.cuda.is_available() and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share)  # Ray does not enforce fractions
+    claim_resources(threads)
     trainers = {name: prepare(spec, data)[0] for name, spec in trial_specs(base, config, datasets, grad_accum).items()}
     latest: dict[str, float] = {}
     resumed = None
@@ -209,7 +200,9 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    mode = mode or AS_RUN_MODE[model]
+    if verbose < 2:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not its "new study created" note
+    mode = mode or card(model).as_run_mode
     data, storage = absolute_uri(data), absolute_uri(storage)
     base = base_spec(model, mode, size, prompt, max_epochs, weights)
     cpus = cpus_per_trial if cpus_per_trial is not None else (1.0 if size == "small" else None)
@@ -222,7 +215,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
 
     # One driver per search folder; the lease goes only once selection.json is written.
     with session(storage, f"{study}/hpo/{search_name(model, mode)}", address=address, fake_gpus=fake_gpus,
-                 dashboard=dashboard, force=force) as use_gpus:
+                 dashboard=dashboard, force=force, verbose=verbose) as use_gpus:
 
         # An hpo trial holds one model per dataset; the sampled batch size sets the activations. Each
         # batch size of the space is placed before anything starts (raises Unplaceable), a batch that
@@ -237,9 +230,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                 parts = f", in {p.grad_accum} micro-batches" if p.grad_accum > 1 else ""
                 print(f"hpo {model}, batch {b}: ~{p.need_gib:.1f} GiB on {p.node_type or 'any GPU'}{parts}")
 
-        def resources(config: dict) -> dict:
-            return dict(by_batch[config["batch_size"]].resources)
-
+        resources = trial_resources(by_batch, "batch_size")
         threads = max(1, math.floor(cpus or resources_for(base)["cpu"]))
         trainable = tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data,
                                          threads=threads, checkpoint_interval_s=checkpoint_interval_s,
@@ -248,7 +239,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
             # The same command again: an interrupted search goes on (searcher state included), a
             # finished one only re-derives the selection. Another --study starts a new search.
             print(f"continuing the search in {where}/tune")
-            grid = fit(trainable, resources, storage_path=where, name="tune", restore=True)
+            grid = fit(trainable, resources, storage_path=where, name="tune", restore=True, verbose=verbose)
         else:
             write_json(f"{where}/{SEARCH_FILE}", settings)
             searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
@@ -318,51 +309,47 @@ def describe(record: dict) -> list[str]:
 
 
 def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_storage: str) -> None:
-    from search_spaces.defaults import MODEL_DEFAULTS
-
-    p.add_argument("--model", required=True, choices=sorted(MODEL_DEFAULTS), help="the model to search for")
+    p.add_argument("--model", required=True, choices=model_names(), help="the model to search for")
     p.add_argument("--datasets", nargs="+", metavar="NAME",
                    help="datasets to search on; 'study' means the study's eight "
-                        f"({', '.join(HPO_DATASETS)}); default: the synthetic demo sets")
+                        f"({', '.join(HPO_DATASETS)}) (none: the synthetic demo sets)")
     p.add_argument("--size", choices=("small", "full"), default="small",
-                   help="model size: small (tests, the embedded default) or full (the study; pretrained weights)")
+                   help="model size: small (tests and the demo) or full (the study; pretrained weights)")
     p.add_argument("--regime", choices=("as_run", "end_to_end"), default="as_run",
-                   help="what trains: as_run, as the study's code trained the model (the grid's default blocks: "
-                        "the CLIPSeg family's decoder alone, CRIS and the CNNs end to end), or end_to_end (the "
-                        "opt-in end_to_end block; also searches the encoders' LR scale)")
+                   help="what trains: as_run, as the study's code trained the model (the blocks grid runs without "
+                        "--block: the CLIPSeg family's decoder alone, CRIS and the CNNs end to end), or end_to_end "
+                        "(the opt-in end_to_end block; also searches the encoders' LR scale)")
     p.add_argument("--mode", choices=("frozen", "finetune"), help="what trains, overriding --regime")
     p.add_argument("--prompts", dest="prompt", default=HPO_PROMPT, metavar="P",
-                   help=f"prompt type on every dataset (default: {HPO_PROMPT}, a draw among P1..PN per sample)")
+                   help="prompt type on every dataset (random: a draw among P1..PN per sample)")
     p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, metavar="N",
-                   help=f"settings to try (default: {NUM_SAMPLES}: TPE models ~20 finished trials after its 10 "
-                        "random start-up ones). Budget: at most N x max-epochs x datasets epochs; ASHA stops "
-                        "about half at each rung")
+                   help="settings to try (TPE models the N-10 or so finished after its 10 random start-up "
+                        "ones). Budget: at most N x max-epochs x datasets epochs; ASHA stops about half at each rung")
     p.add_argument("--max-epochs", type=int, default=MAX_T, metavar="E",
-                   help=f"epochs per trial, ASHA's max_t (default: {MAX_T}; rungs at grace, 2x grace, ...). The "
-                        "cosine schedule spans the grid's expected epochs, not these")
+                   help="epochs per trial, ASHA's max_t (rungs at grace, 2x grace, ...). The cosine schedule "
+                        "spans the grid's expected epochs, not these")
     p.add_argument("--grace-period", type=int, default=GRACE_PERIOD, metavar="E",
-                   help=f"ASHA grace period (default: {GRACE_PERIOD}, twice the plateau scheduler's patience, "
-                        "so plateau schedules have cut their LR once before ASHA compares settings)")
+                   help="ASHA grace period: twice the plateau scheduler's patience, so plateau schedules have "
+                        "cut their LR once before ASHA compares settings")
     p.add_argument("--reduction-factor", type=float, default=REDUCTION_FACTOR, metavar="R",
-                   help=f"ASHA reduction factor (default: {REDUCTION_FACTOR})")
+                   help="ASHA reduction factor")
     p.add_argument("--max-concurrent", type=int, default=4, metavar="K",
-                   help="trials running at once, so TPE learns from finished ones (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
-    p.add_argument("--data", default=default_data, help=f"shard root, folder or s3:// (default: {default_data})")
-    p.add_argument("--storage", default=default_storage,
-                   help=f"results root, folder or s3:// (default: {default_storage})")
-    p.add_argument("--study", help="study name under --storage (default: demo for --size small, else study)")
-    p.add_argument("--address", help="Ray cluster to join (e.g. auto); default: a local Ray")
+                   help="trials running at once, so TPE learns from finished ones")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--data", default=default_data, help="shard root, folder or s3://")
+    p.add_argument("--storage", default=default_storage, help="results root, folder or s3://")
+    p.add_argument("--study", help="study name under --storage (none: demo for --size small, else study)")
+    p.add_argument("--address", help="Ray cluster to join (e.g. auto; none: a local Ray)")
     p.add_argument("--fake-gpus", type=int, metavar="N", help="declare N logical GPUs on a local Ray")
     p.add_argument("--gpus-per-trial", type=float, metavar="F",
-                   help="GPU share per trial (default: from the model and the sampled batch size)")
+                   help="GPU share per trial (none: from the model and the sampled batch size)")
     p.add_argument("--cpus-per-trial", type=float, metavar="C",
-                   help="CPUs per trial (default: 1 for small models, else the model's)")
+                   help="CPUs per trial (none: 1 for small models, else the model's)")
     p.add_argument("--checkpoint-interval", type=float, metavar="S",
-                   help="seconds between a trial's checkpoints (default: 30, full-size models 300)")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune output (default: 1)")
+                   help="seconds between a trial's checkpoints (none: 30, full-size models 300)")
+    add_verbose_argument(p)
     p.add_argument("--cluster", metavar="YAML",
-                   help="Ray cluster file whose node types trials must fit (default: the running cluster's nodes "
+                   help="Ray cluster file whose node types trials must fit (none: the running cluster's nodes "
                         "and the head's ~/ray_bootstrap_config.yaml)")
     add_force_argument(p)
 
@@ -371,17 +358,15 @@ def cmd_hpo(args: argparse.Namespace) -> int:
     from datasets.synthetic import SYNTHETIC_DATASETS
     from orchestrator.common import ensure_synthetic
     from orchestrator.grid_runner import input_problems
-    from search_spaces.grid import CNNS
-
     datasets = args.datasets or list(SYNTHETIC_DATASETS)
     if datasets == ["study"]:
         datasets = list(HPO_DATASETS)
     study = args.study or ("demo" if args.size == "small" else "study")
-    mode = args.mode or ("finetune" if args.regime == "end_to_end" else AS_RUN_MODE[args.model])
-    if mode == "frozen" and args.model in CNNS:
+    mode = args.mode or ("finetune" if args.regime == "end_to_end" else card(args.model).as_run_mode)
+    if mode == "frozen" and card(args.model).family == "cnn":
         print(f"{args.model} is a CNN baseline: it trains end to end (--mode finetune)", file=sys.stderr)
         return 2
-    weights = STUDY_WEIGHTS[args.model] if args.size == "full" else None
+    weights = card(args.model).weights if args.size == "full" else None
     base = base_spec(args.model, mode, args.size, args.prompt, args.max_epochs, weights)
     specs = [ExperimentSpec.from_dict(spec) for spec in trial_specs(base, base, datasets).values()]
     try:

@@ -1,20 +1,29 @@
 """The one launch path: every command that runs Tune trials (grid, zeroshot, ablate, ood, hpo) goes
-through here. ``session`` holds the study's lease and a Ray connection (local, or a cluster) for the
-launch; ``place_trials`` fits each trial on the cluster's node types before anything starts; ``fit``
-runs the trials (or continues a stopped search) with the project's Tune settings; ``Outcome`` is what
-a launch did, sorted from storage by ``ResultStore.record_outcome``.
+through here. ``launch`` runs a list of ``Job``s, one Tune trial each, writing records (experiments or
+evaluations) to a ``ResultStore``: it skips the records already finished (and, unless asked, those that
+failed before), holds the study's lease and Ray (``session``), places every trial on the cluster's node
+types (``place_trials``), runs them (``fit``) and sorts what they wrote into an ``Outcome``. hpo, whose
+trials a search algorithm proposes, has nothing to skip: it calls ``session``, ``place_trials`` and
+``fit`` itself. ``fit`` is where every launch gets the project's Tune settings and console
+(``orchestrator/console.py``: ``--verbose``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
+import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from orchestrator.lease import study_lease
 from orchestrator.placement import Placement, cluster_node_types, place_all
-from trainables.results import StorageError
+from trainables.results import ResultStore, StorageError
+
+# The config key naming a launched trial's job; the trainables read their job with it.
+TRIAL = "trial"
 
 
 @dataclass
@@ -26,6 +35,24 @@ class Outcome:
     unfinished: list[str] = field(default_factory=list)  # stopped before the end, e.g. by Ctrl-C
 
 
+@dataclass
+class Job:
+    """One Tune trial of a launch: the records it writes (id -> spec: one experiment, or one source
+    experiment's evaluations), the spec its resources are placed as, and what else its trainable reads."""
+    name: str  # the trial's name, and its folder under Tune's run
+    records: dict[str, dict]
+    placed_as: dict  # model, mode, size, batch size: what place_trials sizes
+    context: dict = field(default_factory=dict)
+
+
+def add_verbose_argument(p) -> None:
+    """--verbose, the same for every command that launches trials (orchestrator/console.py)."""
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                   help="console: 0 the summary only; 1 a line per trial start, resume, end or failure and a "
+                        "progress line (done, running, failed, ETA); 2 also Ray's status table and the trials' "
+                        "own output")
+
+
 def check_shared_storage(storage: str, nodes: int) -> None:
     """On several nodes, results and checkpoints must go where every node can write: object storage."""
     if nodes > 1 and "://" not in storage:
@@ -35,22 +62,29 @@ def check_shared_storage(storage: str, nodes: int) -> None:
             "them along. Use shared storage, e.g. --storage s3://BUCKET/runs.")
 
 
-def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool) -> bool:
-    """Join a cluster, or start a local Ray; returns whether trials should ask for GPUs."""
+def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool, verbose: int = 1) -> bool:
+    """Join a cluster, or start a local Ray; returns whether trials should ask for GPUs. Below
+    ``verbose`` 2 Ray keeps its start-up notes and the trials' output (its worker logs) to itself."""
     import ray
 
     from trainables.models import WEIGHTS_ROOT_ENV
+    from trainables.models.cards import PLUGINS_ENV
 
     # Trials resolve relative weights paths against the folder this command runs in.
     runtime_env = {"env_vars": {WEIGHTS_ROOT_ENV: os.environ.get(WEIGHTS_ROOT_ENV, os.getcwd())}}
+    if os.environ.get(PLUGINS_ENV):  # trials on every node register the same plug-in models
+        runtime_env["env_vars"][PLUGINS_ENV] = os.environ[PLUGINS_ENV]
+    quiet = {"logging_level": logging.INFO if verbose >= 2 else logging.WARNING, "log_to_driver": verbose >= 2}
+    if verbose < 2:  # a note that a local Ray has token authentication on, once per launch
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
+        ray.init(address=address, runtime_env=runtime_env, **quiet)
         # An autoscaling cluster may have no GPU node yet: asking for GPUs is what starts one.
         return True
     # address="local" starts a new Ray even where `ray start` left one running; N logical GPUs
     # make fractional-GPU scheduling work (and testable) on machines without any.
     ray.init(address="local", num_gpus=fake_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             runtime_env=runtime_env)
+             runtime_env=runtime_env, **quiet)
     if ray.cluster_resources().get("GPU", 0):
         return True
     print("no GPUs on this machine: trials run on CPU (use --fake-gpus N to test fractional scheduling)")
@@ -66,16 +100,26 @@ def place_trials(specs: list[dict], cluster_file: str | None, *, cpus: float | N
                      replicas=replicas, auto_accumulate=auto_accumulate)
 
 
+def trial_resources(placements: dict, key: str = TRIAL) -> Callable[[dict], dict]:
+    """Resources as a function of a trial's config: what the placement of its ``config[key]`` (its job's
+    name; an hpo trial's batch size) asks of Ray."""
+
+    def resources(config: dict) -> dict:
+        return dict(placements[config[key]].resources)
+
+    return resources
+
+
 @contextlib.contextmanager
 def session(storage: str, lease_name: str, *, address: str | None, fake_gpus: int | None, dashboard: bool,
-            force: bool) -> Iterator[bool]:
+            force: bool, verbose: int = 1) -> Iterator[bool]:
     """The launch's hold on its study (one driver at a time) and on Ray; yields whether trials ask for
     GPUs. Both go when the block ends, after whatever it recorded."""
     import ray
 
     lease = study_lease(storage, lease_name, force=force)  # another live driver on this study stops us here
     try:
-        use_gpus = start_ray(address, fake_gpus, dashboard)
+        use_gpus = start_ray(address, fake_gpus, dashboard, verbose)
         nodes = sum(node["Alive"] for node in ray.nodes())
         check_shared_storage(storage, nodes)
         if address and nodes == 1 and "://" not in storage:
@@ -90,15 +134,91 @@ def fit(trainable: Callable, resources: Callable[[dict], dict], *, storage_path:
         param_space: dict | None = None, tune_config=None, max_failures: int = 0, verbose: int = 1,
         checkpoint_config=None, restore: bool = False):
     """Run the trials of ``trainable``, each asking ``resources(config)`` of Ray, into
-    ``<storage_path>/<name>``; ``restore`` continues the Tune run stored there. Returns Tune's ResultGrid."""
+    ``<storage_path>/<name>``; ``restore`` continues the Tune run stored there. The console follows
+    ``verbose`` (orchestrator/console.py). Returns Tune's ResultGrid."""
     from ray import tune
 
+    from orchestrator.console import TrialConsole, tune_output, tune_verbosity
+
+    callbacks = [TrialConsole()] if verbose >= 1 else []
     trainable = tune.with_resources(trainable, resources)
     if restore:
         tuner = tune.Tuner.restore(f"{storage_path}/{name}", trainable=trainable, resume_errored=True)
+        # The restored run keeps the first launch's RunConfig (verbosity, console): this launch's wins.
+        if tuner._local_tuner is not None:  # None only through Ray Client (ray://), which we do not use
+            run_config = tuner._local_tuner.get_run_config()
+            run_config.verbose, run_config.callbacks = tune_verbosity(verbose), callbacks
     else:
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=verbose,
+                           run_config=tune.RunConfig(name=name, storage_path=storage_path,
+                                                     verbose=tune_verbosity(verbose), callbacks=callbacks,
                                                      failure_config=tune.FailureConfig(max_failures=max_failures),
                                                      checkpoint_config=checkpoint_config))
-    return tuner.fit()
+    with tune_output(verbose):
+        return tuner.fit()
+
+
+def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: str, storage: str, lease: str,
+           tune_name: str = "tune", address: str | None = None, fake_gpus: int | None = None,
+           gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
+           max_failures: int = 1, retry_failed: bool = False, verbose: int = 1, force: bool = False,
+           cluster_file: str | None = None, reuse_actors: bool = False, bound: dict | None = None) -> Outcome:
+    """Run the jobs' records that are not finished (nor failed before, unless ``retry_failed``), one
+    Tune trial per job that has any: ``trainable(config, jobs=..., threads=..., **bound)`` with
+    ``jobs[config[TRIAL]]`` its job (``{"records": {id: spec} left to run, **job.context}``). Prints
+    what it skips and runs; returns what happened to every record, read back from ``store``."""
+    from ray import tune
+
+    files = store.listing()
+    done = {i for i, names in files.items() if "DONE" in names}
+    failed = {i for i, names in files.items() if "FAILED.json" in names} - done
+    records = {i: spec for job in jobs for i, spec in job.records.items()}
+    todo = {i for i in records if i not in done and (retry_failed or i not in failed)}
+    outcome = Outcome(skipped=len(records.keys() & done),
+                      skipped_failed=[] if retry_failed else [i for i in records if i in failed])
+    retried = [i for i in records if i in todo and i in failed]
+    resumable = sum(store.CHECKPOINT in files.get(i, {}) for i in todo)
+    print(f"{len(records)} {what}: {outcome.skipped} already finished in {store.uri}/{store.folder}, "
+          + (f"{len(outcome.skipped_failed)} failed before (skipped; --retry-failed reruns them), "
+             if outcome.skipped_failed else "")
+          + (f"{len(retried)} failed before (retried), " if retried else "")
+          + f"{len(todo)} to run" + (f", {resumable} of them from their checkpoints" if resumable else ""))
+    # A driver stopped between a trial's DONE and its cleanup leaves the resume state behind.
+    for record_id in sorted(done):
+        if store.CHECKPOINT in files[record_id] or store.PROGRESS in files[record_id]:
+            store.clear_resume_state(record_id)
+    pending = {job.name: {"records": {i: s for i, s in job.records.items() if i in todo}, **job.context}
+               for job in jobs if todo & job.records.keys()}
+    if not pending:
+        return outcome
+
+    store.check_writable()
+    with session(storage, lease, address=address, fake_gpus=fake_gpus, dashboard=dashboard, force=force,
+                 verbose=verbose) as use_gpus:
+        placements = place_trials([{**job.placed_as, "id": job.name} for job in jobs if job.name in pending],
+                                  cluster_file, cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus)
+        for record_id in retried:  # placed: a retry that fails again writes its own FAILED.json
+            store.clear_failure(record_id)
+
+        def trial_name(trial) -> str:
+            return trial.config[TRIAL]
+
+        grid = fit(tune.with_parameters(trainable, jobs=pending, threads=max(1, math.floor(cpus_per_trial)),
+                                       **(bound or {})),
+                   trial_resources(placements), storage_path=store.uri, name=tune_name,
+                   param_space={TRIAL: tune.grid_search(list(pending))},
+                   tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                               reuse_actors=reuse_actors),
+                   max_failures=max_failures, verbose=verbose)
+        errors = {trial_of(r): repr(r.error) for r in grid if r.error is not None}
+        # A crashed trial leaves every record of its job it had not written failed; recorded before
+        # the session ends, so a relaunch sees this run's FAILED.json.
+        store.record_outcome(outcome, ((i, spec, errors.get(name)) for name, job in pending.items()
+                                       for i, spec in job["records"].items()))
+    return outcome
+
+
+def trial_of(result) -> str:
+    """The job name of one of ``launch``'s Tune results; a trial that never started has no config, but
+    its folder has the name."""
+    return (result.config or {}).get(TRIAL) or posixpath.basename(result.path.rstrip("/"))

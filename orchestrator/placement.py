@@ -19,7 +19,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search_spaces.defaults import RESOURCES, estimated_memory_gib
+import yaml
+
+from search_spaces.defaults import estimated_memory_gib
+from trainables.models import card
 
 REPO_CLUSTER_FILE = Path(__file__).resolve().parent.parent / "cluster.yaml"
 # The autoscaler's copy of the cluster file on a head node started by `ray up`.
@@ -94,8 +97,6 @@ class Unplaceable(Exception):
 # -- node types ------------------------------------------------------------------------------------
 def node_types_from_cluster_file(path: str | os.PathLike) -> list[NodeType]:
     """The worker types of a Ray cluster file (``ray up``'s YAML) that have GPUs."""
-    import yaml
-
     config = yaml.safe_load(Path(path).read_text())
     types = []
     for name, node in (config.get("available_node_types") or {}).items():
@@ -110,7 +111,7 @@ def node_types_from_cluster_file(path: str | os.PathLike) -> list[NodeType]:
 
 def node_types_from_ray() -> list[NodeType]:
     """The GPU node types of the running Ray: alive nodes grouped by GPU count and accelerator type."""
-    import ray
+    import ray  # costly (~0.5 s): grid --dry-run and plan read the cluster file, not a running Ray
 
     seen = {}
     for node in ray.nodes():
@@ -140,7 +141,7 @@ def cluster_node_types(cluster_file: str | None, running: bool) -> tuple[list[No
 
 # -- placing trials --------------------------------------------------------------------------------
 def _share(model: str, need: float, memory: float) -> float:
-    share = RESOURCES[model]["gpu_fraction"]
+    share = card(model).gpu_fraction
     while share < 1.0 and need > share * memory:
         share *= 2
     return min(share, 1.0)
@@ -157,14 +158,14 @@ def place(spec: dict, node_types: list[NodeType], *, cpus: float | None = None, 
     ``auto_accumulate`` (hpo, whose batch sizes are sampled) splits a batch that fits no GPU into
     micro-batches; a grid spec keeps its own ``grad_accum`` (it is part of the experiment's id).
     """
-    cpu = RESOURCES[spec["model"]]["cpus"] if cpus is None else cpus
+    cpu = card(spec["model"]).cpus if cpus is None else cpus
     spec_id = spec.get("id", spec["model"])
     if not use_gpus:
         return Placement(spec_id, None, {"cpu": cpu, "gpu": 0})
     need = estimated_memory_gib(spec, replicas)
     sized = sorted((t for t in node_types if t.gpu_memory_gib), key=lambda t: t.gpu_memory_gib)
     if need is None or not sized:  # nothing to check against: the model's share, or the override
-        share = gpus_per_trial if gpus_per_trial is not None else RESOURCES[spec["model"]]["gpu_fraction"]
+        share = gpus_per_trial if gpus_per_trial is not None else card(spec["model"]).gpu_fraction
         return Placement(spec_id, need, {"cpu": cpu, "gpu": share})
     accumulations = [spec.get("grad_accum", 1)] + (_accumulations(spec["batch_size"]) if auto_accumulate else [])
     for k in accumulations:

@@ -7,9 +7,10 @@
 A trial's time is ``start + setup + epochs x (train rows x train time per sample + val rows x eval
 time per sample) + test rows x eval time per sample``, plus, in frozen mode, computing the feature
 cache once per (model, dataset) on the node. Step times come from ``search_spaces/step_times.json``
-(measured on the device type by ``python -m benchmarks gpu --save`` or ``plan --calibrate``),
-else from the paper's reported minutes and epochs per experiment (Appendix C.1). Epochs: the paper's reported
-average where it gives one (CLIPSeg 90, CRIS 45, BiomedCLIPSeg 80, -D 50), else twice the
+with this user's measurements laid over it (``$VLSM_CACHE/step_times.json``, written by
+``python -m benchmarks gpu --save`` or ``plan --calibrate``; ``search_spaces.estimates``), else
+from the paper's minutes and epochs per experiment (Appendix C.1, on each model card). Epochs: the
+paper's average where it gives one (CLIPSeg 90, CRIS 45, BiomedCLIPSeg 80, -D 50), else twice the
 early-stopping patience, never more than the spec's ``max_epochs``. Trials are packed in grid order
 onto the GPUs by their GPU share (``search_spaces.defaults.resources_for``), each at its solo speed
 (``--share-slowdown`` models contention), as Ray Tune starts them.
@@ -29,8 +30,31 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from search_spaces.estimates import STEP_TIMES, expected_epochs, load_step_times  # noqa: F401 (re-exported)
+from datasets.catalogue import POOLS
+from datasets.shards import ShardStore
+from datasets.synthetic import SYNTHETIC_DATASETS
+from orchestrator.common import (
+    DEFAULT_STORAGE,
+    add_cluster_argument,
+    add_spec_arguments,
+    build_specs,
+    ensure_synthetic,
+)
+from orchestrator.hpo import base_spec, trial_specs
+from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
+from search_spaces.defaults import resources_for
+from search_spaces.estimates import (  # noqa: F401 (re-exported)
+    STEP_TIMES,
+    expected_epochs,
+    load_step_times,
+    save_step_times,
+    ship_hint,
+    user_step_times,
+)
 from search_spaces.experiment import ExperimentSpec
+from search_spaces.grid import PROFILES, block_of
+from search_spaces.hpo import BATCH_SIZES, GRACE_PERIOD, HPO_DATASETS, MAX_T, NUM_SAMPLES, REDUCTION_FACTOR
+from trainables.models import card
 
 # On-demand $ per GPU-hour: AWS EC2 list prices, us-east-1, Linux, as of 2025-06 (instance price / GPUs):
 # g5.xlarge (A10G) $1.006, g6.xlarge (L4) $0.805, p4d.24xlarge (8 A100 40 GB) $32.77, p5.48xlarge
@@ -48,7 +72,6 @@ DATASET_ROWS: dict[str, tuple[int, int, int]] = {
     "mimic_cxr_lungs": (913, 114, 114),
 }
 EVAL_FRACTION = 1 / 3  # an evaluation batch (forward only) against a training step, when not measured
-CNNS = ("unet", "unetpp", "deeplabv3plus")
 
 
 @dataclass
@@ -62,21 +85,15 @@ class TrialTime:
 
 def split_rows(dataset: str, data: str | None) -> tuple[int, int, int]:
     """(train, val, test) rows: from the shards' manifest at ``data`` if there, else DATA-FACTS."""
-    from datasets.catalogue import POOLS
-
     if dataset in POOLS:
         rows = [split_rows(m, data) for m in POOLS[dataset].members]
         return sum(r[0] for r in rows), sum(r[1] for r in rows), 0
     if data:
-        from datasets.shards import ShardStore
-
         try:
             manifest = ShardStore(data, cache=False).manifest(dataset)
             return tuple(manifest.splits.get(s, {}).get("rows", 0) for s in ("train", "val", "test"))
         except Exception:  # not there: fall back to the study's numbers
             pass
-    from datasets.synthetic import SYNTHETIC_DATASETS
-
     if dataset in SYNTHETIC_DATASETS:
         sizes = SYNTHETIC_DATASETS[dataset]["split_sizes"]
         return sizes["train"], sizes["val"], sizes["test"]
@@ -92,12 +109,12 @@ def per_sample_seconds(spec: dict, table: dict, device: str) -> tuple[float, flo
         train = entry["step_ms"] / 1000 / entry["batch"]
         evaluate = entry.get("eval_step_ms", entry["step_ms"] * EVAL_FRACTION) / 1000 / entry["batch"]
         return train, evaluate, entry, f"{device} measured"
-    model = spec["model"] if spec["model"] in table["paper"] else "clipseg"
-    paper = table["paper"][model]
+    model = spec["model"] if card(spec["model"]).paper_time else "clipseg"
+    minutes, epochs = card(model).paper_time
     # The paper's minutes cover train and validation epochs over its eight datasets' mean rows.
     rows = statistics.fmean(sum(DATASET_ROWS[d][:2]) for d in (
         "kvasir_polyp", "clinicdb_polyp", "bkai_polyp", "isic", "dfu", "busi", "camus", "chexlocalize"))
-    per_sample = paper["minutes"] * 60 / paper["epochs"] / rows
+    per_sample = minutes * 60 / epochs / rows
     source = "paper" if model == spec["model"] else "guess (paper's CLIPSeg time)"
     return per_sample, per_sample, {}, source
 
@@ -139,8 +156,6 @@ def makespan(trials: list[TrialTime], devices: int, max_concurrent: int | None =
 
 def estimate(specs: list[dict], table: dict, device: str, data: str | None, epochs: int | None,
              gpus_per_trial: float | None, cpus_per_trial: float | None, cpus: int = 1) -> list[TrialTime]:
-    from search_spaces.defaults import resources_for
-
     seen: set[tuple] = set()
     trials = []
     for spec in specs:
@@ -168,13 +183,9 @@ def asha_epochs(max_t: int, grace: int, factor: float) -> float:
 
 
 def hpo_trials(args, table: dict) -> tuple[list[TrialTime], int | None]:
-    from orchestrator.hpo import base_spec, trial_specs
-    from search_spaces.defaults import AS_RUN_MODE, STUDY_WEIGHTS, resources_for
-    from search_spaces.hpo import BATCH_SIZES, HPO_DATASETS
-
     datasets = list(HPO_DATASETS) if args.datasets in (None, ["study"]) else args.datasets
-    mode = args.mode or AS_RUN_MODE[args.model]
-    weights = STUDY_WEIGHTS[args.model] if args.size == "full" else None
+    mode = args.mode or card(args.model).as_run_mode
+    weights = card(args.model).weights if args.size == "full" else None
     base = base_spec(args.model, mode, args.size, "random", args.max_epochs, weights)
     epochs = asha_epochs(args.max_epochs, args.grace_period, args.reduction_factor)
     trials = []
@@ -200,16 +211,11 @@ def _fixed(spec: dict, table: dict, device: str) -> float:
 
 
 def grid_specs(args) -> list[dict]:
-    from orchestrator.common import build_specs
-
     return [{**s.to_dict(), "id": s.id} for s in build_specs(args)]
 
 
 def grid_fit(specs: list[dict], args) -> list[str]:
     """Per block, where the grid's trials fit on the cluster file's node types (--cluster)."""
-    from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
-    from search_spaces.grid import block_of
-
     by_block: dict[str, list[dict]] = {}
     for spec in specs:
         by_block.setdefault(block_of(ExperimentSpec.from_dict(spec)), []).append(spec)
@@ -281,15 +287,17 @@ def _spread(values: list[float]) -> str:
 
 # -- calibration ---------------------------------------------------------------------------------
 
-def calibrate(specs: list[dict], data: str, device: str, path: str, threads: int, epochs: int = 3) -> list[str]:
+def calibrate(specs: list[dict], data: str, device: str, path: str | None, threads: int,
+              epochs: int = 3) -> list[str]:
     """Measure each (model, mode, size) of ``specs`` here through the real Trainer, on the spec's data,
-    with a private feature cache (so the grid that follows builds its own); store the entries."""
-    import torch
+    with a private feature cache (so the grid that follows builds its own); store the entries under
+    ``device`` in ``path``, or with None in this user's step-time file (never the shipped table)."""
+    import torch  # costly (PyTorch ~2 s, the Trainer and models more): only --calibrate trains
 
     from trainables.experiment import prepare
 
-    table = load_step_times(path)
-    entries = table["devices"].setdefault(device, {})
+    load_step_times(path)  # a table that cannot be read stops here, before the measuring
+    entries = {}
     lines = []
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import trainables.tune_trainable"], check=True,
@@ -343,41 +351,14 @@ def calibrate(specs: list[dict], data: str, device: str, path: str, threads: int
         }
         lines.append(f"{key}: step {entries[key]['step_ms']} ms, eval step {entries[key]['eval_step_ms']} ms at "
                      f"batch {batch}; setup {setup_s:.1f} s; first epoch {first:.1f} s, later {steady:.1f} s")
-    table.setdefault("grid_start_s", {})[device] = round(grid_start_s, 2)
     lines.append(f"trial process start {start_s:.1f} s; Ray start {grid_start_s:.1f} s")
-    save_step_times(table, path)
-    lines.append(f"stored in {path}")
+    saved = save_step_times({"devices": {device: entries}, "grid_start_s": {device: round(grid_start_s, 2)}}, path)
+    lines.append(f"stored under {device!r} in {saved}" + ("" if path else f" {ship_hint(device)}"))
     return lines
 
 
-def save_step_times(table: dict, path: str = STEP_TIMES) -> None:
-    """Write the table in place (a temporary file renamed over it, so a reader never sees half of one)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(_dump(table))
-    os.replace(tmp, path)
-
-
-def _dump(table: dict) -> str:
-    """The table as JSON with one line per entry, so a diff shows which entries a calibration changed."""
-    def block(entries: dict, indent: str) -> str:
-        return "{\n" + ",\n".join(f"{indent}  {json.dumps(k)}: {json.dumps(v)}" for k, v in entries.items()) \
-            + f"\n{indent}}}"
-
-    parts = []
-    for key, value in table.items():
-        if key == "devices":
-            devices = ",\n".join(f"    {json.dumps(d)}: {block(e, '    ')}" for d, e in value.items())
-            parts.append(f'  "devices": {{\n{devices}\n  }}')
-        elif isinstance(value, dict):
-            parts.append(f"  {json.dumps(key)}: {block(value, '  ')}")
-        else:
-            parts.append(f"  {json.dumps(key)}: {json.dumps(value)}")
-    return "{\n" + ",\n".join(parts) + "\n}\n"
-
-
 def _ray_start_seconds() -> float:
-    import ray
+    import ray  # costly (~0.5 s): only --calibrate starts Ray
 
     start = time.perf_counter()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
@@ -388,62 +369,58 @@ def _ray_start_seconds() -> float:
 # -- command line --------------------------------------------------------------------------------
 
 def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
-    from search_spaces.grid import PROFILES
-
     p.add_argument("what", choices=("grid", "hpo"), help="price a grid (as `run grid` would run it) or a search")
     p.add_argument("--gpus", type=int, default=1, metavar="N",
-                   help="GPUs of the cluster (with --gpu-type cpu: CPUs, one trial per CPU); default 1")
+                   help="GPUs of the cluster (with --gpu-type cpu: CPUs, one trial per CPU)")
     p.add_argument("--gpu-type", default="a10g", metavar="TYPE",
-                   help=f"device type: step times and price (default: a10g; priced: {', '.join(PRICES)})")
+                   help=f"device type: step times and price (priced: {', '.join(PRICES)})")
     p.add_argument("--price", type=float, metavar="USD", help="$ per GPU-hour, overriding the table")
-    p.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="grid profile (default: demo)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="grid profile")
     p.add_argument("--block", action="append", metavar="NAME", help="study blocks to price (repeatable)")
     p.add_argument("--only", action="append", metavar="PATTERN", help="experiments whose id matches (repeatable)")
     p.add_argument("--max-epochs", type=int, metavar="E",
                    help="cap every experiment's epochs, as `run grid --max-epochs` (hpo: ASHA's max_t)")
-    from orchestrator.common import DEFAULT_STORAGE, add_cluster_argument, add_spec_arguments
-
     add_spec_arguments(p)
     add_cluster_argument(p)
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="results root, for --hparams-from-hpo")
     p.add_argument("--expected-epochs", type=int, metavar="E",
-                   help="assume every experiment stops after E epochs (default: the paper's averages)")
+                   help="assume every experiment stops after E epochs (none: the paper's averages)")
     p.add_argument("--data", default=default_data,
-                   help=f"shards whose manifests give row counts (default: {default_data}; else DATA-FACTS)")
-    p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial (default: the model's)")
-    p.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs per trial (default: the model's)")
+                   help="shards whose manifests give row counts (where missing: DATA-FACTS)")
+    p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial (none: the model's)")
+    p.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs per trial (none: the model's)")
     p.add_argument("--share-slowdown", type=float, default=1.0, metavar="X",
-                   help="trials sharing a GPU run X times slower than alone (default: 1, no contention)")
-    p.add_argument("--step-times", default=STEP_TIMES, metavar="JSON", help="step-time table (default: the repo's)")
+                   help="trials sharing a GPU run X times slower than alone (1: no contention)")
+    p.add_argument("--step-times", metavar="JSON",
+                   help="step-time table read (and written by --calibrate) alone; without it, the shipped table "
+                        "with this user's measurements ($VLSM_CACHE/step_times.json) over it, --calibrate "
+                        "storing into the latter")
     p.add_argument("--calibrate", action="store_true",
                    help="first measure the grid's models here through the Trainer and store them under --gpu-type")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while calibrating (default: 1, as a trial)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while calibrating (1: as a trial)")
     p.add_argument("--calibrate-epochs", type=int, default=2, metavar="E",
-                   help="epochs measured per model after the first (default: 2)")
+                   help="epochs measured per model after the first")
     p.add_argument("--json", action="store_true", help="also print the numbers as one JSON line")
     # hpo
-    p.add_argument("--model", help="hpo: the model searched")
-    p.add_argument("--datasets", nargs="+", metavar="NAME", help="hpo: datasets (default: the study's eight)")
-    p.add_argument("--size", choices=("small", "full"), default="full", help="hpo: model size (default: full)")
-    p.add_argument("--mode", choices=("frozen", "finetune"), help="hpo: what trains (default: as the study)")
-    from search_spaces.hpo import GRACE_PERIOD, NUM_SAMPLES, REDUCTION_FACTOR
-
-    p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="hpo: settings tried (default: as hpo's)")
-    p.add_argument("--grace-period", type=int, default=GRACE_PERIOD, help="hpo: ASHA grace period (default: as hpo's)")
+    p.add_argument("--datasets", nargs="+", metavar="NAME", help="hpo: datasets (none: the study's eight)")
+    p.add_argument("--size", choices=("small", "full"), default="full", help="hpo: model size")
+    p.add_argument("--mode", choices=("frozen", "finetune"), help="hpo: what trains (none: as the study)")
+    p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="hpo: settings tried, as hpo --num-samples")
+    p.add_argument("--grace-period", type=int, default=GRACE_PERIOD,
+                   help="hpo: ASHA grace period, as hpo --grace-period")
     p.add_argument("--reduction-factor", type=float, default=REDUCTION_FACTOR,
-                   help="hpo: ASHA reduction factor (default: as hpo's)")
-    p.add_argument("--max-concurrent", type=int, default=4, help="hpo: trials at once (default: 4)")
+                   help="hpo: ASHA reduction factor, as hpo --reduction-factor")
+    p.add_argument("--max-concurrent", type=int, default=4, help="hpo: trials at once, as hpo --max-concurrent")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
         table = load_step_times(args.step_times)
         if args.what == "hpo":
-            if not args.model:
-                print("plan hpo needs --model", file=sys.stderr)
+            if len(args.model or ()) != 1:  # --model is the spec arguments' (repeatable for a grid)
+                print("plan hpo needs one --model: the model searched", file=sys.stderr)
                 return 2
-            from search_spaces.hpo import MAX_T
-
+            args.model = args.model[0]
             args.max_epochs = args.max_epochs or MAX_T
             trials, limit = hpo_trials(args, table)
             title = (f"hpo search for {args.model}: {args.num_samples} settings, ASHA max_t {args.max_epochs}, "
@@ -454,8 +431,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 print("no experiment matches", file=sys.stderr)
                 return 2
             if args.calibrate:
-                from orchestrator.common import ensure_synthetic
-
                 ensure_synthetic(args.data, args.profile)
                 print(*calibrate(specs, args.data, args.gpu_type, args.step_times, args.threads,
                                  args.calibrate_epochs), sep="\n")

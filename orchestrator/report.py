@@ -7,7 +7,8 @@ import csv
 import io
 import posixpath
 
-from datasets.shards import write_atomically
+from datasets.overlap import shared_content
+from datasets.shards import ShardError, ShardStore, write_atomically
 from search_spaces.experiment import ExperimentSpec
 from trainables.results import ResultStore
 
@@ -83,9 +84,6 @@ def to_csv(rows: list[dict], columns: list[str] = COLUMNS) -> str:
 def flag_shared_content(rows: list[dict], data: str) -> list[str]:
     """Mark each row whose evaluation set shares images or masks with another dataset under ``data``
     (datasets.overlap, from the hashes ingest recorded); returns a note per overlapping pair."""
-    from datasets.overlap import shared_content
-    from datasets.shards import ShardError, ShardStore
-
     sets = {r["eval_set"] for r in rows} | {r["train_set"] for r in rows}
     try:
         overlaps = shared_content(ShardStore(data, cache=False), involving=sets)

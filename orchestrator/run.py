@@ -12,6 +12,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # trials that is expected and the warning would bury the progress table.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+from datasets.cli import DefaultsHelpFormatter  # noqa: E402
 from datasets.shards import ShardError  # noqa: E402
 from orchestrator.common import (  # noqa: E402
     DEFAULT_DATA,
@@ -24,6 +25,7 @@ from orchestrator.common import (  # noqa: E402
     fit_lines,
     summarize_outcome,
 )
+from orchestrator.launch import add_verbose_argument  # noqa: E402
 from orchestrator.lease import LeaseError, add_force_argument, driver_line  # noqa: E402
 from orchestrator.placement import Unplaceable  # noqa: E402
 
@@ -134,65 +136,67 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         # The console script (vlsm-tune) or the module, as the user ran it.
         prog="vlsm-tune" if os.path.basename(sys.argv[0]) == "vlsm-tune" else "python -m orchestrator.run",
-        description="Run the VLSM transfer-learning study as Ray Tune trials and tabulate the results.")
+        description="Run the VLSM transfer-learning study as Ray Tune trials and tabulate the results.",
+        formatter_class=DefaultsHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True, metavar="{grid,report,status,hpo,zeroshot,ablate,ood,plan}")
 
     grid = sub.add_parser("grid", help="run a grid of experiments (skips finished ones)",
+                          formatter_class=DefaultsHelpFormatter,
                           description="Run every experiment of a profile as a Ray Tune trial. Finished "
                                       "experiments (a DONE marker in --storage) are skipped, so rerunning "
                                       "the same command resumes the grid.")
     grid.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                      help="which grid to run (default: demo, small CLIPSeg on synthetic shards)")
+                      help="which grid to run (demo: small CLIPSeg on synthetic shards)")
     grid.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
                       help="with --profile study: run only this block of the paper's grid (repeatable; "
-                           f"{', '.join(STUDY_BLOCKS)}); default: the finetuning blocks")
+                           f"{', '.join(STUDY_BLOCKS)}; none: the finetuning blocks)")
     grid.add_argument("--only", action="append", metavar="PATTERN",
                       help="run only experiments whose id matches PATTERN (glob or substring); repeatable")
     grid.add_argument("--dry-run", action="store_true", help="list the experiments and their status, run nothing")
     grid.add_argument("--data", default=DEFAULT_DATA,
-                      help=f"shard root: a folder or s3://bucket/prefix (default: {DEFAULT_DATA})")
+                      help="shard root: a folder or s3://bucket/prefix")
     grid.add_argument("--storage", default=DEFAULT_STORAGE,
-                      help=f"where results, checkpoints and done markers go: a folder or s3://... "
-                           f"(default: {DEFAULT_STORAGE})")
-    grid.add_argument("--study", help="name of this study under --storage (default: the profile name)")
-    grid.add_argument("--address", help="Ray cluster to join (e.g. auto on a cluster's head); "
-                                        "default: start a local Ray on this machine")
+                      help="where results, checkpoints and done markers go: a folder or s3://...")
+    grid.add_argument("--study", help="name of this study under --storage (none: the profile name)")
+    grid.add_argument("--address", help="Ray cluster to join (e.g. auto on a cluster's head; "
+                                        "none: start a local Ray on this machine)")
     grid.add_argument("--fake-gpus", type=int, metavar="N",
                       help="declare N logical GPUs on a local Ray, to see fractional scheduling without GPUs")
     grid.add_argument("--gpus-per-trial", type=float, metavar="F",
-                      help="GPU share per trial, overriding each model's default fraction")
+                      help="GPU share per trial (none: each model's own fraction)")
     grid.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
-                      help="CPUs per trial (default: 1); torch uses max(1, floor(C)) threads")
+                      help="CPUs per trial; torch uses max(1, floor(C)) threads")
     grid.add_argument("--max-epochs", type=int, metavar="E",
                       help="cap every experiment's epochs (changes the experiment ids)")
     add_spec_arguments(grid)
     add_cluster_argument(grid)
     grid.add_argument("--max-failures", type=int, default=1, metavar="K",
-                      help="times Ray retries a crashed trial from its last checkpoint (default: 1)")
+                      help="times Ray retries a crashed trial from its last checkpoint")
     grid.add_argument("--checkpoint-interval", type=float, metavar="S",
-                      help="seconds between a trial's checkpoints (default: 30, full-size models 300; "
+                      help="seconds between a trial's checkpoints (none: 30, full-size models 300; "
                            "always one after the last epoch)")
     grid.add_argument("--retry-failed", action="store_true",
                       help="rerun experiments that failed in an earlier launch (FAILED.json); "
-                           "by default they are skipped and listed")
+                           "without it they are skipped and listed")
     grid.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     add_force_argument(grid)
-    grid.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                      help="Ray Tune progress output: 0 silent, 1 status table (default), 2 every result")
+    add_verbose_argument(grid)
     grid.set_defaults(func=cmd_grid)
 
     report = sub.add_parser("report", help="write the results table (Markdown and CSV)",
+                            formatter_class=DefaultsHelpFormatter,
                             description="Tabulate mean dice per (model, mode, train set, prompt, eval set) "
                                         "from finished experiments; writes report.md and report.csv under "
                                         "<storage>/<study>/.")
-    report.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results root (default: {DEFAULT_STORAGE})")
+    report.add_argument("--storage", default=DEFAULT_STORAGE, help="results root")
     report.add_argument("--data", default=DEFAULT_DATA,
                         help="shard root whose recorded content hashes flag results on datasets that share images "
-                             f"or masks with another (default: {DEFAULT_DATA})")
+                             "or masks with another")
     add_study_arguments(report, sorted(PROFILES))
     report.set_defaults(func=cmd_report)
 
     plan = sub.add_parser("plan", help="estimate GPU-hours, makespan and cost of a grid or search before running it",
+                          formatter_class=DefaultsHelpFormatter,
                           description="Estimate a grid's (or an hpo search's) GPU-hours, makespan and cost on a "
                                       "cluster shape from stored step times, against one experiment at a time "
                                       "on one GPU. See orchestrator/plan.py for the model of a trial's time.")
@@ -202,14 +206,15 @@ def parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=cmd_plan)
 
     status = sub.add_parser("status", help="per block: experiments done, running, failed, pending; best dice; ETA",
+                            formatter_class=DefaultsHelpFormatter,
                             description="Where a study stands, from one listing of its storage: per block the "
                                         "experiments done, running, failed and pending, the best validation dice "
                                         "so far, the trial time left and an ETA. Select the experiments as for "
                                         "grid (--profile, --only, --max-epochs).")
-    status.add_argument("--storage", default=DEFAULT_STORAGE, help=f"results root (default: {DEFAULT_STORAGE})")
-    status.add_argument("--study", help="study name under --storage (default: the profile name)")
+    status.add_argument("--storage", default=DEFAULT_STORAGE, help="results root")
+    status.add_argument("--study", help="study name under --storage (none: the profile name)")
     status.add_argument("--profile", choices=sorted(PROFILES),
-                        help="the grid the study runs (default: the study name, else demo)")
+                        help="the grid the study runs (none: the study name, else demo)")
     status.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
                         help="as for grid: with --profile study, only this block (repeatable)")
     status.add_argument("--only", action="append", metavar="PATTERN", help="as for grid; repeatable")
@@ -218,6 +223,7 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     hpo = sub.add_parser("hpo", help="Table 4's hyperparameter search for one model (Optuna TPE + ASHA)",
+                         formatter_class=DefaultsHelpFormatter,
                          description="Search Table 4's space (optimizer, learning rate, scheduler, batch size) "
                                      "for one model: each trial trains one setting on every --datasets set, "
                                      "Optuna's TPE proposes settings and ASHA stops weak ones early on mean "

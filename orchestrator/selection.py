@@ -12,8 +12,8 @@ import json
 import posixpath
 
 from datasets.storage import absolute_uri, filesystem_for, write_atomically
-from search_spaces.defaults import AS_RUN_MODE
 from search_spaces.experiment import ExperimentSpec
+from trainables.models import card
 
 SELECTION_FILE = "selection.json"
 SEARCH_FILE = "search.json"  # what the search in a folder was started with
@@ -22,7 +22,7 @@ SEARCH_FILE = "search.json"  # what the search in a folder was started with
 def search_name(model: str, mode: str | None = None) -> str:
     """A search's folder under ``<study>/hpo/``: the model for its as-run mode (``clipseg``), else
     model and mode (``clipseg-finetune``), so searches of two regimes never share a folder."""
-    return model if mode in (None, AS_RUN_MODE[model]) else f"{model}-{mode}"
+    return model if mode in (None, card(model).as_run_mode) else f"{model}-{mode}"
 
 
 def hpo_uri(storage: str, study: str, model: str, mode: str | None = None) -> str:

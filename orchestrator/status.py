@@ -13,22 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from search_spaces.experiment import ExperimentSpec
+from search_spaces.grid import block_of as grid_block
 from trainables.results import ResultStore
 
 STATES = ("done", "running", "failed", "pending")
 # A running experiment whose progress note is older than this has probably lost its driver.
 STALE_AFTER_S = 30 * 60
-
-
-def default_block(spec: ExperimentSpec) -> str:
-    return f"{spec.model} {spec.mode} {spec.train_set}"
-
-
-def block_function() -> Callable[[ExperimentSpec], str]:
-    """The grid's own block names where search_spaces.grid defines them, else (model, mode, train set)."""
-    from search_spaces import grid
-
-    return getattr(grid, "block_of", default_block)
 
 
 def state_of(names: dict[str, float]) -> str:
@@ -93,7 +83,7 @@ class Status:
 def collect(specs: list[ExperimentSpec], results: ResultStore, now: float | None = None,
             block_of: Callable[[ExperimentSpec], str] | None = None) -> Status:
     now = time.time() if now is None else now
-    block_of = block_of or block_function()
+    block_of = block_of or grid_block  # the grid's own block names
     files = results.listing()
     states = {s.id: state_of(files.get(s.id, {})) for s in specs}
     want = [(s.id, "result") for s in specs if states[s.id] == "done"]

@@ -7,14 +7,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-# Models whose study runs trained the decoder alone, whatever the configs said (MODEL-FACTS):
-# Hugging Face's CLIPSeg runs its CLIP towers under no_grad, the study's BiomedCLIPSeg its image
-# tower under inference_mode with the text tower frozen.
-DECODER_ONLY_IN_STUDY = ("clipseg", "biomedclipseg", "biomedclipseg_d")
+from trainables.models import cards
+
 # Fields with a closed set of values, checked when a spec is made (a typo in --set fails at once).
 CHOICES = {"optimizer": ("adamw", "adam"), "scheduler": ("plateau", "cosine", "constant"),
            "upsample": ("bilinear", "bicubic"), "resize": ("torch", "pil"), "mask_padding": (True, False)}
-# Fields some models' builders take (trainables.models.MODEL_OPTIONS says which); the others ignore them.
+# Fields some models' builders take (their cards' ``options`` say which); the others ignore them.
 MODEL_OPTION_FIELDS = ("decoder_dropout", "mask_padding", "upsample")
 # Fields that set how a model learns: overriding one with --set makes the spec's hparams "set".
 HYPERPARAMETERS = ("lr", "weight_decay", "batch_size", "optimizer", "scheduler", "encoder_lr_scale",
@@ -67,7 +65,8 @@ class ExperimentSpec:
         """``end_to_end`` when pretrained encoders train with the decoder where the study trained the
         decoder alone (the CLIPSeg family in mode finetune), else ``as_run``: trained as the study's
         code trained it. Derived from model and mode, so it is part of every id through the mode."""
-        return "end_to_end" if self.mode == "finetune" and self.model in DECODER_ONLY_IN_STUDY else "as_run"
+        decoder_only = any(c.name == self.model and c.as_run_mode == "frozen" for c in cards())
+        return "end_to_end" if self.mode == "finetune" and decoder_only else "as_run"
 
     @property
     def id(self) -> str:

@@ -1,7 +1,7 @@
 """The study's released code, where it trained otherwise than the paper's text says: ``--as-released``.
 
 The default grid follows the paper's text where it states a setting, and trains each model in the
-regime the study's code really ran (search_spaces.defaults.AS_RUN_MODE). ``--as-released`` sets, in
+regime the study's code really ran (each model card's as_run_mode). ``--as-released`` sets, in
 one go, every spec field below to what the study's released code did, for exact-number comparison;
 docs/fidelity.md has the table, with each field's own flag (``--set FIELD=VALUE``).
 

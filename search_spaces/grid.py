@@ -15,21 +15,14 @@ from dataclasses import dataclass
 
 from datasets.catalogue import ALL_POOL, DATASETS, ENDOSCOPY_POOL, INDIVIDUAL, POOLS
 from datasets.synthetic import SYNTHETIC_DATASETS
-from search_spaces.defaults import (
-    AS_RUN_MODE,
-    FINETUNE_ENCODER_LR_SCALE,
-    SMALL_OVERRIDES,
-    STUDY,
-    STUDY_WEIGHTS,
-    estimated_memory_gib,
-    training_defaults,
-)
+from search_spaces.defaults import SMALL_OVERRIDES, STUDY, estimated_memory_gib, training_defaults
 from search_spaces.experiment import ExperimentSpec
+from trainables.models import card, model_names
 
 PAPER_FINETUNING_TOTAL = 442  # Appendix C.1: "we have 442 finetuning experiments"
 
-VLSMS = ("cris", "clipseg", "biomedclipseg", "biomedclipseg_d")
-CNNS = ("unet", "unetpp", "deeplabv3plus")
+VLSMS = model_names(family="vlsm", study_only=True)  # CRIS, CLIPSeg, BiomedCLIPSeg, BiomedCLIPSeg-D
+CNNS = model_names(family="cnn", study_only=True)  # UNet, UNet++, DeepLabV3+
 MIMIC = "mimic_cxr_lungs"
 # Prompt type of pooled training: `random`, each sample drawing among its own dataset's P1..PN every
 # epoch. Table 2 gives one score per pooled model, so one prompt setting per pool; the paper does
@@ -41,9 +34,9 @@ POOLED_PROMPT = "random"
 def study_spec(model: str, mode: str, train_set: str, prompt_type: str, eval_sets: tuple[str, ...] = ()
                ) -> ExperimentSpec:
     """A full-size experiment with the study's weights and the model's defaults."""
-    encoder_lr_scale = FINETUNE_ENCODER_LR_SCALE[model] if mode == "finetune" else 1.0
+    encoder_lr_scale = card(model).encoder_lr_scale if mode == "finetune" else 1.0
     return ExperimentSpec(model=model, mode=mode, train_set=train_set, prompt_type=prompt_type,
-                          eval_sets=eval_sets, weights=STUDY_WEIGHTS[model], encoder_lr_scale=encoder_lr_scale,
+                          eval_sets=eval_sets, weights=card(model).weights, encoder_lr_scale=encoder_lr_scale,
                           **training_defaults(model), **STUDY)
 
 
@@ -55,16 +48,17 @@ def each_dataset_and_prompt(model: str, mode: str) -> list[ExperimentSpec]:
 def individual() -> list[ExperimentSpec]:
     # C.1: five non-radiology datasets x P0-P9 (50) + CAMUS P0-P7, BUSI P0-P6, CheXlocalize P0-P6 (22)
     # = 72 per VLSM; Figure 2 (finetuned) and Table 2 ("Individual"). Trained as the study's code
-    # trained them (AS_RUN_MODE): CRIS end to end, the CLIPSeg family's decoder alone, so CLIPSeg's
-    # 72 are the frozen block's CLIPSeg experiments, run once and counted in both blocks.
-    return [s for model in VLSMS for s in each_dataset_and_prompt(model, AS_RUN_MODE[model])]
+    # trained them (each card's as_run_mode): CRIS end to end, the CLIPSeg family's decoder alone, so
+    # CLIPSeg's 72 are the frozen block's CLIPSeg experiments, run once and counted in both blocks.
+    return [s for model in VLSMS for s in each_dataset_and_prompt(model, card(model).as_run_mode)]
 
 
 def end_to_end() -> list[ExperimentSpec]:
     # Beyond the paper (opt-in): the CLIPSeg family with its pretrained encoders trained too, at
-    # FINETUNE_ENCODER_LR_SCALE of the decoder's LR. The paper believed its individual block did this;
+    # the card's encoder_lr_scale of the decoder's LR. The paper believed its individual block did this;
     # its code did not (MODEL-FACTS), so no published number comes from this regime.
-    return [s for model in VLSMS if AS_RUN_MODE[model] == "frozen" for s in each_dataset_and_prompt(model, "finetune")]
+    return [s for model in VLSMS if card(model).as_run_mode == "frozen"
+            for s in each_dataset_and_prompt(model, "finetune")]
 
 
 def frozen() -> list[ExperimentSpec]:
@@ -76,14 +70,14 @@ def frozen() -> list[ExperimentSpec]:
 def pooled() -> list[ExperimentSpec]:
     # C.1 ("we also finetune CRIS and CLIPSeg with the pooled datasets comprising only endoscopic and
     # all datasets") and Table 2's "Endoscopy Pooled" and "Pooled" rows, scored on their test sets.
-    return [study_spec(model, AS_RUN_MODE[model], pool, POOLED_PROMPT, POOLS[pool].eval_sets)
+    return [study_spec(model, card(model).as_run_mode, pool, POOLED_PROMPT, POOLS[pool].eval_sets)
             for model in ("cris", "clipseg") for pool in (ENDOSCOPY_POOL, ALL_POOL)]
 
 
 def mimic() -> list[ExperimentSpec]:
     # Appendix F.2, Table 8 ("Finetuning" rows): CRIS and CLIPSeg on MIMIC-CXR lungs with the empty
     # prompt (P0) and the radiology report (P1).
-    return [study_spec(model, AS_RUN_MODE[model], MIMIC, prompt) for model in ("cris", "clipseg")
+    return [study_spec(model, card(model).as_run_mode, MIMIC, prompt) for model in ("cris", "clipseg")
             for prompt in ("p0", "p1")]
 
 
@@ -107,14 +101,17 @@ def zeroshot_mimic() -> list[ExperimentSpec]:
     return [study_spec(model, "zeroshot", MIMIC, prompt) for model in ("cris", "clipseg") for prompt in ("p0", "p1")]
 
 
-def demo() -> list[ExperimentSpec]:
+def demo(models: tuple[str, ...] = ("clipseg",)) -> list[ExperimentSpec]:
     """Small CLIPSeg, decoder trained on frozen encoders (as the study did), on both synthetic sets,
-    with no prompt (p0), the class name (p1) and a rich prompt naming size, colour and place (p6)."""
-    base = {**training_defaults("clipseg"), **SMALL_OVERRIDES}
+    with no prompt (p0), the class name (p1) and a rich prompt naming size, colour and place (p6).
+    ``models`` (grid --model) runs the same for other registered models, each in its as-run mode; a
+    model that reads no text takes p0 alone."""
     return [
-        ExperimentSpec(model="clipseg", mode="frozen", train_set=dataset, prompt_type=prompt, **base)
+        ExperimentSpec(model=model, mode=card(model).as_run_mode, train_set=dataset, prompt_type=prompt,
+                       **{**training_defaults(model), **SMALL_OVERRIDES})
+        for model in models
         for dataset in SYNTHETIC_DATASETS
-        for prompt in ("p0", "p1", "p6")
+        for prompt in (("p0", "p1", "p6") if card(model).reads_text else ("p0",))
     ]
 
 
@@ -182,6 +179,24 @@ def specs_of(blocks: tuple[Block, ...]) -> list[ExperimentSpec]:
     """The blocks' experiments, each once: an experiment two blocks list (CLIPSeg decoder-only in
     `individual` and `frozen`) is one spec, one id, one run."""
     return list({s.id: s for block in blocks for s in block.specs()}.values())
+
+
+def profile_specs(profile: str, blocks: list[str] | None = None, models: list[str] | None = None
+                  ) -> list[ExperimentSpec]:
+    """A launch's experiments: the profile's blocks (or the study's named ``blocks``), for ``models``
+    only where given. The demo runs for any registered model; the study's blocks list only theirs."""
+    for model in models or ():
+        card(model)  # unknown names fail here, with the known ones
+    if profile == "demo" and models:
+        return demo(tuple(dict.fromkeys(models)))
+    specs = specs_of(blocks_for(profile, blocks))
+    if models:
+        specs = [s for s in specs if s.model in models]
+        if not specs:
+            raise ValueError(f"no experiment of profile {profile!r} trains {', '.join(models)}"
+                             + (" in the chosen blocks" if blocks else "") + ": the demo runs any model "
+                             "(--profile demo --model NAME)")
+    return specs
 
 
 def shared_experiments(blocks: tuple[Block, ...]) -> dict[tuple[str, str], list[str]]:

@@ -22,7 +22,7 @@ HPO_PROMPT = "random"
 
 # The end_to_end regime (beyond the paper) also samples the encoders' LR relative to the decoder's:
 # from CRIS's own backbone multiplier, 0.1 (Wang et al. 2022, cris_r50.yaml), down two decades, which
-# holds our fixed default of 0.01 (search_spaces.defaults.FINETUNE_ENCODER_LR_SCALE) in the middle.
+# holds our fixed default of 0.01 (the cards' encoder_lr_scale, trainables/models/cards.py) in the middle.
 ENCODER_LR_SCALE_RANGE = (1e-3, 1e-1)
 
 # Budget defaults of `hpo` (Table 4 gives none): 32 settings per model, so that TPE has ~20 finished
@@ -34,7 +34,7 @@ NUM_SAMPLES, GRACE_PERIOD, MAX_T, REDUCTION_FACTOR = 32, 10, 40, 2
 
 def tune_space(with_encoder_lr: bool = False) -> dict:
     """Table 4 as a Ray Tune param_space (OptunaSearch converts it to Optuna distributions)."""
-    from ray import tune
+    from ray import tune  # costly (~1 s): every `orchestrator.run` command imports this module, only hpo searches
 
     space = {
         "optimizer": tune.choice(list(OPTIMIZERS)),

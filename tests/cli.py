@@ -66,3 +66,22 @@ def kill_session(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.communicate()  # reaps it, and drains its pipes if it has any
+
+
+# How orchestrator/console.py starts a line about one trial (the trial's name follows).
+TRIAL_EVENTS = ("started  ", "resumed  ", "note     ", "retrying ", "done     ", "FAILED   ")
+
+
+def console_lines(stdout: str) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """A launch's output at the default verbosity: the lines about each trial (by its name), the
+    progress lines, and every other line."""
+    trials: dict[str, list[str]] = {}
+    progress, others = [], []
+    for line in stdout.splitlines():
+        if line.startswith(TRIAL_EVENTS):
+            trials.setdefault(line[9:].split(":")[0].split(" ")[0], []).append(line)
+        elif line.startswith("progress "):
+            progress.append(line)
+        else:
+            others.append(line)
+    return trials, progress, others

@@ -52,6 +52,9 @@ def test_a_corrupt_shard_fails_its_trial_only(tmp_path):
                      timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-4000:]
     assert "ran 2 experiments: 1 finished, 1 failed" in result.stdout
+    # --verbose 0: what the launch runs, then its summary; nothing while the trials run.
+    shown = [line.split(":")[0] for line in result.stdout.splitlines() if not line.startswith("no GPUs on this")]
+    assert shown == ["2 experiments", "ran 2 experiments", "results table (1 rows)", "                  csv"], shown
     results = ResultStore(str(storage), "demo")
     (finished,), (failed,) = results.finished_ids(), results.failed_ids()
     assert "synth_polyp-p1" in finished and "synth_pairs-p1" in failed

@@ -5,15 +5,17 @@ its printed tables, and checks that `--save` writes entries the planner reads. T
 checked to be positive numbers: speed belongs in the benchmark's output, not in a test.
 """
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu import device_type
+from benchmarks.gpu import device_type, save
 from orchestrator.plan import STEP_TIMES, load_step_times, per_sample_seconds
 from tests.cli import REPO, kill_session
 
@@ -103,6 +105,29 @@ def test_save_writes_entries_the_planner_reads(bench):
                                                     load_step_times(str(path)), "cpu-test")
     assert source == "cpu-test measured"
     assert train_s == pytest.approx(clipseg["step_ms"] / 1000 / 2) and eval_s > 0
+
+
+def test_save_without_a_path_goes_to_the_user_cache(tmp_path, monkeypatch):
+    """No --step-times: the entries go to $VLSM_CACHE/step_times.json, the shipped table stays byte for
+    byte, and the planner's table then holds them over the shipped ones."""
+    monkeypatch.setenv("VLSM_CACHE", str(tmp_path / "cache"))
+    shipped = hashlib.sha256(Path(STEP_TIMES).read_bytes()).hexdigest()
+    shipped_cpu = load_step_times(STEP_TIMES)["devices"]["cpu"]["clipseg/frozen/small"]
+    row = {"model": "clipseg", "mode": "frozen", "size": "small", "batch": 2, "input": 128, "step_s": 0.011,
+           "cached_s": 0.007, "eval_s": 0.004, "peak_gib": 0.5, "encode_ms_per_row": 2.5}
+    saved = save([row], "cpu", "CPU, test", None)
+    assert saved == str(tmp_path / "cache" / "step_times.json")
+    assert hashlib.sha256(Path(STEP_TIMES).read_bytes()).hexdigest() == shipped
+    written = json.loads(Path(saved).read_text())
+    assert list(written["devices"]) == ["cpu"] and "paper" not in written
+    entry = load_step_times()["devices"]["cpu"]["clipseg/frozen/small"]
+    assert entry == written["devices"]["cpu"]["clipseg/frozen/small"]
+    assert entry["step_ms"] == 7.0 and entry["cache_build_ms_per_row"] == 2.5
+    # What a benchmark does not measure (batch-free) comes over from the table it read.
+    assert entry["setup_s"] == shipped_cpu["setup_s"] and entry["start_s"] == shipped_cpu["start_s"]
+    train_s, _, _, source = per_sample_seconds({"model": "clipseg", "mode": "frozen", "size": "small"},
+                                               load_step_times(), "cpu")
+    assert source == "cpu measured" and train_s == pytest.approx(0.007 / 2)
 
 
 def test_device_type_from_gpu_names():

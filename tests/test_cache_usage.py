@@ -23,7 +23,7 @@ from datasets.synthetic import synthetic_rows
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
 from tests.cli import REPO
 from trainables.feature_cache import FeatureCache
-from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs
+from trainables.models import build_model, build_tokenizer, encoder_prefixes, model_inputs
 
 SIZE = 128  # the small CLIPSeg's input size
 
@@ -53,7 +53,7 @@ def fill(remote: str, node: str, clipseg) -> dict[str, np.ndarray]:
     store = ShardStore(remote, cache=NodeCache(node))
     train, val = (SegmentationSplit(store, "tiny", s, "p6", SIZE, train=False) for s in ("train", "val"))
     model, tokenizer, inputs = clipseg
-    features = FeatureCache(model, tokenizer, inputs, "clipseg", ENCODER_PREFIXES["clipseg"],
+    features = FeatureCache(model, tokenizer, inputs, "clipseg", encoder_prefixes("clipseg"),
                             root=os.path.join(node, "features")).wrap(train, torch.device("cpu"))
     return {"train": np.array(train.images), "val": np.array(val.images),
             **{f"features/{k}": np.array(v) for k, v in features.image.items()},

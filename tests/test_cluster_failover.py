@@ -191,7 +191,7 @@ def test_grid_survives_losing_a_node_and_resumes_its_trials_from_checkpoints(s3_
         args = ["grid", "--profile", "demo", *[a for p in PICK for a in ("--only", p)], "--address", address,
                 "--data", f"{s3_bucket}/shards", "--storage", f"{s3_bucket}/runs",
                 "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--max-epochs", str(MAX_EPOCHS),
-                "--checkpoint-interval", "2", "--max-failures", "3", "--verbose", "0"]
+                "--checkpoint-interval", "2", "--max-failures", "3"]  # the default console
         started = time.monotonic()
         with open(log_path, "wb") as out:
             driver = subprocess.Popen([sys.executable, "-m", "orchestrator.run", *args], cwd=REPO, env=env,
@@ -246,6 +246,9 @@ def test_grid_survives_losing_a_node_and_resumes_its_trials_from_checkpoints(s3_
         for experiment_id in on_worker:
             resumed = runs[experiment_id]["resumed_from_epoch"]
             assert isinstance(resumed, int) and 1 <= resumed < MAX_EPOCHS, (experiment_id, resumed)
+            # The console says it: the crash on one line, then where the retry resumed from.
+            assert f"retrying {experiment_id} after: " in driver_log(), driver_log()
+            assert f"resumed  {experiment_id} from its checkpoint after epoch {resumed}" in driver_log(), driver_log()
         for experiment_id in on_head:
             assert runs[experiment_id]["resumed_from_epoch"] is None, (experiment_id, runs[experiment_id])
         assert len({r["node_ip"] for r in runs.values()}) == 1  # both nodes share this machine's address

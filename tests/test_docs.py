@@ -67,3 +67,29 @@ def test_every_flag_shown_exists():
                     if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text(command)):
                         missing.append(f"{page.name}: {command} {flag}")
     assert not missing, missing
+
+
+def cheap_commands() -> list[tuple[str, str]]:
+    """Shown command lines that read no data and start no Ray, so a test can run them as written:
+    dry runs and `plan` (without --calibrate), optional [parts] left out, with nothing else to fill
+    in (no BUCKET, ..., <name>)."""
+    found = []
+    for page in PAGES:
+        for line in command_lines(page.read_text()):
+            line = re.sub(r"\s*\[[^]]*\]", "", line.split("#")[0]).strip()
+            cheap = "--dry-run" in line or re.search(r"orchestrator\.run plan (grid|hpo)\b", line)
+            if cheap and "--calibrate" not in line and not re.search(r"BUCKET|\.\.\.|<", line):
+                found.append((page.name, line))
+    return found
+
+
+def test_the_cheap_commands_shown_run_as_written(tmp_path):
+    shown = cheap_commands()
+    assert len(shown) >= 4, shown  # among them the README's dry run and the two plans of docs/performance.md
+    for page, line in shown:
+        args = line.split()[1:]  # python -m orchestrator.run ...
+        done = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={"PATH": "/usr/bin", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                                   "PYTHONPATH": str(REPO), "VLSM_CACHE": str(tmp_path / "cache")})
+        assert done.returncode == 0, f"{page}: {line}\n{done.stderr[-2000:]}"
+        assert done.stdout.strip(), f"{page}: {line} printed nothing"

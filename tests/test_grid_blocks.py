@@ -5,9 +5,9 @@ from collections import Counter
 from cli import run_cli
 
 from datasets.catalogue import DATASETS, POOLS, prompt_types
-from orchestrator.grid_runner import trial_resources
+from orchestrator.launch import trial_resources
 from orchestrator.placement import NodeType, place
-from search_spaces.defaults import GPU_MEMORY_GIB, RESOURCES, estimated_memory_gib, resources_for
+from search_spaces.defaults import GPU_MEMORY_GIB, estimated_memory_gib, resources_for
 from search_spaces.grid import PROFILES, STUDY_BLOCKS, block_of, blocks_for, specs_of
 
 # Pinned literals, computed once: if one changes, every stored result of that experiment is orphaned.
@@ -70,7 +70,7 @@ def test_every_study_dataset_and_prompt_is_in_the_table():
 
 def test_resources_follow_the_batch():
     clipseg = {"model": "clipseg", "mode": "frozen", "size": "full", "batch_size": 128}
-    assert resources_for(clipseg) == {"cpu": RESOURCES["clipseg"]["cpus"], "gpu": 0.5}
+    assert resources_for(clipseg) == {"cpu": 2, "gpu": 0.5}
     assert estimated_memory_gib(clipseg) <= 0.5 * GPU_MEMORY_GIB
     # A batch that does not fit the model's share gets the next one up, up to a whole GPU.
     unet = {"model": "unet", "mode": "finetune", "size": "full", "batch_size": 16}
@@ -88,7 +88,7 @@ def test_resources_follow_the_batch():
     specs = {"a": unet, "b": {**unet, "batch_size": 128}}
     placements = {k: place({**s, "id": k}, a10g, cpus=1.0) for k, s in specs.items()}
     resources = trial_resources(placements)
-    assert resources({"experiment_id": "a"})["gpu"] == 0.25 and resources({"experiment_id": "b"})["gpu"] == 0.5
+    assert resources({"trial": "a"})["gpu"] == 0.25 and resources({"trial": "b"})["gpu"] == 0.5
 
 
 def test_dry_run_lists_blocks_without_data(tmp_path):

@@ -1,5 +1,6 @@
 """The walking skeleton end to end: a grid of fractional-GPU trials on a real local Ray, with shards
-and results on a real S3 server on loopback; a rerun of the same command runs nothing."""
+and results on a real S3 server on loopback; a rerun of the same command runs nothing. At the default
+verbosity the console says each trial's start and end, and progress with an ETA, and nothing else."""
 
 import csv
 import io
@@ -7,7 +8,7 @@ import json
 
 import boto3
 
-from tests.cli import run_cli
+from tests.cli import console_lines, run_cli
 
 PICK = ["synth_polyp-p0", "synth_polyp-p1", "synth_pairs-p0", "synth_pairs-p1"]
 
@@ -30,8 +31,8 @@ def test_grid_on_s3_runs_fractional_trials_and_a_rerun_runs_nothing(s3_bucket, s
     bucket = s3_bucket.removeprefix("s3://")
     args = ["grid", "--profile", "demo", *[a for p in PICK for a in ("--only", p)], "--max-epochs", "2",
             "--data", f"{s3_bucket}/shards", "--storage", f"{s3_bucket}/runs", "--fake-gpus", "2",
-            "--cpus-per-trial", "0.5", "--no-dashboard", "--verbose", "0"]
-    first = run_cli(*args)
+            "--cpus-per-trial", "0.5", "--no-dashboard"]
+    first = run_cli(*args)  # at the default verbosity
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert "4 experiments: 0 already finished" in first.stdout
     assert "ran 4 experiments: 4 finished, 0 failed" in first.stdout
@@ -40,6 +41,19 @@ def test_grid_on_s3_runs_fractional_trials_and_a_rerun_runs_nothing(s3_bucket, s
     stored = objects(s3, bucket, "runs/demo/experiments/")
     ids = sorted({key.split("/")[3] for key in stored} - {""})  # "" is a folder marker
     assert len(ids) == 4 and all(any(p in i for i in ids) for p in PICK)
+    # At most three lines per trial (started, resumed, done), progress lines with an ETA, the launch's
+    # plan line and its summary: no Ray table, no Ray start-up notes, no trial output.
+    trials, progress, others = console_lines(first.stdout)
+    assert sorted(trials) == ids, first.stdout
+    for experiment_id, lines in trials.items():
+        assert len(lines) <= 3 and [line.split()[0] for line in lines] == ["started", "done"], lines
+        assert lines[-1].startswith(f"done     {experiment_id}: best val dice ") and ", 2 epochs, " in lines[-1]
+    assert len(progress) >= 4 and progress[-1].startswith("progress 4/4 done, 0 running, 0 failed"), progress
+    assert any(", ETA " in line and "ETA unknown" not in line for line in progress), progress
+    others = [line for line in others if not line.startswith("generated synthetic dataset")]  # the data, once
+    assert [line.split(":")[0] for line in others] == ["4 experiments", "ran 4 experiments", "results table (4 rows)",
+                                                       "                  csv"], others
+    assert "Trial status" not in first.stdout + first.stderr and "INFO" not in first.stderr, first.stderr[-3000:]
     runs = []
     for experiment_id in ids:
         assert f"runs/demo/experiments/{experiment_id}/DONE" in stored
@@ -59,7 +73,7 @@ def test_grid_on_s3_runs_fractional_trials_and_a_rerun_runs_nothing(s3_bucket, s
     assert sorted(r["experiment_id"] for r in rows) == ids
     assert all(r["n_images"] == "40" and 0.0 <= float(r["dice_mean"]) <= 1.0 for r in rows)
 
-    second = run_cli(*args)
+    second = run_cli(*args, "--verbose", "0")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "4 experiments: 4 already finished" in second.stdout and "0 to run" in second.stdout
     assert "ran 0 experiments" in second.stdout

@@ -65,20 +65,28 @@ def test_no_import_circles():
 
 
 def test_one_launch_path():
-    """grid, the evaluation commands and hpo launch through orchestrator.launch: one Outcome, one fit."""
+    """grid and the evaluation commands launch through orchestrator.launch.launch (skip finished, place,
+    fit, record the outcome), hpo's search through its session and fit: one Outcome, one Tuner."""
     found = modules()
     outcomes = [name for name, tree in found.items() for node in ast.walk(tree)
                 if isinstance(node, ast.ClassDef) and node.name.endswith("Outcome")]
     assert outcomes == ["orchestrator.launch"]
-    for name in ("orchestrator.grid_runner", "orchestrator.evaluation", "orchestrator.hpo"):
+    uses = {"orchestrator.grid_runner": {"launch"}, "orchestrator.evaluation": {"launch"},
+            "orchestrator.hpo": {"fit", "session", "place_trials", "trial_resources"}}
+    for name, needed in uses.items():
         imported = {n for module, names in imports(found[name]) if module == "orchestrator.launch" for n in names}
-        assert {"fit", "session", "place_trials"} <= imported, name
+        assert needed <= imported, name
         calls = {node.func.id for node in ast.walk(found[name])
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-        assert {"fit", "session"} <= calls, name
-        # No Tuner of their own: only launch.fit builds one.
-        assert not any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Tuner"
-                       for node in ast.walk(found[name])), name
+        assert needed <= calls, name
+    # Only launch builds a Tuner, binds a trainable's parameters and records what trials wrote.
+    for name, tree in found.items():
+        attributes = {node.func.attr for node in ast.walk(tree)
+                      if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+        if name.startswith("orchestrator.") and name not in ("orchestrator.launch", "orchestrator.hpo"):
+            assert not attributes & {"Tuner", "with_parameters", "record_outcome"}, name
+        elif name == "orchestrator.hpo":
+            assert not attributes & {"Tuner", "record_outcome"}, name
 
 
 def test_the_local_datasets_package_shadows_hugging_faces_and_nothing_needs_that_one():

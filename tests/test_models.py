@@ -7,14 +7,12 @@ import torch
 from datasets.shards import ShardStore
 from datasets.synthetic import split_rows
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
-from search_spaces.defaults import MODEL_DEFAULTS, training_defaults
+from search_spaces.defaults import training_defaults
 from search_spaces.experiment import ExperimentSpec
 from trainables.experiment import prepare
-from trainables.models import BUILDERS, MODEL_INPUTS, build_model, build_tokenizer
+from trainables.models import build_model, build_tokenizer, card, cards, model_names
 
-FULL_SIZE_PARAMETERS = {  # MODEL-FACTS
-    "clipseg": 150_747_746, "cris": 146_849_122, "unet": 32_521_105, "unetpp": 48_985_745, "deeplabv3plus": 26_677_585,
-}
+STUDY_MODELS = model_names(study_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -27,24 +25,26 @@ def data(tmp_path_factory) -> str:
     return root
 
 
-def test_every_model_has_defaults_and_inputs():
-    assert set(BUILDERS) == set(MODEL_DEFAULTS) == {"clipseg", "cris", "biomedclipseg", "biomedclipseg_d", "unet",
-                                                    "unetpp", "deeplabv3plus"}
-    assert {name for name, _ in MODEL_INPUTS} == set(BUILDERS)
-    assert all((name, size) in MODEL_INPUTS for name in BUILDERS for size in ("small", "full"))
+def test_the_study_has_seven_cards_each_complete():
+    assert set(STUDY_MODELS) == {"clipseg", "cris", "biomedclipseg", "biomedclipseg_d", "unet", "unetpp",
+                                 "deeplabv3plus"}
+    for model in cards():
+        assert set(model.inputs) == {"small", "full"} and model.defaults and model.memory, model.name
+        assert {"lr", "batch_size", "optimizer", "scheduler", "patience"} <= set(model.defaults), model.name
+        assert model.as_run_mode in model.memory or "finetune" in model.memory, model.name
+    assert {m.name for m in cards() if m.family == "cnn"} == {"unet", "unetpp", "deeplabv3plus"}
 
 
-@pytest.mark.parametrize("name", sorted(FULL_SIZE_PARAMETERS))
-def test_full_size_parameter_counts(name):
-    mode = "frozen" if name == "clipseg" else "finetune"
-    model = build_model(name, mode, "full")
-    assert sum(p.numel() for p in model.parameters()) == FULL_SIZE_PARAMETERS[name]
+@pytest.mark.parametrize("name", [m.name for m in cards() if m.parameters])
+def test_full_size_parameter_counts_match_the_cards(name):
+    model = build_model(name, card(name).as_run_mode, "full")
+    assert sum(p.numel() for p in model.parameters()) == card(name).parameters
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", STUDY_MODELS)
 def test_small_model_trains_and_evaluates_through_the_trainer(name, data):
     torch.set_num_threads(2)
-    mode = "finetune" if MODEL_DEFAULTS[name]["optimizer"] == "adam" else "frozen"
+    mode = card(name).as_run_mode
     spec = ExperimentSpec(model=name, mode=mode, train_set="tiny", prompt_type="p6",
                           **{**training_defaults(name), "size": "small", "batch_size": 4, "max_epochs": 2})
     trainer, tests = prepare({**spec.to_dict(), "id": spec.id}, data)
@@ -71,7 +71,7 @@ def test_zeroshot_evaluates_without_training(data):
     assert all(torch.equal(weights[n], p) for n, p in trainer.model.named_parameters())
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", STUDY_MODELS)
 def test_tokenizer_produces_real_ids(name):
     tokenizer = build_tokenizer(name)
     ids = tokenizer("one small pink round polyp, located in left of the image")["input_ids"]

@@ -5,13 +5,15 @@ The timed comparison is loose on purpose (within 3x): this machine is shared. Th
 checked by hand and reported in docs/performance.md.
 """
 
+import hashlib
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
-from orchestrator.plan import STEP_TIMES, TrialTime, asha_epochs, makespan
+from orchestrator.plan import STEP_TIMES, TrialTime, asha_epochs, load_step_times, makespan, save_step_times
 from tests.cli import run_cli
 
 
@@ -72,3 +74,64 @@ def test_small_cpu_grid_estimate_against_a_real_run(tmp_path, monkeypatch):
     assert ran.returncode == 0, ran.stderr
     assert "2 finished" in ran.stdout
     assert measured / 3 < planned["makespan_s"] < measured * 3, (planned["makespan_s"], measured)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_measurements_go_to_the_user_cache_never_the_source_tree(tmp_path, monkeypatch):
+    """Storing with no path (what `plan --calibrate` and `benchmarks gpu --save` do without --step-times)
+    writes only the measured entries to $VLSM_CACHE/step_times.json; the shipped table stays byte for
+    byte; a later load, and `plan`, read the user's entries over the shipped ones."""
+    cache = tmp_path / "cache"  # created by the save, folders and all
+    monkeypatch.setenv("VLSM_CACHE", str(cache))
+    shipped_hash, shipped = sha256(STEP_TIMES), load_step_times(STEP_TIMES)
+    assert load_step_times() == shipped  # no user file yet: the shipped table alone
+    mine = {"batch": 2, "step_ms": 4.0, "eval_step_ms": 1.0, "source": "test"}
+    h200 = {"batch": 32, "step_ms": 50.0, "source": "test, over the shipped h200 entry"}
+    saved = save_step_times({"devices": {"cpu-test": {"clipseg/frozen/small": mine},
+                                         "h200": {"clipseg/frozen/full": h200}},
+                             "grid_start_s": {"cpu-test": 1.5}})
+    assert saved == str(cache / "step_times.json")
+    assert sha256(STEP_TIMES) == shipped_hash
+    written = json.loads(Path(saved).read_text())
+    assert set(written) == {"about", "devices", "grid_start_s"}  # measured devices only, never the paper's
+    assert written["devices"] == {"cpu-test": {"clipseg/frozen/small": mine}, "h200": {"clipseg/frozen/full": h200}}
+    assert not list(cache.glob("*.tmp-*"))
+
+    # A second measurement adds to the file; the user's entries win per device and per entry.
+    saved = save_step_times({"devices": {"cpu-test": {"unet/finetune/small": {"batch": 2, "step_ms": 9.0}}}})
+    table = load_step_times()
+    assert table["devices"]["cpu-test"] == {"clipseg/frozen/small": mine,
+                                            "unet/finetune/small": {"batch": 2, "step_ms": 9.0}}
+    assert table["devices"]["h200"]["clipseg/frozen/full"] == h200
+    assert table["devices"]["h200"]["clipseg/finetune/full"] == shipped["devices"]["h200"]["clipseg/finetune/full"]
+    assert table["devices"]["cpu"] == shipped["devices"]["cpu"]
+    assert table["grid_start_s"]["cpu-test"] == 1.5
+    assert load_step_times(STEP_TIMES) == shipped  # an explicit path reads that file alone
+    assert sha256(STEP_TIMES) == shipped_hash
+
+    planned = plan_json(run_cli("plan", "grid", "--gpu-type", "cpu-test", "--only", "synth_polyp-p0",
+                                "--data", str(tmp_path / "no-shards"), "--json", timeout=300))
+    assert planned["trials"] == 1 and planned["sources"] == ["cpu-test measured"]
+    pinned = plan_json(run_cli("plan", "grid", "--gpu-type", "cpu-test", "--only", "synth_polyp-p0", "--data",
+                               str(tmp_path / "no-shards"), "--step-times", STEP_TIMES, "--json", timeout=300))
+    assert pinned["sources"] == ["paper"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "cannot read step times"),
+    ('{"devices": {"cpu": {"clipseg/frozen/small": {"step_ms": 5}}}}', "'batch' and 'step_ms'"),
+    ('{"devices": {}, "paper": {"clipseg": {"minutes": 1, "epochs": 1}}}', "'paper'"),
+])
+def test_bad_user_step_times_are_refused_by_name(tmp_path, monkeypatch, content, expected):
+    monkeypatch.setenv("VLSM_CACHE", str(tmp_path))
+    user = tmp_path / "step_times.json"
+    user.write_text(content)
+    with pytest.raises(ValueError, match=expected) as refused:
+        load_step_times()
+    assert str(user) in str(refused.value)
+    with pytest.raises(ValueError, match=expected):  # nor does a measurement overwrite it
+        save_step_times({"devices": {"cpu": {"clipseg/frozen/small": {"batch": 2, "step_ms": 4.0}}}})
+    assert user.read_text() == content

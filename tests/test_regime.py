@@ -222,9 +222,9 @@ def test_the_demo_runs_as_released(tmp_path):
 def test_set_changes_only_the_models_that_take_an_option_and_marks_hyperparameters():
     from orchestrator.common import build_specs
     from search_spaces.experiment import MODEL_OPTION_FIELDS
-    from trainables.models import MODEL_OPTIONS
+    from trainables.models import cards
 
-    assert {o for options in MODEL_OPTIONS.values() for o in options} == set(MODEL_OPTION_FIELDS)
+    assert {o for c in cards() for o in c.options} == set(MODEL_OPTION_FIELDS)
     args = argparse.Namespace(profile="study", block=["individual"], max_epochs=None, only=None, as_released=False,
                               hparams_from_hpo=None, grad_accum=None, set=[spec_setting("decoder_dropout=0.2")])
     before = {s.id: s for s in STUDY_BLOCKS["individual"].specs()}

@@ -53,11 +53,12 @@ def test_a_killed_grid_resumes_from_checkpoints_and_finishes_every_experiment_on
     prefix = "runs/demo/experiments/"
     args = ["grid", "--profile", "demo", *[a for p in PICK for a in ("--only", p)], "--max-epochs", str(MAX_EPOCHS),
             "--data", f"{s3_bucket}/shards", "--storage", f"{s3_bucket}/runs", "--cpus-per-trial", "1",
-            "--checkpoint-interval", "0", "--no-dashboard", "--verbose", "0"]
+            "--checkpoint-interval", "0", "--no-dashboard"]
     log_path = tmp_path / "driver.log"
     started = time.monotonic()
     with open(log_path, "wb") as out:
-        driver = subprocess.Popen([sys.executable, "-m", "orchestrator.run", *args], cwd=REPO, env=os.environ.copy(),
+        driver = subprocess.Popen([sys.executable, "-m", "orchestrator.run", *args, "--verbose", "0"], cwd=REPO,
+                                  env=os.environ.copy(),
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # Kill once one experiment is done and another has a checkpoint but no DONE: the moment of
@@ -95,7 +96,7 @@ def test_a_killed_grid_resumes_from_checkpoints_and_finishes_every_experiment_on
     assert done_n + running_n + pending_n == len(PICK), shown.stdout
 
     rerun_started = time.monotonic()
-    rerun = run_cli(*args)
+    rerun = run_cli(*args)  # at the default verbosity: its console says which trials resumed
     print(f"the rerun took {time.monotonic() - rerun_started:.0f} s")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
     left = len(PICK) - len(done)
@@ -122,6 +123,11 @@ def test_a_killed_grid_resumes_from_checkpoints_and_finishes_every_experiment_on
                 experiment_id, resumed)
         elif experiment_id not in done:  # no checkpoint seen: it started afresh, or checkpointed just before the kill
             assert resumed is None or 1 <= resumed <= MAX_EPOCHS
+        if experiment_id not in done:
+            said = f"resumed  {experiment_id} from its checkpoint after epoch {resumed}"
+            # A trial resumed after its last epoch reports no epoch, so says nothing of its resume.
+            assert (said in rerun.stdout) == (resumed is not None and resumed < MAX_EPOCHS), rerun.stdout
+            assert rerun.stdout.count(f"done     {experiment_id}: ") == 1, rerun.stdout
     # The experiments finished before the kill were not touched by the rerun.
     assert {k: v for k, v in after.items() if k in finished_before} == finished_before
 

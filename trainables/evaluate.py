@@ -13,7 +13,7 @@ import torch
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from prompts.perturb import Perturbation
-from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs, model_options
+from trainables.models import build_model, build_tokenizer, encoder_prefixes, model_inputs, model_options
 from trainables.trainer import TrainConfig, Trainer
 
 
@@ -38,7 +38,7 @@ class Evaluator:
         if best_state is not None:  # None: a zero-shot experiment, evaluated as built
             load_best_state(model, best_state, spec.get("id", spec["model"]))
         config = TrainConfig(batch_size=spec["batch_size"], bce_weight=spec["bce_weight"], seed=spec["seed"],
-                             encoder_prefixes=ENCODER_PREFIXES[spec["model"]], max_epochs=0)
+                             encoder_prefixes=encoder_prefixes(spec["model"]), max_epochs=0)
         # The Trainer's evaluation path (batching, normalisation, autocast, dice at the original
         # size) is what scored the experiment; it needs no training data here.
         self.trainer = Trainer(model, build_tokenizer(spec["model"], spec["weights"]), self.inputs, config,

@@ -14,7 +14,7 @@ from datasets.pooled import PooledSplit, open_split
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from trainables.feature_cache import FeatureCache, supports_feature_cache
-from trainables.models import ENCODER_PREFIXES, build_model, build_tokenizer, model_inputs, model_options
+from trainables.models import build_model, build_tokenizer, encoder_prefixes, model_inputs, model_options
 from trainables.trainer import TrainConfig, Trainer
 
 
@@ -45,13 +45,13 @@ def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer,
                          max_epochs=epochs, patience=spec["patience"], lr_patience=spec["lr_patience"],
                          optimizer=spec["optimizer"], scheduler=spec["scheduler"],
                          bce_weight=spec["bce_weight"], encoder_lr_scale=spec["encoder_lr_scale"],
-                         encoder_prefixes=ENCODER_PREFIXES[spec["model"]], seed=spec["seed"],
+                         encoder_prefixes=encoder_prefixes(spec["model"]), seed=spec["seed"],
                          schedule_epochs=spec.get("schedule_epochs"), grad_accum=spec.get("grad_accum", 1))
     tokenizer = build_tokenizer(spec["model"], spec["weights"])
     features = None
     if (spec["mode"] == "frozen" and feature_cache and os.environ.get("VLSM_FEATURE_CACHE", "1") != "0"
             and supports_feature_cache(model) and not isinstance(train_set, PooledSplit)):
-        features = FeatureCache(model, tokenizer, inputs, spec["model"], ENCODER_PREFIXES[spec["model"]])
+        features = FeatureCache(model, tokenizer, inputs, spec["model"], encoder_prefixes(spec["model"]))
     return Trainer(model, tokenizer, inputs, config, train_set, val_set, feature_cache=features), test_sets
 
 

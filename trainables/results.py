@@ -133,7 +133,7 @@ class ResultStore:
 
     def read_weights(self, experiment_id: str) -> dict | None:
         """What ``write_weights`` stored, on the CPU; None if the experiment has no weights file."""
-        import torch
+        import torch  # costly (~2 s): as in write_weights
 
         try:
             with self.fs.open_input_stream(posixpath.join(self._dir(experiment_id), WEIGHTS_FILE)) as f:

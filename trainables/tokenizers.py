@@ -14,7 +14,10 @@ from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerBase
 
 
 @functools.cache
-def clip_bpe_tokenizer() -> CLIPTokenizer:
+def clip_bpe_tokenizer(weights: str | None = None) -> CLIPTokenizer:
+    """CLIP's BPE vocabulary (open_clip's copy, offline); CRIS and the CNNs read it whatever their
+    ``weights``."""
+    # costly (open_clip ~2 s beyond torch and transformers): a CLIPSeg trial with its own tokenizer never needs it
     from open_clip.tokenizer import SimpleTokenizer
 
     bpe = SimpleTokenizer()

@@ -1,7 +1,7 @@
-"""The Ray Tune function trainable: a thin adapter from a trial to the Trainer and back.
+"""The Ray Tune function trainable of a grid: a thin adapter from a trial to the Trainer and back.
 
-A trial's config holds only its ``experiment_id`` (so Tune's tables show ids, not dicts); the
-specs, shard root and result storage are bound once with ``tune.with_parameters``.
+A trial's config holds only its name, the experiment id (so Tune's tables show ids, not dicts); its
+job (the spec), the shard root and the result storage are bound once by ``orchestrator.launch``.
 
 Resume: at most every ``checkpoint_interval_s`` (and after the last epoch) the trial replaces
 ``experiments/<id>/checkpoint/trainer.pt`` in the result storage, whole, and writes a small
@@ -33,19 +33,28 @@ CHECKPOINT_INTERVAL_S = 30.0
 FULL_SIZE_CHECKPOINT_INTERVAL_S = 300.0
 
 
-def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: str, study: str,
+def claim_resources(threads: int) -> dict:
+    """Set up this trial's process for what Ray gave it, and return that: ``threads`` torch threads, and
+    where it holds a fraction of a GPU, that fraction of the GPU's memory at most (Ray does not enforce
+    fractions: trials that share a GPU must each keep to theirs)."""
+    resources = tune.get_context().get_trial_resources().required_resources
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available() and 0 < resources.get("GPU", 0) < 1:
+        torch.cuda.set_per_process_memory_fraction(resources["GPU"])
+    return resources
+
+
+def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: str, study: str,
                      threads: int = 1, checkpoint_interval_s: float | None = None) -> None:
-    experiment_id = config["experiment_id"]
-    spec = {**specs[experiment_id], "id": experiment_id}
+    """Train and test one experiment, ``jobs[config["trial"]]``'s one record, resuming from its stored
+    checkpoint; write its result (or, on bad input, its failure) to the result store."""
+    [(experiment_id, spec)] = jobs[config["trial"]]["records"].items()
+    spec = {**spec, "id": experiment_id}
     results = ResultStore(storage, study)
     if checkpoint_interval_s is None:
         checkpoint_interval_s = FULL_SIZE_CHECKPOINT_INTERVAL_S if spec["size"] == "full" else CHECKPOINT_INTERVAL_S
-    torch.set_num_threads(threads)
     started = time.time()
-    gpu_share = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
-    if torch.cuda.is_available() and 0 < gpu_share < 1:
-        # Ray does not enforce fractions: cap this process so that trials sharing a GPU fit.
-        torch.cuda.set_per_process_memory_fraction(gpu_share)
+    resources = claim_resources(threads)
     try:
         trainer, test_sets = prepare(spec, data)
     except ShardError as e:
@@ -54,14 +63,17 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
         tune.report({"failed": True, "error": str(e)[:500]})
         return
 
-    resumed_from, state = None, stored_state(results, experiment_id, trainer.device)
+    # Said in the trial's reports too: at the default verbosity the driver shows no trial's output.
+    resumed_from = None
+    state, note = read_stored_state(results, experiment_id, trainer.device)
     if state is not None:
         try:
             trainer.load_state_dict(state)
             resumed_from = trainer.epoch
             print(f"{experiment_id}: resuming after epoch {resumed_from} from {results.checkpoint_uri(experiment_id)}")
         except (ValueError, RuntimeError, KeyError, TypeError) as e:  # the model changed since it was written
-            print(f"{experiment_id}: the checkpoint does not fit ({e}); starting from epoch 0")
+            note = f"the checkpoint does not fit ({str(e)[:200]}); starting from epoch 0"
+            print(f"{experiment_id}: {note}")
             trainer, test_sets = prepare(spec, data)  # the failed load may have changed some weights
     write_progress(results, experiment_id, trainer)
     last_checkpoint = time.monotonic()
@@ -71,7 +83,7 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
         # timesteps_total is TensorBoard's x axis (Tune's TBX logger): the epoch, also across resumes.
         metrics = {"epoch": epoch.epoch, "timesteps_total": epoch.epoch, "train_loss": epoch.train_loss,
                    "val_loss": epoch.val_loss, "val_dice": epoch.val_dice, "best_val_dice": trainer.best_dice,
-                   "lr": epoch.lr}
+                   "lr": epoch.lr, "resumed_from_epoch": resumed_from, **({"resume_note": note} if note else {})}
         if trainer.finished or time.monotonic() - last_checkpoint >= checkpoint_interval_s:
             save_checkpoint(results, experiment_id, trainer)
             write_progress(results, experiment_id, trainer)
@@ -83,7 +95,7 @@ def train_experiment(config: dict, specs: dict[str, dict], data: str, storage: s
     result = summarize(spec, trainer, per_image)
     result["run"] = {
         "started_at": started, "finished_at": time.time(), "resumed_from_epoch": resumed_from,
-        "resources": tune.get_context().get_trial_resources().required_resources,
+        "resources": resources,
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_ip": ray.util.get_node_ip_address(),
         "node_id": ray.get_runtime_context().get_node_id(),
     }
@@ -109,15 +121,21 @@ def write_progress(results: ResultStore, experiment_id: str, trainer: Trainer) -
 def stored_state(results: ResultStore, experiment_id: str, device: torch.device) -> dict | None:
     """The trainer state stored for ``experiment_id``, or None if there is none or it cannot be read
     (the trial then starts from epoch 0, and its next checkpoint replaces the file)."""
+    return read_stored_state(results, experiment_id, device)[0]
+
+
+def read_stored_state(results: ResultStore, experiment_id: str, device: torch.device) -> tuple[dict | None, str | None]:
+    """``stored_state``, and why a stored checkpoint was not usable (None where it was, or there was none)."""
     data = results.load_checkpoint(experiment_id)
     if data is None:
-        return None
+        return None, None
     try:
         state = torch.load(io.BytesIO(data), weights_only=True, map_location=device)
         if not isinstance(state, dict) or state.get("experiment_id") != experiment_id:
             raise ValueError("it is not a checkpoint of this experiment")
-        return state["trainer"]
+        return state["trainer"], None
     except Exception as e:  # truncated or foreign bytes: any unpickling error means "unusable"
-        print(f"{experiment_id}: cannot read {results.checkpoint_uri(experiment_id)} ({type(e).__name__}: "
-              f"{str(e).split('. ')[0][:200]}); starting from epoch 0")
-        return None
+        note = (f"cannot read {results.checkpoint_uri(experiment_id)} ({type(e).__name__}: "
+                f"{str(e).split('. ')[0][:200]}); starting from epoch 0")
+        print(f"{experiment_id}: {note}")
+        return None, note

@@ -14,6 +14,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from datasets.cli import DefaultsHelpFormatter
 from datasets.ingest.medvlsm import FAMILIES, TEST_ONLY, LayoutError, medvlsm_records
 from datasets.ingest.rows import REPORT_NAME, IngestError, IngestReport, StrictError, ingest
 from datasets.overlap import content_indexes, overlaps
@@ -90,45 +91,47 @@ def warn_overlaps(store: ShardStore, name: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m datasets.ingest",
+    top = argparse.ArgumentParser(prog="python -m datasets.ingest", formatter_class=DefaultsHelpFormatter,
                                   description="Ingest a dataset into Parquet shards (a folder or s3://).")
     sub = top.add_subparsers(dest="command", required=True, metavar="{medvlsm,raw}")
 
     def common(p: argparse.ArgumentParser, strict_also: str = "") -> None:
         p.add_argument("--to", required=True, help="shard root: a folder or s3://bucket/prefix")
         p.add_argument("--strict", action="store_true",
-                       help="stop at the first bad record and write nothing (default: quarantine it and go on)"
+                       help="stop at the first bad record and write nothing (without it: quarantine it and go on)"
                             + strict_also)
         p.add_argument("--quiet", action="store_true", help="no progress lines")
 
     medvlsm = sub.add_parser("medvlsm", help="the study's released layout data/<name>/{anns,images,masks}",
+                             formatter_class=DefaultsHelpFormatter,
                              description="Read anns/<split>.json with images/ and masks/; prompts are kept "
                                          "verbatim. Every released row is kept: exact duplicates (same image "
                                          "and mask in a split) under ids <id>#2, #3, ... listed in the "
                                          "manifest; images shared by splits are noted.")
     medvlsm.add_argument("folder", help="the dataset folder, e.g. data/kvasir_polyp")
-    medvlsm.add_argument("--name", help="dataset name in the shards (default: the folder's name)")
+    medvlsm.add_argument("--name", help="dataset name in the shards (none: the folder's name)")
     medvlsm.add_argument("--family", choices=sorted(PROMPT_TYPES),
-                         help="prompt family recorded in the manifest (default: from the study's folder name)")
-    medvlsm.add_argument("--class-name", help="class name of every row (default: CAMUS structure, BUSI "
+                         help="prompt family recorded in the manifest (none: from the study's folder name)")
+    medvlsm.add_argument("--class-name", help="class name of every row (none: CAMUS structure, BUSI "
                                               "'tumor', else the P1 prompt)")
     medvlsm.add_argument("--test-only", action="store_true",
                          help="every annotation file goes to split 'test' (CVC-300, ColonDB, ETIS in the study)")
     medvlsm.add_argument("--drop-duplicates", action="store_true",
                          help="drop an entry whose image and mask repeat an earlier entry of its split, into "
-                              "quarantine.json (default: keep it as released, as the study trained on it, "
+                              "quarantine.json (without it: keep it as released, as the study trained on it, "
                               "under <id>#<n>)")
     common(medvlsm, "; an image in two splits is one, an exact duplicate is not: it is kept as released "
                     "(or, with --drop-duplicates, dropped without failing)")
     medvlsm.set_defaults(func=cmd_medvlsm)
 
     raw = sub.add_parser("raw", help="an original public download (Kvasir-SEG, CAMUS, BUSI, ...)",
+                         formatter_class=DefaultsHelpFormatter,
                          description="Read an original distribution, make the study's splits (seeded) and "
                                      "generate prompts with prompts/.")
     raw.add_argument("dataset", help="which distribution (see the error message for the list)")
     raw.add_argument("folder", help="the download folder")
-    raw.add_argument("--name", help="dataset name in the shards (default: the reader's)")
-    raw.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+    raw.add_argument("--name", help="dataset name in the shards (none: the reader's)")
+    raw.add_argument("--seed", type=int, default=0, help="seed of the split")
     common(raw)
     raw.set_defaults(func=cmd_raw)
     return top

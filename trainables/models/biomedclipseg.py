@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import BertConfig, BertTokenizerFast, CLIPSegConfig
@@ -280,8 +281,6 @@ def _find_vocab(weights: str | None) -> str | None:
     if os.path.isdir(weights):
         path = os.path.join(weights, "vocab.txt")
         return path if os.path.isfile(path) else None
-    from huggingface_hub import try_to_load_from_cache
-
     # BiomedCLIP's repo names BiomedBERT's as its tokenizer; look in the local cache only.
     for repo in (weights.removeprefix("hf-hub:"), BIOMEDBERT_HUB_ID):
         path = try_to_load_from_cache(repo, "vocab.txt")

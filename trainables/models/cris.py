@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from open_clip.modified_resnet import AttentionPool2d
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from torch import nn
 
 from trainables.models.segmenter import EncoderDecoderSegmenter
@@ -388,8 +389,6 @@ def load_cris_checkpoint(model: CRIS, path: str | os.PathLike) -> None:
 def load_openai_clip(backbone: CLIPBackbone, weights: str) -> None:
     """Load OpenAI CLIP RN50 (``"openai"``, downloaded by open_clip, or a path to its ``.pt``)."""
     if weights == "openai":
-        from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-
         weights = download_pretrained(get_pretrained_cfg("RN50", "openai"))
     try:  # OpenAI ships a TorchScript archive
         state = torch.jit.load(weights, map_location="cpu").state_dict()

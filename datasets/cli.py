@@ -1,0 +1,26 @@
+"""The help formatter of every command's parser, so each flag's default is printed once, by argparse,
+from the value the code uses. It lives on the lowest floor with a command line (datasets)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def shown_default(value) -> str:
+    """A default as one would type it: a list's items separated by spaces."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" where X says something: not for None, False (a switch), an empty list,
+    a suppressed default, or help that already shows %(default)s."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS
+                or isinstance(default, (list, tuple)) and not default
+                or "%(default)" in text
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        return f"{text} (default: {shown_default(default).replace('%', '%%')})"
