@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from datasets.segmentation import SegmentationSplit
 from trainables.losses import dice_bce_loss
-from trainables.metrics import dice_per_image
+from trainables.metrics import dice_per_image, scores_per_image
 from trainables.models import ModelInputs
 from trainables.tokenizers import tokenize
 
@@ -185,6 +185,17 @@ class Trainer:
             scores = dice_per_image(logits, batch["full_masks"], self.inputs.threshold)
             dice.update(zip(batch["sample_ids"], scores))
         return total / len(dataset), dice
+
+    @torch.no_grad()
+    def score(self, dataset: SegmentationSplit) -> dict[str, dict[str, float]]:
+        """Dice, NSD and HD95 per image at the original size (trainables.metrics.scores_per_image):
+        the test's metrics, too costly for every validation epoch."""
+        self.model.eval()
+        scores = {}
+        for batch in self._loader(dataset, shuffle=False):
+            per_image = scores_per_image(self._forward(batch), batch["full_masks"], self.inputs.threshold)
+            scores.update(zip(batch["sample_ids"], per_image))
+        return scores
 
     def step(self) -> EpochResult:
         """Train one epoch, validate, step the LR schedule and the early-stopping counter."""
