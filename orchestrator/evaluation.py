@@ -209,6 +209,7 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
         tune.report({"finished": 0, "failed": len(pending)})
         return
     counts = {"finished": 0, "failed": 0}
+    scores = {}  # each finished evaluation's mean dice, in every report: the last shows them all to Ray
     for spec in pending:
         started = time.time()
         try:
@@ -219,10 +220,11 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
         else:
             run = {"started_at": started, "finished_at": time.time(), "resources": resources,
                    "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_ip": ray.util.get_node_ip_address()}
-            evaluations.write_result(spec.to_dict(), evaluation_result(spec, source, dice, prompts, run),
-                                     {spec.eval_set: dice}, record_id=spec.id)
+            result = evaluation_result(spec, source, dice, prompts, run)
+            evaluations.write_result(spec.to_dict(), result, {spec.eval_set: dice}, record_id=spec.id)
             counts["finished"] += 1
-        tune.report({**counts, "pending": len(pending) - counts["finished"] - counts["failed"]})
+            scores[f"test_dice/{spec.id}"] = result["eval"][spec.eval_set]["dice_mean"]
+        tune.report({**counts, "pending": len(pending) - counts["finished"] - counts["failed"], **scores})
 
 
 def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict], *, data: str, storage: str,
@@ -237,10 +239,11 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
     for spec in evaluations:
         name, source = f"{spec.kind}-{spec.source}", sources[spec.source]
         # An evaluation holds its source's model without gradients: the zero-shot (frozen) memory.
-        job = jobs.setdefault(name, Job(name, {}, placed_as={**source, "mode": "zeroshot"}, context={"source": source}))
+        job = jobs.setdefault(name, Job(name, {}, placed_as={**source, "mode": "zeroshot"}, context={"source": source},
+                                        spec=source))
         job.records[spec.id] = spec.to_dict()
     return launch(list(jobs.values()), ResultStore(storage, study, EVALUATIONS), evaluation_trial,
-                  what="evaluations", storage=storage, lease=study, tune_name=f"tune-{EVALUATIONS}",
+                  what=EVALUATIONS, storage=storage, lease=study,
                   address=address, fake_gpus=fake_gpus, gpus_per_trial=gpus_per_trial,
                   cpus_per_trial=cpus_per_trial, dashboard=dashboard, max_failures=max_failures,
                   retry_failed=retry_failed, verbose=verbose, force=force, cluster_file=cluster_file,

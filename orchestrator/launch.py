@@ -15,15 +15,26 @@ import logging
 import math
 import os
 import posixpath
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import pyarrow.fs as pafs
+
+from datasets.storage import absolute_uri, filesystem_for
 from orchestrator.lease import study_lease
 from orchestrator.placement import Placement, cluster_node_types, place_all
 from trainables.results import ResultStore, StorageError
 
-# The config key naming a launched trial's job; the trainables read their job with it.
+# The config key naming a launched trial's job; the trainables read their job with it. Beside it the
+# config carries what the trial runs, for Ray's result API: "spec", the experiment's spec (an evaluation
+# trial's source experiment's), with its id, and an evaluation trial's "evaluations".
 TRIAL = "trial"
+SPEC = "spec"
+# Every launch's Tune run gets a folder of its own, <storage>/<study>/tune/<UTC time>-<what>-<random>/
+# (launch_folders lists them); the records are in <study>/experiments/ and <study>/evaluations/.
+TUNE_FOLDER = "tune"
 
 
 @dataclass
@@ -33,6 +44,7 @@ class Outcome:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # id -> error
     unfinished: list[str] = field(default_factory=list)  # stopped before the end, e.g. by Ctrl-C
+    tune_dir: str | None = None  # this launch's Tune run (None where nothing ran)
 
 
 @dataclass
@@ -43,6 +55,7 @@ class Job:
     records: dict[str, dict]
     placed_as: dict  # model, mode, size, batch size: what place_trials sizes
     context: dict = field(default_factory=dict)
+    spec: dict | None = None  # the spec its Tune config shows, with its id (none: its one record's)
 
 
 def add_verbose_argument(p) -> None:
@@ -158,15 +171,61 @@ def fit(trainable: Callable, resources: Callable[[dict], dict], *, storage_path:
         return tuner.fit()
 
 
+def launch_name(what: str) -> str:
+    """A new launch's Tune folder: named by its start (UTC, so the names sort in time), what it runs and a
+    random part, so no launch writes into another's."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{what}-{uuid.uuid4().hex[:6]}"
+
+
+def launch_folders(storage: str, study: str) -> list[str]:
+    """The Tune runs of ``study``'s launches (grid, zeroshot, ablate, ood), oldest first:
+    ``<storage>/<study>/tune/<UTC time>-<experiments|evaluations>-<random>``, each one that got as far as
+    Tune's experiment state. Each loads on its own with ``ray.tune.ExperimentAnalysis(folder)``, whose
+    ``dataframe()`` has a row per trial: its config (``config/trial``, ``config/spec/model``, ...) and its
+    last result (an experiment's ``test_dice``). Ray unpickles that state: load only storage you trust;
+    the report reads only the result store's JSON and Parquet. (An hpo search keeps one Tune run, which
+    a rerun of it continues: ``<study>/hpo/<model>/tune``.)"""
+    root = f"{absolute_uri(storage).rstrip('/')}/{study}/{TUNE_FOLDER}"
+    fs, path = filesystem_for(root)
+    folders = []
+    for info in sorted(fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)), key=lambda i: i.base_name):
+        if info.type == pafs.FileType.Directory and any(
+                f.base_name.startswith("experiment_state-") for f in fs.get_file_info(pafs.FileSelector(info.path))):
+            folders.append(f"{root}/{info.base_name}")
+    return folders
+
+
+def trial_configs(pending: dict[str, dict], jobs: list[Job], what: str) -> dict:
+    """Tune's param space: a grid over the pending jobs' names, each trial's config also carrying its
+    spec and, where its records are not that spec (an evaluation trial's), the records it runs as
+    ``config[what]``, so Ray's tables and result API show what each trial ran."""
+    from ray import tune
+
+    shown = {}
+    for job in jobs:
+        if job.name in pending:
+            records = pending[job.name]["records"]
+            spec = job.spec or {"id": next(iter(records)), **next(iter(records.values()))}
+            shown[job.name] = {SPEC: spec}
+            if list(records) != [spec["id"]]:
+                shown[job.name][what] = [{"id": i, **record} for i, record in records.items()]
+    keys = sorted({key for config in shown.values() for key in config})
+    # A sample_from reads the grid's value: each trial gets its own job's entries.
+    return {TRIAL: tune.grid_search(list(pending)),
+            **{key: tune.sample_from(lambda config, key=key: shown[config[TRIAL]].get(key)) for key in keys}}
+
+
 def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: str, storage: str, lease: str,
-           tune_name: str = "tune", address: str | None = None, fake_gpus: int | None = None,
+           address: str | None = None, fake_gpus: int | None = None,
            gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
            max_failures: int = 1, retry_failed: bool = False, verbose: int = 1, force: bool = False,
            cluster_file: str | None = None, reuse_actors: bool = False, bound: dict | None = None) -> Outcome:
     """Run the jobs' records that are not finished (nor failed before, unless ``retry_failed``), one
     Tune trial per job that has any: ``trainable(config, jobs=..., threads=..., **bound)`` with
-    ``jobs[config[TRIAL]]`` its job (``{"records": {id: spec} left to run, **job.context}``). Prints
-    what it skips and runs; returns what happened to every record, read back from ``store``."""
+    ``jobs[config[TRIAL]]`` its job (``{"records": {id: spec} left to run, **job.context}``), and
+    ``config[SPEC]`` its spec (``trial_configs``), in a Tune folder of this launch's own
+    (``launch_folders``). Prints what it skips and runs; returns what happened to every record, read
+    back from ``store``."""
     from ray import tune
 
     files = store.listing()
@@ -203,10 +262,12 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
         def trial_name(trial) -> str:
             return trial.config[TRIAL]
 
+        name = launch_name(what)
+        outcome.tune_dir = f"{store.uri}/{TUNE_FOLDER}/{name}"
         grid = fit(tune.with_parameters(trainable, jobs=pending, threads=max(1, math.floor(cpus_per_trial)),
                                        **(bound or {})),
-                   trial_resources(placements), storage_path=store.uri, name=tune_name,
-                   param_space={TRIAL: tune.grid_search(list(pending))},
+                   trial_resources(placements), storage_path=f"{store.uri}/{TUNE_FOLDER}", name=name,
+                   param_space=trial_configs(pending, jobs, what),
                    tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                                reuse_actors=reuse_actors),
                    max_failures=max_failures, verbose=verbose)

@@ -1,5 +1,6 @@
 """Results tables: one row per (experiment, evaluation set), as Markdown and CSV; and one row per
-evaluation run (``ablate``, ``ood``) when there are any."""
+evaluation run (``ablate``, ``ood``) when there are any. Read from the study's tidy results
+(``orchestrator/results.py``); Dice in % in every file (the columns ending in ``_%``)."""
 
 from __future__ import annotations
 
@@ -9,52 +10,62 @@ import posixpath
 
 from datasets.overlap import shared_content
 from datasets.shards import ShardError, ShardStore, write_atomically
-from search_spaces.experiment import ExperimentSpec
+from orchestrator.results import backfill, load
 from trainables.results import ResultStore
 
 COLUMNS = ["experiment_id", "model", "mode", "regime", "train_set", "prompt_type", "eval_set",
-           "dice_mean", "dice_std", "n_images", "best_val_dice", "epochs", "shares_content_with"]
-CAPTION = "Dice (%) per image at original resolution, mean and standard deviation over the test set."
+           "dice_mean_%", "dice_std_%", "n_images", "best_val_dice_%", "epochs", "shares_content_with"]
+CAPTION = ("Dice (%) per image at original resolution, mean and standard deviation over the test set; "
+           "columns ending in _% are in %, here and in report.csv.")
 EVAL_COLUMNS = ["evaluation_id", "kind", "source", "model", "mode", "train_set", "prompt_type", "perturbation",
-                "eval_set", "dice_mean", "dice_std", "n_images", "change"]
+                "eval_set", "dice_mean_%", "dice_std_%", "n_images", "change_%"]
 EVAL_CAPTION = ("Evaluation runs: a finished experiment's best weights on a test set, with the prompt perturbed "
                 "at inference (ablate) or on another dataset (ood). Dice (%) as above; change: relative change (%) "
                 "of mean dice against the same weights with the prompt unperturbed (Figure 3).")
 
 
-def result_rows(results: ResultStore) -> list[dict]:
-    rows = []
-    for result in results.results():
-        spec = result["spec"]
-        for eval_set, scores in sorted(result["eval"].items()):
-            rows.append({
-                "experiment_id": result["experiment_id"], "model": spec["model"], "mode": spec["mode"],
-                "regime": ExperimentSpec.from_dict(spec).regime, "shares_content_with": "",
-                "train_set": spec["train_set"], "prompt_type": spec["prompt_type"], "eval_set": eval_set,
-                "dice_mean": scores["dice_mean"], "dice_std": scores["dice_std"],
-                "n_images": scores["n_images"], "best_val_dice": result["best_val_dice"],
-                "epochs": result["epochs"],
-            })
-    return sorted(rows, key=lambda r: (r["model"], r["mode"], r["train_set"], r["prompt_type"], r["eval_set"]))
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 4)
+
+
+def _records(frame) -> list[dict]:
+    """A DataFrame's rows as dicts of plain Python values (numpy's as Python's), a missing value as None."""
+    import pandas as pd  # loaded already by the frame's maker
+
+    return [{k: None if pd.isna(v) else v.item() if hasattr(v, "item") else v for k, v in row.items()}
+            for row in frame.to_dict("records")]
+
+
+def result_rows(storage: str, study: str) -> list[dict]:
+    """One row per finished experiment and evaluation set, from the study's tidy results (experiments level)."""
+    frame = load(storage, study, "experiments", folders=("experiments",))
+    rows = [{
+        "experiment_id": r["record_id"], "model": r["model"], "mode": r["mode"], "regime": r["regime"],
+        "train_set": r["train_set"], "prompt_type": r["prompt_type"], "eval_set": r["eval_set"],
+        "dice_mean_%": _percent(r["dice_mean"]), "dice_std_%": _percent(r["dice_std"]),
+        "n_images": r["n_images"], "best_val_dice_%": _percent(r["best_val_dice"]), "epochs": r["epochs"],
+        "shares_content_with": "",
+    } for r in _records(frame) if r["eval_set"] is not None]
+    return sorted(rows, key=lambda r: tuple(r[k] or "" for k in ("model", "mode", "train_set", "prompt_type",
+                                                                  "eval_set")))
 
 
 def evaluation_rows(storage: str, study: str) -> list[dict]:
+    """One row per finished evaluation, with the relative change against the unperturbed prompt."""
+    records = _records(load(storage, study, "experiments", folders=("evaluations",)))
+    reference = {(r["kind"], r["experiment_id"], r["eval_set"]): r["dice_mean"]
+                 for r in records if r["perturbation"] is None}
     rows = []
-    for result in ResultStore(storage, study, folder="evaluations").results():
-        spec, source = result["spec"], result["source_spec"]
-        scores = result["eval"][spec["eval_set"]]
+    for r in records:
+        unperturbed = reference.get((r["kind"], r["experiment_id"], r["eval_set"]))
+        change = r["dice_mean"] / unperturbed - 1 if r["perturbation"] is not None and unperturbed else None
         rows.append({
-            "evaluation_id": result["evaluation_id"], "kind": result["kind"], "source": result["source"],
-            "model": source["model"], "mode": source["mode"], "train_set": source["train_set"],
-            "prompt_type": spec["prompt_type"], "perturbation": spec["perturbation"] or "none",
-            "eval_set": spec["eval_set"], "dice_mean": scores["dice_mean"], "dice_std": scores["dice_std"],
-            "n_images": scores["n_images"], "change": None,
+            "evaluation_id": r["record_id"], "kind": r["kind"], "source": r["experiment_id"],
+            "model": r["model"], "mode": r["mode"], "train_set": r["train_set"],
+            "prompt_type": r["prompt_type"], "perturbation": r["perturbation"] or "none",
+            "eval_set": r["eval_set"], "dice_mean_%": _percent(r["dice_mean"]),
+            "dice_std_%": _percent(r["dice_std"]), "n_images": r["n_images"], "change_%": _percent(change),
         })
-    reference = {(r["kind"], r["source"], r["eval_set"]): r["dice_mean"] for r in rows if r["perturbation"] == "none"}
-    for row in rows:
-        unperturbed = reference.get((row["kind"], row["source"], row["eval_set"]))
-        if row["perturbation"] != "none" and unperturbed:
-            row["change"] = row["dice_mean"] / unperturbed - 1
     return sorted(rows, key=lambda r: (r["kind"], r["source"], r["eval_set"], r["perturbation"] != "none",
                                        r["perturbation"]))
 
@@ -62,7 +73,7 @@ def evaluation_rows(storage: str, study: str) -> list[dict]:
 def _cell(value) -> str:
     if value is None:  # e.g. no validation dice for a zero-shot experiment
         return "-"
-    return f"{100 * value:.2f}" if isinstance(value, float) else str(value)
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def to_markdown(rows: list[dict], columns: list[str] = COLUMNS, caption: str = CAPTION) -> str:
@@ -98,10 +109,13 @@ def flag_shared_content(rows: list[dict], data: str) -> list[str]:
 
 
 def write_report(storage: str, study: str, data: str | None = None) -> tuple[str, str, list[dict]]:
-    """Write ``report.md`` and ``report.csv`` beside the study's experiments; returns their URIs and rows.
-    With ``data`` (the shard root), rows on datasets that share content with another are flagged."""
+    """Write ``report.md`` and ``report.csv`` beside the study's experiments, both with Dice in %; returns
+    their URIs and rows. Reads the study's tidy results (``orchestrator.results``), written first for any
+    record finished before they existed. With ``data`` (the shard root), rows on datasets that share
+    content with another are flagged."""
     results = ResultStore(storage, study)
-    rows = result_rows(results)
+    backfill(storage, study)  # records finished before the tidy results existed
+    rows = result_rows(storage, study)
     notes = flag_shared_content(rows, data) if data and rows else []
     files = {"report.md": to_markdown(rows), "report.csv": to_csv(rows)}
     if notes:

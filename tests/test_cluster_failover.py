@@ -102,7 +102,7 @@ class RayNode:
     def trials(self) -> set[str]:
         """Experiment ids of the Tune trials running on this node now. A trial's worker process runs in
         its trial's working dir, which Tune creates under the temp dir of the node the trial runs on:
-        ``<temp dir>/session_*/artifacts/*/tune/working_dirs/<experiment id>``."""
+        ``<temp dir>/session_*/artifacts/*/<launch>/working_dirs/<experiment id>``."""
         found = set()
         for pid in self.pids():
             try:

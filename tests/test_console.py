@@ -4,6 +4,7 @@ with stand-in trials, as Tune's controller drives it; the end-to-end tests (test
 test_bad_input) check the same lines from the real command."""
 
 from orchestrator.console import TrialConsole, duration, eta_seconds, outcome_words
+from trainables.tune_trainable import final_metrics
 
 
 class Clock:
@@ -84,6 +85,19 @@ def test_a_finished_trial_is_described_by_what_it_reported():
     assert outcome_words({"best_val_dice": 0.5, "epoch": 1}) == "best val dice 0.500, 1 epoch"
     assert outcome_words({"finished": 11, "failed": 1, "pending": 0}) == "11 evaluations finished, 1 failed"
     assert outcome_words({}) == ""  # a zero-shot experiment reports nothing before its test
+
+
+def test_an_experiments_last_result_adds_its_test_dice_to_what_the_console_says():
+    result = {"epochs": 5, "best_val_dice": 0.6, "eval": {"a": {"dice_mean": 0.5}, "b": {"dice_mean": 0.7}}}
+    last_epoch = {"epoch": 5, "best_val_dice": 0.6, "val_dice": 0.55, "resumed_from_epoch": 2}
+    final = final_metrics(result, last_epoch)
+    assert final == {**last_epoch, "test_dice/a": 0.5, "test_dice/b": 0.7, "test_dice": 0.6}
+    assert outcome_words(final) == "best val dice 0.600, 5 epochs"
+    # Resumed after its last epoch, it reported none: its epochs, and no resume to announce.
+    assert final_metrics(result, {}) == {"epoch": 5, "timesteps_total": 5, "best_val_dice": 0.6,
+                                         "test_dice/a": 0.5, "test_dice/b": 0.7, "test_dice": 0.6}
+    zeroshot = final_metrics({**result, "epochs": 0, "best_val_dice": None, "eval": {"a": {"dice_mean": 0.4}}}, {})
+    assert zeroshot == {"test_dice/a": 0.4, "test_dice": 0.4} and outcome_words(zeroshot) == ""
 
 
 def test_a_continued_search_counts_the_trials_an_earlier_launch_ended(capsys):

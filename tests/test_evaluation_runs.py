@@ -1,7 +1,8 @@
-"""Evaluation runs end to end on synthetic data, with results on a real S3 server on loopback: a grid
-trains two small CLIPSegs for real, then ``zeroshot``, ``ablate`` and ``ood`` run as Ray Tune trials
-and write their results next to the grid's; a rerun skips what finished, and a broken evaluation is
-recorded without stopping the others."""
+"""Evaluation runs end to end on synthetic data, with results on a real S3 server on loopback: two grid
+launches train two small CLIPSegs for real, then ``zeroshot``, ``ablate`` and ``ood`` run as Ray Tune
+trials and write their results next to the grid's; a rerun skips what finished, and a broken evaluation
+is recorded without stopping the others. Ray's result API, over each launch's own Tune folder, shows
+every trial with its spec and test dice."""
 
 import csv
 import io
@@ -11,10 +12,12 @@ import uuid
 
 import boto3
 import pytest
+from ray.tune import ExperimentAnalysis
 
 from datasets.shards import ShardStore
 from datasets.synthetic import write_synthetic
 from orchestrator.evaluation import EvaluationSpec, ood_specs, run_evaluations
+from orchestrator.launch import launch_folders
 from prompts.perturb import UNCOMMON_WORDS
 from tests.cli import run_cli
 from trainables.results import ResultStore
@@ -30,27 +33,52 @@ def mean(scores) -> float:
 @pytest.fixture(scope="module")
 def trained(s3_endpoint, tmp_path_factory):
     """Both synthetic sets in a local folder; two frozen CLIPSegs (P6), one per set, trained for one
-    epoch by the real grid command with results on S3."""
+    epoch by the real grid command with results on S3: two launches of the study, one experiment each."""
     data = str(tmp_path_factory.mktemp("shards"))
     for name in SETS:
         write_synthetic(ShardStore(data), name)
     bucket = f"vlsm-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     storage = f"s3://{bucket}/runs"
-    grid = run_cli("grid", "--only", "synth_polyp-p6", "--only", "synth_pairs-p6", "--max-epochs", "1",
-                   "--data", data, "--storage", storage, *RAY)
-    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-5000:]
+    for name in SETS:
+        grid = run_cli("grid", "--only", f"{name}-p6", "--max-epochs", "1", "--data", data, "--storage", storage, *RAY)
+        assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-5000:]
     experiments = ResultStore(storage, "demo")
     results = {r["spec"]["train_set"]: r for r in experiments.results()}
     assert sorted(results) == sorted(SETS)
     assert all(experiments.has_weights(r["experiment_id"]) for r in results.values())
-    return types.SimpleNamespace(data=data, storage=storage, results=results,
+    return types.SimpleNamespace(data=data, storage=storage, results=results, launches=launch_folders(storage, "demo"),
                                  evaluations=ResultStore(storage, "demo", "evaluations"))
+
+
+def test_rays_result_api_sees_every_launch_with_its_spec_and_test_dice(trained):
+    """Each launch has its own Tune folder; Ray's ExperimentAnalysis, on each in turn, shows every
+    launch's trials with their spec (config) and test dice (last result), as the result store has them."""
+    assert len(trained.launches) == 2 and all("/demo/tune/" in f and "-experiments-" in f for f in trained.launches)
+    seen = {}
+    for folder in trained.launches:  # the loop docs/commands.md shows
+        frame = ExperimentAnalysis(folder).dataframe()
+        assert len(frame) == 1, frame
+        for row in frame.to_dict("records"):
+            seen[row["config/trial"]] = (folder, row)
+    assert sorted(seen) == sorted(r["experiment_id"] for r in trained.results.values())
+    assert len({folder for folder, _ in seen.values()}) == 2  # one launch each, neither written over
+    for result in trained.results.values():
+        _, row = seen[result["experiment_id"]]
+        spec = result["spec"]
+        assert row["config/spec/id"] == result["experiment_id"]
+        for key in ("model", "mode", "train_set", "prompt_type", "lr", "batch_size", "max_epochs", "seed"):
+            assert row[f"config/spec/{key}"] == spec[key], key
+        [test_set] = result["eval"]
+        dice = result["eval"][test_set]["dice_mean"]
+        assert row[f"test_dice/{test_set}"] == pytest.approx(dice) and row["test_dice"] == pytest.approx(dice)
+        assert row["epoch"] == result["epochs"] == 1 and row["best_val_dice"] == pytest.approx(result["best_val_dice"])
 
 
 def test_ablate_scores_every_perturbation_of_the_prompt_and_a_rerun_runs_nothing(trained):
     source = trained.results["synth_pairs"]
     args = ["ablate", "--only", "synth_pairs-p6", "--data", trained.data, "--storage", trained.storage, *RAY]
+    before = launch_folders(trained.storage, "demo")
     first = run_cli(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     # P6 shows number, size, colour, shape, class name and location: 5 uncommon words, 5 opposites,
@@ -76,12 +104,21 @@ def test_ablate_scores_every_perturbation_of_the_prompt_and_a_rerun_runs_nothing
             assert flipped[sample] == prompt.replace(f"in {where} of", f"in {swap[where]} of")
     assert all(any(w in p for w in UNCOMMON_WORDS) for p in results["random_word:size"]["prompts"].values())
     assert set(results["class_only"]["prompts"].values()) == {"polyp"}
+    # The launch's own Tune folder: its one trial's config has the source spec and the evaluations it ran,
+    # its last result each one's dice.
+    [launched] = [f for f in launch_folders(trained.storage, "demo") if f not in before]
+    [trial] = ExperimentAnalysis(launched).trials
+    assert "-evaluations-" in launched and trial.config["trial"] == f"ablate-{source['experiment_id']}"
+    assert trial.config["spec"]["id"] == source["experiment_id"] and trial.config["spec"]["model"] == "clipseg"
+    assert {e["id"] for e in trial.config["evaluations"]} == {r["evaluation_id"] for r in results.values()}
+    assert all(trial.last_result[f"test_dice/{r['evaluation_id']}"] == pytest.approx(
+        r["eval"]["synth_pairs"]["dice_mean"]) for r in results.values())
 
     bucket, prefix = trained.storage.removeprefix("s3://").split("/", 1)
     s3 = boto3.client("s3")
     report = s3.get_object(Bucket=bucket, Key=f"{prefix}/demo/evaluations.csv")["Body"].read().decode()
     rows = [r for r in csv.DictReader(io.StringIO(report)) if r["kind"] == "ablate" and r["eval_set"] == "synth_pairs"]
-    assert len(rows) == 12 and sum(r["change"] != "" for r in rows) == 11
+    assert len(rows) == 12 and sum(r["change_%"] != "" for r in rows) == 11
     stored = trained.evaluations.finished_ids()
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]

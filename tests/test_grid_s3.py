@@ -8,6 +8,7 @@ import json
 
 import boto3
 
+from orchestrator.results import load
 from tests.cli import console_lines, run_cli
 
 PICK = ["synth_polyp-p0", "synth_polyp-p1", "synth_pairs-p0", "synth_pairs-p1"]
@@ -71,7 +72,18 @@ def test_grid_on_s3_runs_fractional_trials_and_a_rerun_runs_nothing(s3_bucket, s
     report = s3.get_object(Bucket=bucket, Key="runs/demo/report.csv")["Body"].read().decode()
     rows = list(csv.DictReader(io.StringIO(report)))
     assert sorted(r["experiment_id"] for r in rows) == ids
-    assert all(r["n_images"] == "40" and 0.0 <= float(r["dice_mean"]) <= 1.0 for r in rows)
+    assert all(r["n_images"] == "40" and 0.0 <= float(r["dice_mean_%"]) <= 100.0 for r in rows)  # in %
+    # The tidy results: one row per (experiment, eval set, image), every spec field on each.
+    images = load(f"{s3_bucket}/runs", "demo")
+    assert sorted(images.record_id.unique()) == ids and (images.experiment_id == images.record_id).all()
+    assert len(images) == 40 * len(rows) and images.groupby(["record_id", "eval_set"]).size().eq(40).all()
+    assert not images.duplicated(["record_id", "eval_set", "sample_id"]).any() and images.dice.between(0, 1).all()
+    assert {f"{t}-{p}" for t, p in zip(images.train_set, images.prompt_type)} == set(PICK)
+    assert set(images.kind) == {"train"} and set(images.model) == {"clipseg"} and set(images.max_epochs) == {2}
+    assert images[["mode", "regime", "seed", "lr", "batch_size", "hparams"]].notna().all().all()
+    summary = load(f"{s3_bucket}/runs", "demo", "experiments")
+    assert len(summary) == len(rows) and (summary.gpu_share == 0.5).all() and (summary.epochs == 2).all()
+    assert (summary.wall_time_s > 0).all() and (summary.n_images == 40).all()
 
     second = run_cli(*args, "--verbose", "0")
     assert second.returncode == 0, second.stderr[-3000:]

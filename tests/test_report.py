@@ -1,17 +1,20 @@
-"""The results table: one row per experiment and evaluation set, with dice and image count."""
+"""The results table: one row per experiment and evaluation set, with dice and image count, read from the
+study's tidy results; Markdown and CSV in the same units (Dice in %)."""
 
 import csv
 import io
+import json
 
 from orchestrator.report import to_markdown, write_report
+from search_spaces.experiment import ExperimentSpec
 from trainables.results import ResultStore
 
 
 def test_report_rows_from_stored_results(tmp_path):
     results = ResultStore(str(tmp_path), "study")
-    for i, prompt in enumerate(["p1", "p0"]):
-        spec = {"id": f"clipseg-frozen-tiny-{prompt}-0000000{i}", "model": "clipseg", "mode": "frozen",
-                "train_set": "tiny", "prompt_type": prompt}
+    for prompt in ["p1", "p0"]:
+        experiment = ExperimentSpec("clipseg", "frozen", "tiny", prompt, eval_sets=("tiny", "other"))
+        spec = {**experiment.to_dict(), "id": experiment.id}
         per_image = {"tiny": {"a": 1.0, "b": 0.5}, "other": {"c": 0.25}}
         result = {"experiment_id": spec["id"], "spec": spec, "best_val_dice": 0.9, "epochs": 3,
                   "eval": {"tiny": {"dice_mean": 0.75, "dice_std": 0.25, "n_images": 2},
@@ -22,9 +25,44 @@ def test_report_rows_from_stored_results(tmp_path):
     md_uri, csv_uri, rows = write_report(str(tmp_path), "study")
     assert md_uri == f"{tmp_path}/study/report.md"
     table = list(csv.DictReader(io.StringIO((tmp_path / "study" / "report.csv").read_text())))
-    assert [(r["prompt_type"], r["eval_set"], r["n_images"]) for r in table] == [
-        ("p0", "other", "1"), ("p0", "tiny", "2"), ("p1", "other", "1"), ("p1", "tiny", "2")]
-    assert float(table[1]["dice_mean"]) == 0.75
+    assert [(r["prompt_type"], r["eval_set"], r["n_images"], r["regime"]) for r in table] == [
+        ("p0", "other", "1", "as_run"), ("p0", "tiny", "2", "as_run"), ("p1", "other", "1", "as_run"),
+        ("p1", "tiny", "2", "as_run")]
+    # The same units in both files: Dice in %, said by the column names.
+    assert (table[1]["dice_mean_%"], table[1]["dice_std_%"], table[1]["best_val_dice_%"]) == ("75.0", "25.0", "90.0")
     markdown = (tmp_path / "study" / "report.md").read_text()
-    assert markdown == to_markdown(rows) and "| 75.00 | 25.00 | 2 |" in markdown
+    assert markdown == to_markdown(rows) and "| 75.00 | 25.00 | 2 | 90.00 | 3 |" in markdown
+    assert "| dice_mean_% | dice_std_% | n_images | best_val_dice_% | epochs |" in markdown
     assert "p2" not in markdown
+
+
+def test_the_report_reads_records_finished_before_the_tidy_results(tmp_path):
+    """An old study: records with only spec.json, result.json, per_image.parquet and DONE (a spec from
+    before some fields existed), an evaluation among them; the report writes their tidy files first."""
+    experiments, evaluations = ResultStore(str(tmp_path), "old"), ResultStore(str(tmp_path), "old", "evaluations")
+    source = ExperimentSpec("clipseg", "finetune", "tiny", "p6")
+    spec = {k: v for k, v in source.to_dict().items() if k not in ("regime", "resize", "grad_accum")}
+    experiments.write_result({**spec, "id": source.id}, {
+        "experiment_id": source.id, "spec": spec, "best_val_dice": None, "epochs": 2,
+        "eval": {"tiny": {"dice_mean": 0.5, "dice_std": 0.5, "n_images": 2}}}, {"tiny": {"a": 1.0, "b": 0.0}})
+    for perturbation, dice in ((None, 0.5), ("class_only", 0.25)):
+        record = f"ablate-{source.id}-tiny-{perturbation or 'none'}"
+        evaluation = {"kind": "ablate", "source": source.id, "eval_set": "tiny", "prompt_type": "p6",
+                      "perturbation": perturbation}
+        evaluations.write_result(evaluation, {
+            "evaluation_id": record, "kind": "ablate", "spec": evaluation, "source": source.id,
+            "source_spec": {**spec, "id": source.id},
+            "eval": {"tiny": {"dice_mean": dice, "dice_std": 0.0, "n_images": 1}}}, {"tiny": {"a": dice}},
+            record_id=record)
+    experiments.fs.delete_dir(f"{experiments.path}/tidy")  # as written before the tidy results existed
+
+    _, _, rows = write_report(str(tmp_path), "old")
+    assert [(r["regime"], r["dice_mean_%"], r["best_val_dice_%"], r["epochs"]) for r in rows] == [
+        ("end_to_end", 50.0, None, 2)]  # CLIPSeg finetuned end to end: derived from the old spec
+    changes = list(csv.DictReader(io.StringIO((tmp_path / "old" / "evaluations.csv").read_text())))
+    assert [(r["perturbation"], r["dice_mean_%"], r["change_%"]) for r in changes] == [
+        ("none", "50.0", ""), ("class_only", "25.0", "-50.0")]
+    markdown = (tmp_path / "old" / "report.md").read_text()
+    assert "| class_only | tiny | 25.00 | 0.00 | 1 | -50.00 |" in markdown
+    assert json.loads((tmp_path / "old" / "experiments" / source.id / "spec.json").read_text()) == {
+        **spec, "id": source.id}  # the record itself as it was

@@ -138,7 +138,8 @@ def test_a_killed_grid_resumes_from_checkpoints_and_finishes_every_experiment_on
         resumed = read_json(s3, bucket, f"{prefix}{experiment_id}/result.json")["run"]["resumed_from_epoch"]
         if resumed == MAX_EPOCHS:  # a later checkpoint, after the last epoch, was written before the kill
             continue
-        events = [k for k in listing(s3, bucket, f"runs/demo/tune/{experiment_id}/") if "tfevents" in k]
+        # Each launch has its own Tune folder, runs/demo/tune/<launch>/<id>/: the killed one's and the rerun's.
+        events = [k for k in listing(s3, bucket, "runs/demo/tune/") if f"/{experiment_id}/" in k and "tfevents" in k]
         assert events, f"no TensorBoard events for {experiment_id}"
         steps = set()
         for n, key in enumerate(events):

@@ -5,6 +5,12 @@ last, a ``DONE`` marker; an experiment without ``DONE`` is not finished, whateve
 A bad-input failure leaves ``FAILED.json`` with the error instead. A trained experiment also keeps
 its best validation weights, ``best_model.pt``, which evaluation runs (``ablate``, ``ood``) reload;
 their results live in ``<storage>/<study>/evaluations/<id>/`` in the same layout.
+
+Beside them, the study's tidy results set (``orchestrator/results.py`` reads it): once ``DONE`` is
+written, each record also gets ``<storage>/<study>/tidy/images/<id>.parquet`` (one row per evaluation
+set and image) and ``tidy/experiments/<id>.parquet`` (one row per evaluation set), every file in one
+fixed schema (``IMAGES_SCHEMA``, ``EXPERIMENTS_SCHEMA``) that carries every field of the spec, so
+``pandas.read_parquet("<storage>/<study>/tidy/images")`` reads the whole study.
 """
 
 from __future__ import annotations
@@ -22,6 +28,41 @@ import pyarrow.parquet as pq
 from datasets.shards import filesystem_for, write_atomically
 
 WEIGHTS_FILE = "best_model.pt"
+
+# -- the tidy results set's schema ------------------------------------------------------------------
+TIDY = "tidy"  # <storage>/<study>/tidy/{images,experiments}/<record id>.parquet
+# Every field of search_spaces.experiment.ExperimentSpec (a floor above: this one cannot import it) and
+# its Arrow type from its annotation: a tuple is one string joined with ","; every column takes nulls.
+# tests/test_tidy_results.py keeps this equal to the dataclass: a new spec field needs its column here.
+SPEC_COLUMNS: dict[str, pa.DataType] = {
+    "model": pa.string(), "mode": pa.string(), "train_set": pa.string(), "prompt_type": pa.string(),
+    "eval_sets": pa.string(), "size": pa.string(), "weights": pa.string(), "lr": pa.float64(),
+    "weight_decay": pa.float64(), "batch_size": pa.int64(), "max_epochs": pa.int64(), "patience": pa.int64(),
+    "lr_patience": pa.int64(), "optimizer": pa.string(), "scheduler": pa.string(), "bce_weight": pa.float64(),
+    "encoder_lr_scale": pa.float64(), "seed": pa.int64(), "hparams": pa.string(), "schedule_epochs": pa.int64(),
+    "grad_accum": pa.int64(), "decoder_dropout": pa.float64(), "mask_padding": pa.bool_(),
+    "upsample": pa.string(), "resize": pa.string(),
+}
+# Who and what each row is: the record (an experiment's id, or an evaluation's), the experiment whose
+# weights were scored (an evaluation's source; an experiment itself), what kind of record (train,
+# zeroshot, ablate, ood), then the spec, its regime, the prompt perturbation (evaluations) and the set.
+_HEAD = [("record_id", pa.string()), ("experiment_id", pa.string()), ("kind", pa.string()),
+         *SPEC_COLUMNS.items(), ("regime", pa.string()), ("perturbation", pa.string()), ("eval_set", pa.string())]
+# Per-image metrics beside dice; null until a scorer writes them (``write_result(..., metrics=...)``).
+EXTRA_METRICS = ("nsd", "hd95")
+IMAGES_SCHEMA = pa.schema([*_HEAD, ("sample_id", pa.string()), ("prompt", pa.string()), ("dice", pa.float64()),
+                           *((m, pa.float64()) for m in EXTRA_METRICS)])
+EXPERIMENTS_SCHEMA = pa.schema([
+    *_HEAD, ("n_images", pa.int64()), ("dice_mean", pa.float64()), ("dice_std", pa.float64()),
+    *((f"{m}_mean", pa.float64()) for m in EXTRA_METRICS),
+    ("best_val_dice", pa.float64()), ("epochs", pa.int64()),
+    # the run (result.json's "run"): seconds of its last trial (since its resume, if it resumed; run.wall_time_s
+    # where the trial gives it), its GPU share (Ray's GPU resource; 0 on CPU), the epoch it resumed after,
+    # and when it finished (Unix seconds)
+    ("wall_time_s", pa.float64()), ("gpu_share", pa.float64()), ("resumed_from_epoch", pa.int64()),
+    ("finished_at", pa.float64()),
+])
+TIDY_SCHEMAS = {"images": IMAGES_SCHEMA, "experiments": EXPERIMENTS_SCHEMA}
 
 
 class StorageError(Exception):
@@ -74,17 +115,26 @@ class ResultStore:
         return self._ids_with("FAILED.json") - self.finished_ids()
 
     def write_result(self, spec: dict, result: dict, per_image: dict[str, dict[str, float]],
-                     record_id: str | None = None) -> None:
-        """Record a finished experiment, or an evaluation under ``record_id``.
+                     record_id: str | None = None, *,
+                     metrics: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
+        """Record a finished experiment, or an evaluation under ``record_id``; then its tidy files.
 
-        ``per_image`` maps eval set -> sample id -> dice.
+        ``per_image`` maps eval set -> sample id -> dice; ``metrics``, optional, maps a metric of
+        ``EXTRA_METRICS`` (e.g. "nsd") -> eval set -> sample id -> value, stored beside dice.
+        An experiment's ``spec`` is its ``ExperimentSpec.to_dict()`` with its ``id``; an evaluation's is
+        its own spec, and its ``result`` holds ``source``, ``kind`` and ``source_spec``. The wall time and
+        GPU share come from ``result["run"]`` (started_at, finished_at, resources).
         """
         experiment_id = record_id or result["experiment_id"]
+        metrics = metrics or {}
+        if unknown := set(metrics) - set(EXTRA_METRICS):
+            raise ValueError(f"unknown per-image metrics {sorted(unknown)}: expected some of {EXTRA_METRICS}")
         self._write_json(experiment_id, "spec.json", spec)
+        rows = [(s, i) for s, scores in per_image.items() for i in scores]
         table = pa.table({
-            "eval_set": [s for s, scores in per_image.items() for _ in scores],
-            "sample_id": [i for scores in per_image.values() for i in scores],
-            "dice": [d for scores in per_image.values() for d in scores.values()],
+            "eval_set": [s for s, _ in rows], "sample_id": [i for _, i in rows],
+            "dice": [per_image[s][i] for s, i in rows],
+            **{m: pa.array([values.get(s, {}).get(i) for s, i in rows], pa.float64()) for m, values in metrics.items()},
         })
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
@@ -93,6 +143,52 @@ class ResultStore:
         self._write_json(experiment_id, "result.json", result)
         self._write_json(experiment_id, "DONE", {"finished_at": time.time()})
         self._delete(experiment_id, "FAILED.json")
+        try:  # derived from what DONE now commits; `report` (orchestrator.results.backfill) writes any missed
+            self.write_tidy(experiment_id, spec, result, per_image, metrics)
+        except Exception as e:  # never lose a finished experiment to its derived tables
+            print(f"{experiment_id}: tidy results not written ({type(e).__name__}: {e}); `report` writes them")
+
+    # -- the tidy results set: <storage>/<study>/tidy/{images,experiments}/<record id>.parquet ----------
+    def tidy_dir(self, level: str) -> str:
+        return posixpath.join(self.path, TIDY, level)
+
+    def write_tidy(self, record_id: str, spec: dict, result: dict, per_image: dict[str, dict[str, float]],
+                   metrics: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
+        """The record's rows of the tidy set, each file replaced whole (under a hidden temporary name
+        that readers of the folder skip)."""
+        for level, table in tidy_tables(record_id, spec, result, per_image, metrics).items():
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf)
+            self.fs.create_dir(self.tidy_dir(level), recursive=True)
+            path = posixpath.join(self.tidy_dir(level), f"{record_id}.parquet")
+            # pyarrow.dataset and pandas skip names that start with "." or "_": a file being written is unseen.
+            tmp = posixpath.join(self.tidy_dir(level), f".{record_id}.parquet.tmp-{uuid.uuid4().hex[:8]}")
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(buf.getvalue().to_pybytes())
+            self.fs.move(tmp, path)
+
+    def tidy_ids(self, level: str) -> set[str]:
+        """Records with a tidy file at ``level`` ("images" or "experiments")."""
+        selector = pafs.FileSelector(self.tidy_dir(level), allow_not_found=True)
+        return {i.base_name.removesuffix(".parquet") for i in self.fs.get_file_info(selector)
+                if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                and not i.base_name.startswith((".", "_"))}
+
+    def spec(self, experiment_id: str) -> dict | None:
+        return self._read_json(experiment_id, "spec.json")
+
+    def per_image(self, experiment_id: str) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+        """per_image.parquet read back: (eval set -> sample id -> dice, metric -> eval set -> sample id -> value)."""
+        with self.fs.open_input_file(posixpath.join(self._dir(experiment_id), "per_image.parquet")) as f:
+            rows = pq.read_table(f).to_pylist()
+        dice: dict[str, dict[str, float]] = {}
+        metrics: dict[str, dict[str, dict[str, float]]] = {}
+        for row in rows:
+            dice.setdefault(row["eval_set"], {})[row["sample_id"]] = row["dice"]
+            for m in EXTRA_METRICS:
+                if m in row:
+                    metrics.setdefault(m, {}).setdefault(row["eval_set"], {})[row["sample_id"]] = row[m]
+        return dice, metrics
 
     def write_failure(self, experiment_id: str, spec: dict, error: str) -> None:
         self._write_json(experiment_id, "FAILED.json", {"spec": spec, "error": error, "failed_at": time.time()})
@@ -199,3 +295,77 @@ class ResultStore:
                 experiment_id, _, name = info.path[len(root) + 1:].partition("/")
                 files.setdefault(experiment_id, {})[name] = info.mtime.timestamp() if info.mtime else 0.0
         return files
+
+
+# -- the tidy rows of one record -------------------------------------------------------------------
+def _coerce(value, kind: pa.DataType):
+    """A spec value as its column's type; a value that does not fit is null, not a lost result."""
+    if value is None:
+        return None
+    try:
+        if pa.types.is_string(kind):
+            return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        if pa.types.is_boolean(kind):
+            return bool(value)
+        if pa.types.is_integer(kind):
+            return int(value)
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _statistics(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and population standard deviation, nulls skipped (as result.json's dice_mean, dice_std)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def tidy_tables(record_id: str, spec: dict, result: dict, per_image: dict[str, dict[str, float]],
+                metrics: dict[str, dict[str, dict[str, float]]] | None = None) -> dict[str, pa.Table]:
+    """A record's rows of the tidy set, by level: "images" (one per eval set and image) and
+    "experiments" (one per eval set; one with a null eval set where it scored none)."""
+    metrics = metrics or {}
+    if "source_spec" in result:  # an evaluation: the source experiment's spec, this evaluation's prompt
+        experiment = {**result["source_spec"], "prompt_type": spec.get("prompt_type",
+                                                                      result["source_spec"].get("prompt_type"))}
+        kind = spec.get("kind") or result.get("kind")
+        experiment_id, perturbation = result.get("source") or spec.get("source"), spec.get("perturbation")
+    else:
+        experiment = spec
+        kind = "zeroshot" if spec.get("mode") == "zeroshot" else "train"
+        experiment_id, perturbation = record_id, None
+    head = {"record_id": record_id, "experiment_id": experiment_id, "kind": kind,
+            **{name: _coerce(experiment.get(name), kind_) for name, kind_ in SPEC_COLUMNS.items()},
+            "regime": experiment.get("regime"), "perturbation": perturbation}
+    prompts = result.get("prompts") or {}
+    images = [{**head, "eval_set": eval_set, "sample_id": str(sample), "prompt": prompts.get(sample),
+               "dice": _coerce(dice, pa.float64()),
+               **{m: _coerce(metrics.get(m, {}).get(eval_set, {}).get(sample), pa.float64()) for m in EXTRA_METRICS}}
+              for eval_set, scores in per_image.items() for sample, dice in scores.items()]
+    run = result.get("run") or {}
+    started, finished = run.get("started_at"), run.get("finished_at")
+    resources = run.get("resources")
+    summary = {
+        "best_val_dice": _coerce(result.get("best_val_dice"), pa.float64()),
+        "epochs": _coerce(result.get("epochs"), pa.int64()),
+        "wall_time_s": _coerce(run.get("wall_time_s", finished - started if None not in (started, finished) else None),
+                               pa.float64()),
+        "gpu_share": _coerce(resources.get("GPU", 0.0), pa.float64()) if isinstance(resources, dict) else None,
+        "resumed_from_epoch": _coerce(run.get("resumed_from_epoch"), pa.int64()),
+        "finished_at": _coerce(finished, pa.float64()),
+    }
+    experiments = []
+    for eval_set in [*per_image, *(s for s in result.get("eval", {}) if s not in per_image)] or [None]:
+        scores = [r for r in images if r["eval_set"] == eval_set]
+        stored = result.get("eval", {}).get(eval_set) or {}
+        mean, std = _statistics([r["dice"] for r in scores])
+        experiments.append({
+            **head, "eval_set": eval_set, "n_images": stored.get("n_images", len(scores) if eval_set else None),
+            "dice_mean": stored.get("dice_mean", mean), "dice_std": stored.get("dice_std", std),
+            **{f"{m}_mean": _statistics([r[m] for r in scores])[0] for m in EXTRA_METRICS}, **summary,
+        })
+    return {"images": pa.Table.from_pylist(images, schema=IMAGES_SCHEMA),
+            "experiments": pa.Table.from_pylist(experiments, schema=EXPERIMENTS_SCHEMA)}

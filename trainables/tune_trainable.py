@@ -1,7 +1,9 @@
 """The Ray Tune function trainable of a grid: a thin adapter from a trial to the Trainer and back.
 
-A trial's config holds only its name, the experiment id (so Tune's tables show ids, not dicts); its
-job (the spec), the shard root and the result storage are bound once by ``orchestrator.launch``.
+A trial's config holds its name, the experiment id, and its spec (``config["spec"]``, for Ray's tables
+and result API); its job, the shard root and the result storage are bound once by ``orchestrator.launch``.
+Its last result holds the test dice (``test_dice/<eval set>`` and their mean ``test_dice``, as in its
+``result.json``) beside the last epoch's metrics.
 
 Resume: at most every ``checkpoint_interval_s`` (and after the last epoch) the trial replaces
 ``experiments/<id>/checkpoint/trainer.pt`` in the result storage, whole, and writes a small
@@ -77,9 +79,10 @@ def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: st
             trainer, test_sets = prepare(spec, data)  # the failed load may have changed some weights
     write_progress(results, experiment_id, trainer)
     last_checkpoint = time.monotonic()
+    last_metrics: dict = {}
 
     def report(epoch) -> None:
-        nonlocal last_checkpoint
+        nonlocal last_checkpoint, last_metrics
         # timesteps_total is TensorBoard's x axis (Tune's TBX logger): the epoch, also across resumes.
         metrics = {"epoch": epoch.epoch, "timesteps_total": epoch.epoch, "train_loss": epoch.train_loss,
                    "val_loss": epoch.val_loss, "val_dice": epoch.val_dice, "best_val_dice": trainer.best_dice,
@@ -88,6 +91,7 @@ def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: st
             save_checkpoint(results, experiment_id, trainer)
             write_progress(results, experiment_id, trainer)
             last_checkpoint = time.monotonic()
+        last_metrics = metrics
         tune.report(metrics)
 
     trainer.fit(on_epoch=report)
@@ -103,6 +107,23 @@ def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: st
         results.write_weights(experiment_id, trainer.best_state)
     results.write_result(spec, result, per_image)
     results.clear_resume_state(experiment_id)  # after DONE: the checkpoint can be large
+    # Last, once the result is stored: what Tune keeps as the trial's last result.
+    tune.report(final_metrics(result, last_metrics))
+
+
+def final_metrics(result: dict, last_metrics: dict) -> dict:
+    """A finished experiment's last report: its last epoch's metrics (what the console says of it) and its
+    test dice, per test set and their mean, as its ``result.json`` has them. A trial that reported no
+    epoch (resumed after its last one) gives its epochs and best validation dice instead; a zero-shot
+    one, its test dice alone."""
+    metrics = dict(last_metrics) if last_metrics else (
+        {"epoch": result["epochs"], "timesteps_total": result["epochs"], "best_val_dice": result["best_val_dice"]}
+        if result["epochs"] else {})
+    dice = {name: scores["dice_mean"] for name, scores in result["eval"].items()}
+    metrics.update({f"test_dice/{name}": value for name, value in dice.items()})
+    if dice:
+        metrics["test_dice"] = sum(dice.values()) / len(dice)
+    return metrics
 
 
 def save_checkpoint(results: ResultStore, experiment_id: str, trainer: Trainer) -> None:
