@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import statistics
 import sys
 import time
 import types
@@ -39,7 +38,7 @@ from prompts.perturb import OPPOSITES, PerturbationError, parse_perturbation
 from prompts.templates import TEMPLATE_ATTRIBUTES
 from search_spaces.experiment import ExperimentSpec
 from trainables.models import card, model_names
-from trainables.results import ResultStore
+from trainables.results import ResultStore, eval_summary, split_scores
 
 EVALUATIONS = "evaluations"  # the folder beside "experiments" in <storage>/<study>/
 KINDS = ("ablate", "ood")
@@ -168,13 +167,13 @@ def evaluation_problems(evaluations: list[EvaluationSpec], sources: dict[str, di
 
 # -- running them --------------------------------------------------------------------------------
 def evaluation_result(spec: EvaluationSpec, source: dict, dice: dict[str, float], prompts: dict[str, str],
-                      run: dict) -> dict:
-    """The result.json of an evaluation: mean and spread of dice, and the prompt each image got."""
+                      run: dict, boundary: dict[str, dict[str, float | None]] | None = None) -> dict:
+    """The result.json of an evaluation: mean and spread of dice (and boundary metrics' means), and
+    the prompt each image got."""
     return {
         "evaluation_id": spec.id, "kind": spec.kind, "spec": spec.to_dict(), "source": source["id"],
         "source_spec": source,
-        "eval": {spec.eval_set: {"dice_mean": statistics.fmean(dice.values()),
-                                 "dice_std": statistics.pstdev(dice.values()), "n_images": len(dice)}},
+        "eval": {spec.eval_set: eval_summary(dice, boundary)},
         "prompts": dict(sorted(prompts.items())), "run": run,
     }
 
@@ -213,15 +212,18 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
     for spec in pending:
         started = time.time()
         try:
-            dice, prompts = evaluator.evaluate(spec.eval_set, spec.prompt_type, parse_perturbation(spec.perturbation))
+            per_image, prompts = evaluator.evaluate(spec.eval_set, spec.prompt_type,
+                                                    parse_perturbation(spec.perturbation))
+            dice, boundary = split_scores(per_image)
         except Exception as e:  # a broken evaluation (bad rows, an attribute a sample lacks) is recorded
             evaluations.write_failure(spec.id, spec.to_dict(), f"{type(e).__name__}: {e}")
             counts["failed"] += 1
         else:
             run = {"started_at": started, "finished_at": time.time(), "resources": resources,
                    "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_ip": ray.util.get_node_ip_address()}
-            result = evaluation_result(spec, source, dice, prompts, run)
-            evaluations.write_result(spec.to_dict(), result, {spec.eval_set: dice}, record_id=spec.id)
+            result = evaluation_result(spec, source, dice, prompts, run, boundary)
+            evaluations.write_result(spec.to_dict(), result, {spec.eval_set: dice}, record_id=spec.id,
+                                     metrics={m: {spec.eval_set: values} for m, values in boundary.items()})
             counts["finished"] += 1
             scores[f"test_dice/{spec.id}"] = result["eval"][spec.eval_set]["dice_mean"]
         tune.report({**counts, "pending": len(pending) - counts["finished"] - counts["failed"], **scores})

@@ -81,9 +81,13 @@ def test_grid_on_s3_runs_fractional_trials_and_a_rerun_runs_nothing(s3_bucket, s
     assert {f"{t}-{p}" for t, p in zip(images.train_set, images.prompt_type)} == set(PICK)
     assert set(images.kind) == {"train"} and set(images.model) == {"clipseg"} and set(images.max_epochs) == {2}
     assert images[["mode", "regime", "seed", "lr", "batch_size", "hparams"]].notna().all().all()
+    # Boundary metrics beside dice: NSD in [0, 1] where defined; HD95 undefined (null) only where dice says
+    # a mask or the prediction is empty (dice 0, or 1 for two empty masks).
+    assert images.nsd.dropna().between(0, 1).all() and images.nsd.notna().any()
+    assert images[images.hd95.isna()].dice.isin([0.0, 1.0]).all() and (images.hd95.dropna() >= 0).all()
     summary = load(f"{s3_bucket}/runs", "demo", "experiments")
     assert len(summary) == len(rows) and (summary.gpu_share == 0.5).all() and (summary.epochs == 2).all()
-    assert (summary.wall_time_s > 0).all() and (summary.n_images == 40).all()
+    assert (summary.wall_time_s > 0).all() and (summary.n_images == 40).all() and summary.nsd_mean.notna().all()
 
     second = run_cli(*args, "--verbose", "0")
     assert second.returncode == 0, second.stderr[-3000:]

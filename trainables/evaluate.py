@@ -45,10 +45,9 @@ class Evaluator:
                                train_set=None, val_set=None, device=device)
 
     def evaluate(self, dataset: str, prompt_type: str, perturbation: Perturbation | None = None
-                 ) -> tuple[dict[str, float], dict[str, str]]:
-        """Dice per test image, and the prompt each image was given."""
+                 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+        """Dice, NSD and HD95 per test image (``Trainer.score``), and the prompt each image was given."""
         split = SegmentationSplit(self.store, dataset, "test", prompt_type, self.inputs.input_size, train=False,
                                   seed=self.spec["seed"], perturbation=perturbation,
                                   resize=self.spec.get("resize", "torch"))
-        _, dice = self.trainer.evaluate(split)
-        return dice, {split.sample_ids[i]: split.prompt(i) for i in range(len(split))}
+        return self.trainer.score(split), {split.sample_ids[i]: split.prompt(i) for i in range(len(split))}

@@ -6,7 +6,6 @@ Plain Python, no Ray: the Tune adapter, tests and notebooks all go through here.
 from __future__ import annotations
 
 import os
-import statistics
 
 import torch
 
@@ -15,6 +14,7 @@ from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from trainables.feature_cache import FeatureCache, supports_feature_cache
 from trainables.models import build_model, build_tokenizer, encoder_prefixes, model_inputs, model_options
+from trainables.results import eval_summary
 from trainables.trainer import TrainConfig, Trainer
 
 
@@ -55,17 +55,16 @@ def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer,
     return Trainer(model, tokenizer, inputs, config, train_set, val_set, feature_cache=features), test_sets
 
 
-def summarize(spec: dict, trainer: Trainer, per_image: dict[str, dict[str, float]]) -> dict:
-    """The result.json of a finished experiment: mean and spread of dice per evaluation set."""
+def summarize(spec: dict, trainer: Trainer, per_image: dict[str, dict[str, float]],
+              boundary: dict[str, dict[str, dict[str, float | None]]] | None = None) -> dict:
+    """The result.json of a finished experiment: mean and spread of dice per evaluation set, and the
+    mean of each boundary metric (``boundary``: metric -> eval set -> image -> value) over the images
+    where it is defined."""
     return {
         "experiment_id": spec["id"],
         "spec": spec,
         "best_val_dice": trainer.best_dice if trainer.best_state is not None else None,
         "epochs": trainer.epoch,
-        "eval": {
-            name: {"dice_mean": statistics.fmean(scores.values()),
-                   "dice_std": statistics.pstdev(scores.values()),
-                   "n_images": len(scores)}
-            for name, scores in per_image.items()
-        },
+        "eval": {name: eval_summary(scores, {m: v.get(name, {}) for m, v in (boundary or {}).items()})
+                 for name, scores in per_image.items()},
     }

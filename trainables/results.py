@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import posixpath
+import statistics
 import time
 import uuid
 
@@ -295,6 +297,26 @@ class ResultStore:
                 experiment_id, _, name = info.path[len(root) + 1:].partition("/")
                 files.setdefault(experiment_id, {})[name] = info.mtime.timestamp() if info.mtime else 0.0
         return files
+
+
+# -- a record's scores -----------------------------------------------------------------------------
+def split_scores(scores: dict[str, dict[str, float]]) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
+    """Per-image scores (``Trainer.score``) as the result store takes them: dice per image, and per
+    boundary metric its value per image, an undefined one (nan: no boundary to measure) as None."""
+    dice = {sample: s["dice"] for sample, s in scores.items()}
+    boundary = {m: {sample: (None if math.isnan(s[m]) else s[m]) for sample, s in scores.items()}
+                for m in EXTRA_METRICS}
+    return dice, boundary
+
+
+def eval_summary(dice: dict[str, float], boundary: dict[str, dict[str, float | None]] | None = None) -> dict:
+    """One evaluation set's entry of a result.json: dice mean, spread and count; boundary metrics' means."""
+    summary = {"dice_mean": statistics.fmean(dice.values()), "dice_std": statistics.pstdev(dice.values()),
+               "n_images": len(dice)}
+    for metric, values in (boundary or {}).items():
+        defined = [v for v in values.values() if v is not None]
+        summary[f"{metric}_mean"] = statistics.fmean(defined) if defined else None
+    return summary
 
 
 # -- the tidy rows of one record -------------------------------------------------------------------

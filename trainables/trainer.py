@@ -228,9 +228,13 @@ class Trainer:
 
     def test(self, dataset: SegmentationSplit) -> dict[str, float]:
         """Per-image dice of the best validation weights on ``dataset``."""
+        return {sample: scores["dice"] for sample, scores in self.test_scores(dataset).items()}
+
+    def test_scores(self, dataset: SegmentationSplit) -> dict[str, dict[str, float]]:
+        """Per-image dice, NSD and HD95 of the best validation weights on ``dataset``."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state, strict=False)
-        return self.evaluate(dataset)[1]
+        return self.score(dataset)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:

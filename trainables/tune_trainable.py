@@ -24,7 +24,7 @@ from ray import tune
 
 from datasets.shards import ShardError
 from trainables.experiment import prepare, summarize
-from trainables.results import ResultStore
+from trainables.results import EXTRA_METRICS, ResultStore, split_scores
 from trainables.trainer import Trainer
 
 # Checkpoint at most this often (and always after the last epoch): small models finish epochs in
@@ -95,8 +95,10 @@ def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: st
         tune.report(metrics)
 
     trainer.fit(on_epoch=report)
-    per_image = {name: trainer.test(dataset) for name, dataset in test_sets.items()}
-    result = summarize(spec, trainer, per_image)
+    tested = {name: split_scores(trainer.test_scores(dataset)) for name, dataset in test_sets.items()}
+    per_image = {name: dice for name, (dice, _) in tested.items()}
+    boundary = {m: {name: values[m] for name, (_, values) in tested.items()} for m in EXTRA_METRICS}
+    result = summarize(spec, trainer, per_image, boundary)
     result["run"] = {
         "started_at": started, "finished_at": time.time(), "resumed_from_epoch": resumed_from,
         "resources": resources,
@@ -105,7 +107,7 @@ def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: st
     }
     if trainer.best_state is not None:  # before DONE: what evaluation runs (ablate, ood) reload
         results.write_weights(experiment_id, trainer.best_state)
-    results.write_result(spec, result, per_image)
+    results.write_result(spec, result, per_image, metrics=boundary)
     results.clear_resume_state(experiment_id)  # after DONE: the checkpoint can be large
     # Last, once the result is stored: what Tune keeps as the trial's last result.
     tune.report(final_metrics(result, last_metrics))
