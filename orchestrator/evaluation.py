@@ -40,6 +40,10 @@ from search_spaces.experiment import ExperimentSpec
 from trainables.models import card, model_names
 from trainables.results import ResultStore, eval_summary, split_scores
 
+# Imports inside functions: Ray, PyTorch and the trainables (seconds) only where a trial runs; the
+# grid's runner (PyTorch) only where a command launches; orchestrator.common and search_spaces.grid
+# there too, because orchestrator.common imports the report, which reads this module's records.
+
 EVALUATIONS = "evaluations"  # the folder beside "experiments" in <storage>/<study>/
 KINDS = ("ablate", "ood")
 # Table 3: models trained on one endoscopy set (Kvasir-SEG, ClinicDB, BKAI) tested on all six.

@@ -15,6 +15,9 @@ from search_spaces.experiment import ExperimentSpec
 from trainables.models import MODES, model_inputs
 from trainables.results import ResultStore
 
+# The trainable (PyTorch, every model) is imported inside run_grid: --dry-run and status import this
+# module's input checks and never train.
+
 
 def input_problems(specs: list[ExperimentSpec], data: str) -> list[str]:
     """Every unknown model, dataset, split, prompt type and missing shard file, before any trial starts."""

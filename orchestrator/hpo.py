@@ -44,6 +44,9 @@ from search_spaces.hpo import (
 )
 from trainables.models import card, model_names
 
+# Ray, Optuna and PyTorch (seconds) are imported inside the functions that search or train: every
+# command's parser imports this module for its flags.
+
 METRIC, MODE = "val_dice", "max"
 RULE = ("the setting with the best validation dice on the most datasets (Appendix C.2: 'optimal performance "
         "in most datasets'); a tie goes to the higher mean of the datasets' best validation dice")

@@ -27,6 +27,9 @@ from orchestrator.lease import study_lease
 from orchestrator.placement import Placement, cluster_node_types, place_all
 from trainables.results import ResultStore, StorageError
 
+# Ray is imported inside the functions that start or run trials: it costs ~2 s, and the commands
+# that only list, plan or report (and every --help) import this module without launching anything.
+
 # The config key naming a launched trial's job; the trainables read their job with it. Beside it the
 # config carries what the trial runs, for Ray's result API: "spec", the experiment's spec (an evaluation
 # trial's source experiment's), with its id, and an evaluation trial's "evaluations".
