@@ -16,7 +16,8 @@ experiment), ``kind`` (train, zeroshot, ablate, ood), every ``ExperimentSpec`` f
 joined with ","; ``hparams`` says where the hyperparameters come from), ``regime``, ``perturbation``
 (ablations; null otherwise), ``eval_set``; then ``sample_id``, ``prompt`` (evaluations record it),
 ``dice`` in [0, 1], and ``nsd`` (normalized surface distance at 2 px, in [0, 1]) and ``hd95`` (pixels),
-as MONAI computes them (trainables/metrics.py), null where undefined (no boundary to measure). So one line reads a study::
+as MONAI computes them (trainables/metrics.py), null where undefined (no boundary to measure). So one
+line reads a study::
 
     pandas.read_parquet("s3://bucket/runs/study/tidy/images")        # or pyarrow.dataset.dataset(...)
 
