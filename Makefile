@@ -17,4 +17,5 @@ demo: $(VENV)/.installed
 	$(PY) -m orchestrator.run grid --profile demo
 
 test: $(VENV)/.installed
+	bash tests/install_browser.sh $(VENV)/browser.log  # chromium for the HTML report's test, where missing
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

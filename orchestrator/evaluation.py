@@ -50,6 +50,9 @@ KINDS = ("ablate", "ood")
 POLYP_TEST_SETS = ENDOSCOPY
 # Values the ablation leaves alone: the class name (``class_only`` tests it) and whole sentences.
 NOT_PERTURBED = ("class_name", "description", "report")
+# Figure 4: an ablation keeps the predicted masks (clean and perturbed prompt) of the images whose dice
+# dropped most, this many (the paper's Figure 4 shows four).
+MASK_EXAMPLES = 4
 # Figure 2's zero-shot models with the study's weights (BiomedCLIPSeg has no pretrained decoder).
 DEFAULT_ZEROSHOT_WEIGHTS = {model: card(model).weights for model in ("cris", "clipseg")}
 
@@ -213,12 +216,17 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
         return
     counts = {"finished": 0, "failed": 0}
     scores = {}  # each finished evaluation's mean dice, in every report: the last shows them all to Ray
+    clean: dict[str, tuple[dict, dict]] = {}  # reference (unperturbed) evaluation id -> its dice, prompts
     for spec in pending:
         started = time.time()
         try:
             per_image, prompts = evaluator.evaluate(spec.eval_set, spec.prompt_type,
                                                     parse_perturbation(spec.perturbation))
             dice, boundary = split_scores(per_image)
+            if spec.kind == "ablate" and spec.perturbation is None:
+                clean[spec.id] = (dice, prompts)
+            elif spec.kind == "ablate":  # before DONE, which commits them with the result
+                keep_masks(evaluator, evaluations, spec, source, dice, prompts, clean, storage, study)
         except Exception as e:  # a broken evaluation (bad rows, an attribute a sample lacks) is recorded
             evaluations.write_failure(spec.id, spec.to_dict(), f"{type(e).__name__}: {e}")
             counts["failed"] += 1
@@ -231,6 +239,41 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
             counts["finished"] += 1
             scores[f"test_dice/{spec.id}"] = result["eval"][spec.eval_set]["dice_mean"]
         tune.report({**counts, "pending": len(pending) - counts["finished"] - counts["failed"], **scores})
+
+
+def keep_masks(evaluator, evaluations: ResultStore, spec: EvaluationSpec, source: dict, dice: dict[str, float],
+               prompts: dict[str, str], clean: dict[str, tuple[dict, dict]], storage: str, study: str) -> None:
+    """Store the image, ground truth and both predictions of the MASK_EXAMPLES images whose dice this
+    perturbation dropped most against the unperturbed prompt (Figure 4; orchestrator/figures.py reads them).
+    Never fails the evaluation: a problem is printed and the masks are skipped."""
+    from orchestrator.figures import write_mask_examples  # matplotlib: only this trial draws on it
+
+    reference = dataclasses.replace(spec, perturbation=None)
+    try:
+        if reference.id not in clean:  # finished in an earlier launch
+            stored = evaluations.result(reference.id)
+            if stored is None:
+                print(f"{spec.id}: no unperturbed reference yet, so no Figure 4 masks")
+                return
+            clean[reference.id] = (evaluations.per_image(reference.id)[0][spec.eval_set], stored.get("prompts", {}))
+        clean_dice, clean_prompts = clean[reference.id]
+        drops = sorted((dice[s] - clean_dice[s], s) for s in dice if s in clean_dice)  # most negative first
+        worst = [s for change, s in drops if change < 0][:MASK_EXAMPLES]
+        if not worst:
+            return
+        before = evaluator.predict(spec.eval_set, spec.prompt_type, None, worst)
+        after = evaluator.predict(spec.eval_set, spec.prompt_type, parse_perturbation(spec.perturbation), worst)
+        originals = evaluator.originals(spec.eval_set, worst)
+        examples = [{"sample_id": s, "dice_clean": clean_dice[s], "dice_perturbed": dice[s],
+                     "prompt_clean": clean_prompts.get(s, before[s][1]), "prompt_perturbed": prompts.get(s),
+                     "image": originals[s][0], "truth": originals[s][1], "clean": before[s][0],
+                     "perturbed": after[s][0]} for s in worst]
+        write_mask_examples(storage, study, spec.id, {
+            "reference_id": reference.id, "source": source["id"], "model": source["model"], "mode": source["mode"],
+            "eval_set": spec.eval_set, "prompt_type": spec.prompt_type, "perturbation": spec.perturbation,
+        }, examples)
+    except Exception as e:  # the figure's inputs are a bonus: the evaluation itself stands
+        print(f"{spec.id}: Figure 4 masks not stored ({type(e).__name__}: {e})")
 
 
 def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict], *, data: str, storage: str,

@@ -16,7 +16,8 @@ from ray.tune import ExperimentAnalysis
 
 from datasets.shards import ShardStore
 from datasets.synthetic import write_synthetic
-from orchestrator.evaluation import EvaluationSpec, ood_specs, run_evaluations
+from orchestrator.evaluation import MASK_EXAMPLES, EvaluationSpec, ood_specs, run_evaluations
+from orchestrator.figures import figure4, mask_examples
 from orchestrator.launch import launch_folders
 from prompts.perturb import UNCOMMON_WORDS
 from tests.cli import run_cli
@@ -75,7 +76,7 @@ def test_rays_result_api_sees_every_launch_with_its_spec_and_test_dice(trained):
         assert row["epoch"] == result["epochs"] == 1 and row["best_val_dice"] == pytest.approx(result["best_val_dice"])
 
 
-def test_ablate_scores_every_perturbation_of_the_prompt_and_a_rerun_runs_nothing(trained):
+def test_ablate_scores_every_perturbation_of_the_prompt_and_a_rerun_runs_nothing(trained, tmp_path):
     source = trained.results["synth_pairs"]
     args = ["ablate", "--only", "synth_pairs-p6", "--data", trained.data, "--storage", trained.storage, *RAY]
     before = launch_folders(trained.storage, "demo")
@@ -113,6 +114,19 @@ def test_ablate_scores_every_perturbation_of_the_prompt_and_a_rerun_runs_nothing
     assert {e["id"] for e in trial.config["evaluations"]} == {r["evaluation_id"] for r in results.values()}
     assert all(trial.last_result[f"test_dice/{r['evaluation_id']}"] == pytest.approx(
         r["eval"]["synth_pairs"]["dice_mean"]) for r in results.values())
+
+    # Figure 4's inputs: for a perturbation that lowered some images' dice, those images (at most
+    # MASK_EXAMPLES), worst first, with the ground truth and both predictions as scored.
+    examples = [e for e in mask_examples(trained.storage, "demo") if e["evaluation_id"].startswith("ablate-")]
+    assert examples and all(e["dice_perturbed"] < e["dice_clean"] for e in examples)
+    for perturbation in {e["perturbation"] for e in examples}:
+        mine = [e for e in examples if e["perturbation"] == perturbation]
+        scored = results[perturbation]
+        assert len(mine) <= MASK_EXAMPLES and [e["drop"] for e in mine] == sorted((e["drop"] for e in mine),
+                                                                                   reverse=True)
+        assert all(e["prompt_perturbed"] == scored["prompts"][e["sample_id"]] for e in mine)
+    assert figure4(trained.storage, "demo", tmp_path / "figure4.png") is not None
+    assert (tmp_path / "figure4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     bucket, prefix = trained.storage.removeprefix("s3://").split("/", 1)
     s3 = boto3.client("s3")

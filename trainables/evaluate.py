@@ -8,8 +8,13 @@ weights, which hold only what training changed, are loaded over it.
 
 from __future__ import annotations
 
-import torch
+import io
 
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets.decoded import decode_mask
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardStore
 from prompts.perturb import Perturbation
@@ -44,10 +49,32 @@ class Evaluator:
         self.trainer = Trainer(model, build_tokenizer(spec["model"], spec["weights"]), self.inputs, config,
                                train_set=None, val_set=None, device=device)
 
+    def split(self, dataset: str, prompt_type: str, perturbation: Perturbation | None = None) -> SegmentationSplit:
+        """A test split as this experiment's model reads it (its input size, seed and resizing)."""
+        return SegmentationSplit(self.store, dataset, "test", prompt_type, self.inputs.input_size, train=False,
+                                 seed=self.spec["seed"], perturbation=perturbation,
+                                 resize=self.spec.get("resize", "torch"))
+
     def evaluate(self, dataset: str, prompt_type: str, perturbation: Perturbation | None = None
                  ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
         """Dice, NSD and HD95 per test image (``Trainer.score``), and the prompt each image was given."""
-        split = SegmentationSplit(self.store, dataset, "test", prompt_type, self.inputs.input_size, train=False,
-                                  seed=self.spec["seed"], perturbation=perturbation,
-                                  resize=self.spec.get("resize", "torch"))
+        split = self.split(dataset, prompt_type, perturbation)
         return self.trainer.score(split), {split.sample_ids[i]: split.prompt(i) for i in range(len(split))}
+
+    def predict(self, dataset: str, prompt_type: str, perturbation: Perturbation | None, sample_ids: list[str]
+                ) -> dict[str, tuple[np.ndarray, str]]:
+        """Each image's predicted mask (boolean, original size, as scored) and the prompt it was given."""
+        split = self.split(dataset, prompt_type, perturbation)
+        index = {sample: i for i, sample in enumerate(split.sample_ids)}
+        masks = self.trainer.predict(split, [index[s] for s in sample_ids])
+        return {s: (masks[s], split.prompt(index[s])) for s in sample_ids}
+
+    def originals(self, dataset: str, sample_ids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each test image (RGB) and its ground-truth mask (boolean) as stored, at the original size."""
+        wanted, out = set(sample_ids), {}
+        for row in self.store.read_split(dataset, "test", ["sample_id", "image", "mask"]).to_pylist():
+            if row["sample_id"] in wanted:
+                image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))
+                mask = decode_mask(row["mask"], f"{dataset}/test row {row['sample_id']}")  # as scored
+                out[row["sample_id"]] = (image, mask)
+        return out

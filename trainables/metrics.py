@@ -29,13 +29,19 @@ def dice_score(pred: torch.Tensor, target: torch.Tensor) -> float:
     return 2.0 * int((pred & target).sum()) / total
 
 
+def predicted_masks(logits: torch.Tensor, shapes: list[tuple[int, int]], threshold: float = 0.5
+                    ) -> list[torch.Tensor]:
+    """Each image's prediction at its original size: its logits (1, h, w) resized bilinearly to
+    ``shape``, the sigmoid thresholded. What every score here is computed on."""
+    return [torch.sigmoid(F.interpolate(logit[None].float(), size=tuple(shape), mode="bilinear",
+                                        align_corners=False)[0, 0]) > threshold
+            for logit, shape in zip(logits, shapes)]
+
+
 def dice_per_image(logits: torch.Tensor, masks: list[torch.Tensor], threshold: float = 0.5) -> list[float]:
-    """Resize each image's logits (1, h, w) to its original mask size, threshold the sigmoid, score."""
-    scores = []
-    for logit, mask in zip(logits, masks):
-        full = F.interpolate(logit[None].float(), size=tuple(mask.shape), mode="bilinear", align_corners=False)[0, 0]
-        scores.append(dice_score(torch.sigmoid(full) > threshold, mask.to(full.device)))
-    return scores
+    """Dice of each image's prediction at its original mask size."""
+    preds = predicted_masks(logits, [m.shape for m in masks], threshold)
+    return [dice_score(pred, mask.to(pred.device)) for pred, mask in zip(preds, masks)]
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -79,9 +85,7 @@ def scores_per_image(logits: torch.Tensor, masks: list[torch.Tensor], threshold:
                      ) -> list[dict[str, float]]:
     """Dice, NSD and HD95 of each image at its original size (``dice_per_image``'s resizing)."""
     scores = []
-    for logit, mask in zip(logits, masks):
-        full = F.interpolate(logit[None].float(), size=tuple(mask.shape), mode="bilinear", align_corners=False)[0, 0]
-        pred = torch.sigmoid(full) > threshold
+    for pred, mask in zip(predicted_masks(logits, [m.shape for m in masks], threshold), masks):
         nsd, hd95 = boundary_metrics(pred.cpu().numpy(), mask.bool().cpu().numpy())
-        scores.append({"dice": dice_score(pred, mask.to(full.device)), "nsd": nsd, "hd95": hd95})
+        scores.append({"dice": dice_score(pred, mask.to(pred.device)), "nsd": nsd, "hd95": hd95})
     return scores

@@ -10,12 +10,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from datasets.segmentation import SegmentationSplit
 from trainables.losses import dice_bce_loss
-from trainables.metrics import dice_per_image, scores_per_image
+from trainables.metrics import dice_per_image, predicted_masks, scores_per_image
 from trainables.models import ModelInputs
 from trainables.tokenizers import tokenize
 
@@ -225,6 +226,18 @@ class Trainer:
             if on_epoch:
                 on_epoch(result)
         return self.best_dice
+
+    @torch.no_grad()
+    def predict(self, dataset: SegmentationSplit, indices: list[int]) -> dict[str, np.ndarray]:
+        """The predicted masks (boolean, at the original size, as scored) of the images at ``indices``
+        (an evaluation's Trainer: no feature cache)."""
+        self.model.eval()
+        masks = {}
+        for batch in self._loader(Subset(dataset, indices), shuffle=False):
+            preds = predicted_masks(self._forward(batch), [m.shape for m in batch["full_masks"]],
+                                    self.inputs.threshold)
+            masks.update((i, p.cpu().numpy()) for i, p in zip(batch["sample_ids"], preds))
+        return masks
 
     def test(self, dataset: SegmentationSplit) -> dict[str, float]:
         """Per-image dice of the best validation weights on ``dataset``."""
