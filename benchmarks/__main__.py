@@ -1,6 +1,6 @@
 """Benchmarks that print the baseline and the new path side by side, with medians.
 
-    python -m benchmarks {data,s3,frozen,grid,gpu} [options]
+    python -m benchmarks {data,s3,frozen,grid,gpu,report} [options]
 
 Each benchmark is a module of ``benchmarks`` with ``HELP``, ``add_arguments(parser)``
 and ``run(args) -> int``; this file only dispatches.
@@ -18,7 +18,7 @@ from datasets.cli import DefaultsHelpFormatter
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-BENCHMARKS = ("data", "s3", "frozen", "grid", "gpu")
+BENCHMARKS = ("data", "s3", "frozen", "grid", "gpu", "report")
 
 
 def main(argv: list[str] | None = None) -> int:

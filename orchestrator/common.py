@@ -17,7 +17,7 @@ from orchestrator.report import write_report
 from orchestrator.selection import apply_selections
 from search_spaces.experiment import CHOICES, HYPERPARAMETERS, ExperimentSpec
 from search_spaces.fidelity import as_released
-from search_spaces.grid import PROFILE_SYNTHETIC, profile_specs
+from search_spaces.grid import PROFILE_SYNTHETIC, block_members, profile_specs
 from trainables.models import card, cards
 
 DEFAULT_DATA = "data/shards"
@@ -32,10 +32,21 @@ def select(specs: list[ExperimentSpec], patterns: list[str] | None) -> list[Expe
                                     for p in patterns)]
 
 
+def with_seeds(specs: list[ExperimentSpec], n: int) -> list[ExperimentSpec]:
+    """Every spec ``n`` times (--seeds), with its own seed and the ``n - 1`` after it: replicate 0 is the
+    spec itself, so its id is today's, and each later seed (a field that differs from its default, so
+    hashed) its own experiment id. Seed by seed: the first ``len(specs)`` are the grid as without --seeds,
+    so a launch stopped early has whole seeds. A spec that trains nothing (mode zeroshot) runs once."""
+    return [spec if r == 0 else dataclasses.replace(spec, seed=spec.seed + r)
+            for r in range(n) for spec in specs if r == 0 or spec.mode != "zeroshot"]
+
+
 def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
     """The profile's (or blocks') specs with the launch's changes, in this order: --as-released, the
-    hpo selections (--hparams-from-hpo), --set, --grad-accum, --max-epochs; then --only. Each change
-    is part of the spec, so of its id: `status` and `report` need the same flags as the launch."""
+    hpo selections (--hparams-from-hpo), --set, --grad-accum, --max-epochs; then --seeds, then --only
+    (so --only matches every seed's id: a pattern of today's id's slug keeps all its seeds, a whole id
+    one seed). Each change is part of the spec, so of its id: `status` and `report` need the same flags
+    as the launch."""
     specs = profile_specs(args.profile, getattr(args, "block", None), getattr(args, "model", None))
     if getattr(args, "as_released", False):
         specs = [as_released(s) for s in specs]
@@ -50,6 +61,7 @@ def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
         changes["max_epochs"] = args.max_epochs
     if changes:
         specs = [ExperimentSpec.from_dict({**s.to_dict(), **only_options_of(s.model, changes)}) for s in specs]
+    specs = with_seeds(specs, getattr(args, "seeds", None) or 1)
     return select(specs, args.only)
 
 
@@ -84,6 +96,17 @@ def spec_setting(text: str) -> tuple[str, object]:
     return name, value
 
 
+def seed_count(text: str) -> int:
+    """``--seeds N``: a whole number of seeds, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seeds, 1 or more")
+    return n
+
+
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     """Flags that choose and change what experiments train (so their ids); grid, status and plan share them."""
     p.add_argument("--model", action="append", metavar="NAME",
@@ -103,6 +126,10 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, metavar="K",
                    help="split every batch into K micro-batches (the same effective batch, about 1/K of the "
                         "activation memory; changes the ids)")
+    p.add_argument("--seeds", type=seed_count, default=1, metavar="N",
+                   help="run every experiment with N seeds: its own (42, or --set seed=S) and the N-1 after it, "
+                        "each seed its own experiment id (the first keeps today's ids); zero-shot experiments, "
+                        "which train nothing, run once")
 
 
 def add_cluster_argument(p: argparse.ArgumentParser) -> None:
@@ -126,8 +153,7 @@ def ensure_synthetic(data: str, profile: str) -> None:
 def fit_lines(blocks, specs: list[ExperimentSpec], args: argparse.Namespace) -> list[str]:
     """Per block, the largest memory need and the node types of the cluster file its trials go to."""
     path = args.cluster or str(REPO_CLUSTER_FILE)
-    chosen = {s.id for s in specs}
-    by_block = {b.name: [{**s.to_dict(), "id": s.id} for s in b.specs() if s.id in chosen] for b in blocks}
+    by_block = {b.name: [{**s.to_dict(), "id": s.id} for s in block_members(b, specs)] for b in blocks}
     return fit_summary({k: v for k, v in by_block.items() if v}, node_types_from_cluster_file(path), path,
                        cpus=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
 

@@ -482,7 +482,7 @@ def _tune_trial_records(where: str) -> list[dict]:
     import pyarrow.fs as pafs
 
     from datasets.storage import filesystem_for
-    from orchestrator.hpo import trial_record
+    from orchestrator.selection import trial_record
 
     fs, root = filesystem_for(f"{where}/tune")
     records = []

@@ -23,7 +23,15 @@ from collections import Counter
 from datasets.shards import ShardError, absolute_uri
 from orchestrator.launch import add_verbose_argument, fit, place_trials, session, trial_resources
 from orchestrator.lease import add_force_argument
-from orchestrator.selection import SEARCH_FILE, SELECTION_FILE, hpo_uri, read_json, search_name, write_json
+from orchestrator.selection import (
+    SEARCH_FILE,
+    SELECTION_FILE,
+    hpo_uri,
+    read_json,
+    search_name,
+    trial_record,
+    write_json,
+)
 from search_spaces.defaults import SMALL_OVERRIDES, STUDY, resources_for, training_defaults
 from search_spaces.estimates import expected_epochs, load_step_times
 from search_spaces.experiment import ExperimentSpec
@@ -156,14 +164,6 @@ def search_trial(config: dict, base: dict, datasets: list[str], data: str, threa
                 json.dump(latest, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         last_checkpoint = time.monotonic()
-
-
-def trial_record(trial_id: str, config: dict, metrics: dict) -> dict:
-    best = metrics.get("best_val_dice_by_dataset") or {}
-    return {"trial_id": trial_id, "setting": {k: config[k] for k in config if k in SEARCHED + ("encoder_lr_scale",)},
-            "epochs": metrics.get("training_iteration", 0), "best_val_dice": dict(best),
-            "resumed_from_epoch": metrics.get("resumed_from_epoch"),
-            "mean_best_val_dice": statistics.fmean(best.values()) if best else None}
 
 
 def select_setting(trials: list[dict], datasets: list[str]) -> dict:

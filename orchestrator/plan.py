@@ -163,7 +163,9 @@ def estimate(specs: list[dict], table: dict, device: str, data: str | None, epoc
             share = (cpus_per_trial or 1.0) / cpus
         else:
             share = resources_for(spec, gpus_per_trial, cpus_per_trial)["gpu"]
-        key = (spec["model"], spec["size"], spec["weights"], spec["seed"], spec["train_set"])
+        # The feature cache is keyed by the encoders' weights: the seed matters only to random ones (--seeds).
+        seed = spec["seed"] if spec["weights"] is None else None
+        key = (spec["model"], spec["size"], spec["weights"], seed, spec["train_set"])
         trials.append(trial_time(spec, table, device, data, epochs, key not in seen, share))
         seen.add(key)
     return trials

@@ -1,17 +1,34 @@
 """Results tables: one row per (experiment, evaluation set), as Markdown and CSV; and one row per
 evaluation run (``ablate``, ``ood``) when there are any. Read from the study's tidy results
-(``orchestrator/results.py``); Dice in % in every file (the columns ending in ``_%``)."""
+(``orchestrator/results.py``); Dice in % in every file (the columns ending in ``_%``).
+
+Beside them, the results as the paper prints them (``orchestrator/paper_tables.py``): ``tables.md`` and
+``tables.csv`` (for ``--profile study`` Tables 2, 3, 6, 7, 8 and Figure 2's values, each cell our mean Dice
+with its 95% CI and the published number; for the demo, a Table-2-shaped table and its prompt comparisons),
+``prompts.md`` and ``prompts.csv`` (every prompt type against P0, with the test that says so)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import posixpath
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from datasets.overlap import shared_content
 from datasets.shards import ShardError, ShardStore, write_atomically
+from orchestrator.html_report import write_html_report
 from orchestrator.results import backfill, load
 from trainables.results import ResultStore
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from search_spaces.experiment import ExperimentSpec
 
 COLUMNS = ["experiment_id", "model", "mode", "regime", "train_set", "prompt_type", "eval_set",
            "dice_mean_%", "dice_std_%", "n_images", "best_val_dice_%", "epochs", "shares_content_with"]
@@ -108,11 +125,79 @@ def flag_shared_content(rows: list[dict], data: str) -> list[str]:
     return [f"- {o.describe()}: scores on one are no independent evidence about the other" for o in overlaps]
 
 
-def write_report(storage: str, study: str, data: str | None = None) -> tuple[str, str, list[dict]]:
-    """Write ``report.md`` and ``report.csv`` beside the study's experiments, both with Dice in %; returns
-    their URIs and rows. Reads the study's tidy results (``orchestrator.results``), written first for any
-    record finished before they existed. With ``data`` (the shard root), rows on datasets that share
-    content with another are flagged."""
+@dataclass
+class Report:
+    """What ``write_report`` wrote. Unpacks as before, ``md_uri, csv_uri, rows = write_report(...)``; the rest
+    for whoever reuses the results (figures, an HTML page): ``files`` (every file written, name -> URI),
+    ``tables`` (name -> ``paper_tables.PaperTable``: its ``cells`` frame, ``markdown()``, ``wide()``),
+    ``comparisons`` (``significance.compare_prompts``' frame, Dice in [0, 1]), ``left_out`` (records not in the
+    current grid, one row each) and the ``analysis`` (``paper_tables.Analysis``)."""
+
+    markdown: str  # URI of report.md
+    csv: str  # URI of report.csv
+    rows: list[dict]
+    files: dict[str, str] = field(default_factory=dict)
+    analysis: Any = None  # paper_tables.Analysis
+
+    def __iter__(self):
+        return iter((self.markdown, self.csv, self.rows))
+
+    @property
+    def tables(self) -> dict:
+        return self.analysis.tables if self.analysis else {}
+
+    @property
+    def comparisons(self):
+        return self.analysis.comparisons if self.analysis else None
+
+    @property
+    def left_out(self):
+        return self.analysis.left_out if self.analysis else None
+
+
+def paper_analysis(storage: str, study: str, profile: str | None = None, blocks: Sequence[str] | None = None,
+                   models: Sequence[str] | None = None, specs: Sequence[ExperimentSpec] | None = None,
+                   keep_all: bool = False, n_resamples: int | None = None):
+    """The study's tables and prompt comparisons (``paper_tables.analyse``) for the report's grid: ``specs``
+    when given (ids compared, seeds aside: the launch's own flags), else the ``profile``'s ``blocks`` for
+    ``models`` (``paper_tables.grid_for``; the profile defaults to the study's name where it names one; the
+    demo's models default to those the study ran, as ``grid --profile demo --model NAME`` runs any).
+    With no grid, every record is kept. Records not in the grid are left out and listed (``keep_all``:
+    kept)."""
+    from orchestrator import paper_tables as pt
+    from search_spaces.grid import PROFILES
+
+    images = load(storage, study, "images")
+    profile = profile or (study if study in PROFILES else None)
+    if profile == "demo" and not models and specs is None:  # the demo is defined for any model: those it ran
+        models = pt.known_models(images["model"].dropna().unique()) or None
+    if specs is not None:
+        grid = pt.Grid("the given experiments", tuple(specs), exact=True)
+    else:
+        grid = None
+        if profile is not None:
+            try:
+                grid = pt.grid_for(profile, blocks, models)
+            except ValueError as e:  # e.g. --model NAME that no experiment of the profile trains
+                print(f"note: the tables keep every finished record ({e})")
+                keep_all = True
+    layout = pt.layout_of(profile, images)
+    if grid is None and layout == "study":  # no grid to leave anything out by; its cells say "no run yet"
+        grid, keep_all = pt.grid_for("study"), True
+    return pt.analyse(images, study, grid, layout, keep_all=keep_all,
+                      n_resamples=n_resamples or pt.CELL_RESAMPLES)
+
+
+def write_report(storage: str, study: str, data: str | None = None, *, profile: str | None = None,
+                 blocks: Sequence[str] | None = None, models: Sequence[str] | None = None,
+                 specs: Sequence[ExperimentSpec] | None = None, keep_all: bool = False) -> Report:
+    """Write ``report.md`` and ``report.csv`` beside the study's experiments, both with Dice in %, and the
+    paper's tables (``tables.md``, ``tables.csv``) and prompt comparisons (``prompts.md``, ``prompts.csv``);
+    returns a ``Report`` (unpacking as their URIs and rows, as before). Reads the study's tidy results
+    (``orchestrator.results``), written first for any record finished before they existed. With ``data``
+    (the shard root), rows on datasets that share content with another are flagged. The grid of the tables
+    (``paper_analysis``): ``specs``, else ``profile`` (default: the study's name), ``blocks``, ``models``;
+    records outside it are left out of the tables and listed apart unless ``keep_all``."""
     results = ResultStore(storage, study)
     backfill(storage, study)  # records finished before the tidy results existed
     rows = result_rows(storage, study)
@@ -124,7 +209,56 @@ def write_report(storage: str, study: str, data: str | None = None) -> tuple[str
     if evaluations := evaluation_rows(storage, study):  # evaluations.csv, and a second table in report.md
         files["report.md"] += "\n" + to_markdown(evaluations, EVAL_COLUMNS, EVAL_CAPTION)
         files["evaluations.csv"] = to_csv(evaluations, EVAL_COLUMNS)
+    analysis = paper_analysis(storage, study, profile, blocks, models, specs, keep_all)
+    files.update(analysis.texts)
     results.fs.create_dir(results.path, recursive=True)
     for name, text in files.items():
         write_atomically(results.fs, posixpath.join(results.path, name), text.encode())
-    return f"{results.uri}/report.md", f"{results.uri}/report.csv", rows
+    uris = {name: f"{results.uri}/{name}" for name in files}
+    figures = write_figures(results, study)
+    uris.update({f"{FIGURES}/{name}": f"{results.uri}/{FIGURES}/{name}" for name in figures})
+    tables = {"Results": to_markdown(rows), **{t.title: t.markdown() for t in analysis.tables.values()},
+              "Prompt types against P0": analysis.texts.get("prompts.md", "")}
+    titled = {TITLES.get(name, name): data for name, data in figures.items()}
+    uris["report.html"] = write_html_report(results.uri.removesuffix(f"/{study}"), study, tables, titled)
+    return Report(uris["report.md"], uris["report.csv"], rows, uris, analysis)
+
+
+FIGURES = "figures"  # <storage>/<study>/figures/*.png
+TITLES = {"figure2.png": "Figure 2: Dice by prompt type (95% CI)", "figure3.png": "Figure 3: perturbed prompts",
+          "figure4.png": "Figure 4: largest drops when an attribute value is replaced",
+          "table2.png": "Table 2 as a heatmap", "curves.png": "Training curves"}
+
+
+def write_figures(results: ResultStore, study: str) -> dict[str, bytes]:
+    """Draw the study's figures (orchestrator/figures.py) and store them under ``<study>/figures/``; returns
+    name -> PNG bytes of those there was something to draw. A figure that fails is reported and skipped:
+    the tables stand without it."""
+    from orchestrator import figures as fig  # matplotlib: only a report draws
+    from trainables.models import model_names
+
+    storage = results.uri.removesuffix(f"/{study}")
+    images = load(storage, study, "images")
+    drawn: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        jobs = {"figure2.png": lambda p: fig.figure2(images, p), "figure3.png": lambda p: fig.figure3(images, p),
+                "figure4.png": lambda p: fig.figure4(storage, study, p),
+                "table2.png": lambda p: fig.table2_heatmap(images, p),
+                "curves.png": lambda p: fig.training_curves(storage, study, p)}
+        for name, draw in jobs.items():
+            try:
+                if draw(os.path.join(folder, name)) is not None:
+                    drawn[name] = Path(folder, name).read_bytes()
+            except Exception as e:  # noqa: BLE001 - a figure is a view of the tables, never a reason to stop
+                print(f"report: {name} not drawn ({type(e).__name__}: {e})", file=sys.stderr)
+        for model in model_names():
+            try:
+                for path in fig.hpo_figures(storage, study, model, folder):
+                    drawn[Path(path).name] = Path(path).read_bytes()
+            except Exception as e:  # noqa: BLE001
+                print(f"report: hpo figures of {model} not drawn ({type(e).__name__}: {e})", file=sys.stderr)
+    where = posixpath.join(results.path, FIGURES)
+    results.fs.create_dir(where, recursive=True)
+    for name, data in drawn.items():
+        write_atomically(results.fs, posixpath.join(where, name), data)
+    return drawn

@@ -46,10 +46,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
         from search_spaces.grid import block_summary, blocks_for
 
         done = ResultStore(args.storage, study).finished_ids()
-        print(f"{'experiment id':<52} {'model':<15} {'mode':<9} {'regime':<10} {'train set':<15} prompt  status")
+        print(f"{'experiment id':<52} {'model':<15} {'mode':<9} {'regime':<10} {'train set':<15} prompt  "
+              f"{'seed':>4}  status")
         for s in specs:
             state = "done" if s.id in done else "pending"
-            print(f"{s.id:<52} {s.model:<15} {s.mode:<9} {s.regime:<10} {s.train_set:<15} {s.prompt_type:<7} {state}")
+            print(f"{s.id:<52} {s.model:<15} {s.mode:<9} {s.regime:<10} {s.train_set:<15} {s.prompt_type:<7} "
+                  f"{s.seed:>4}  {state}")
         blocks = blocks_for(args.profile, args.block)
         print(*block_summary(blocks, specs), sep="\n")
         print(*fit_lines(blocks, specs, args), sep="\n")
@@ -91,9 +93,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"no finished experiments or evaluations under {args.storage.rstrip('/')}/{args.study}: "
               "check --storage, --study and --profile", file=sys.stderr)
         return 1
-    md, csv_uri, rows = write_report(args.storage, args.study, args.data)
-    print(to_markdown(rows))
-    print(f"results table ({len(rows)} rows): {md}\n                  csv: {csv_uri}")
+    report = write_report(args.storage, args.study, args.data, profile=args.profile, blocks=args.block,
+                          models=args.model, keep_all=args.all)
+    print(to_markdown(report.rows))
+    print(f"results table ({len(report.rows)} rows): {report.markdown}\n                  csv: {report.csv}")
+    for name in ("tables.md", "prompts.md", "report.html"):
+        print(f"{name:>12}: {report.files[name]}")
     return 0
 
 
@@ -193,6 +198,15 @@ def parser() -> argparse.ArgumentParser:
                         help="shard root whose recorded content hashes flag results on datasets that share images "
                              "or masks with another")
     add_study_arguments(report, sorted(PROFILES))
+    report.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
+                        help="with --profile study: the paper tables' grid is only this block (repeatable; none: "
+                             "every block of the study); finished experiments outside the grid are listed apart")
+    report.add_argument("--model", action="append", metavar="NAME",
+                        help="the paper tables' grid is only this model's experiments (repeatable; with --profile "
+                             "demo, none: the demo of every model the study ran)")
+    report.add_argument("--all", action="store_true",
+                        help="keep finished experiments that are not in the grid in tables.md, tables.csv and "
+                             "prompts.md (without it they are left out and listed apart)")
     report.set_defaults(func=cmd_report)
 
     plan = sub.add_parser("plan", help="estimate GPU-hours, makespan and cost of a grid or search before running it",

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
+import statistics
 
 from datasets.storage import absolute_uri, filesystem_for, write_atomically
 from search_spaces.experiment import ExperimentSpec
+from search_spaces.hpo import SEARCHED
 from trainables.models import card
 
 SELECTION_FILE = "selection.json"
@@ -76,3 +78,13 @@ def apply_selections(specs: list[ExperimentSpec], storage: str, study: str) -> l
     print(f"--hparams-from-hpo {study}: {taken} of {len(specs)} experiments take an hpo selection "
           f"({', '.join(f'{m} {mode}' for m, mode in selections)}); the others keep their own")
     return out
+
+
+def trial_record(trial_id: str, config: dict, metrics: dict) -> dict:
+    """One hpo trial as the selection rule and the search's figures read it: its setting, epochs and each
+    dataset's best validation dice, from the trial's config and last metrics."""
+    best = metrics.get("best_val_dice_by_dataset") or {}
+    return {"trial_id": trial_id, "setting": {k: config[k] for k in config if k in SEARCHED + ("encoder_lr_scale",)},
+            "epochs": metrics.get("training_iteration", 0), "best_val_dice": dict(best),
+            "resumed_from_epoch": metrics.get("resumed_from_epoch"),
+            "mean_best_val_dice": statistics.fmean(best.values()) if best else None}

@@ -211,21 +211,34 @@ def shared_experiments(blocks: tuple[Block, ...]) -> dict[tuple[str, str], list[
     return shared
 
 
+def _grid_key(spec: ExperimentSpec) -> tuple:
+    # What a block fixes of its experiments; --set, --max-epochs, --seeds and the rest change the others.
+    return spec.model, spec.mode, spec.train_set, spec.prompt_type, spec.eval_sets
+
+
+def block_members(block: Block, selected: list[ExperimentSpec]) -> list[ExperimentSpec]:
+    """The ``selected`` specs that are ``block``'s experiments, as the launch changed them (their fields,
+    so their ids: --set, --max-epochs, --seeds, ...)."""
+    keys = {_grid_key(s) for s in block.specs()}
+    return [s for s in selected if _grid_key(s) in keys]
+
+
 def block_summary(blocks: tuple[Block, ...], selected: list[ExperimentSpec]) -> list[str]:
-    """Lines for --dry-run: each block's name, count (after --only), regime, largest estimated GPU
-    memory of a trial and source; the experiments two blocks share; the count against the paper's."""
+    """Lines for --dry-run: each block's name, count (after --seeds and --only), regime, largest estimated
+    GPU memory of a trial and source; the experiments two blocks share; the count against the paper's."""
     chosen = {s.id for s in selected}
     lines = [f"{'block':<15} {'count':>5}  {'regime':<10} {'need GiB':>8}  source in the paper"]
     finetuning = 0
     for block in blocks:
-        specs = [s for s in block.specs() if s.id in chosen]
+        specs = block_members(block, selected)
         finetuning += len(specs) if block.finetuning else 0
         regimes = "/".join(sorted({s.regime for s in specs})) or "-"
         needs = [n for n in (estimated_memory_gib(s.to_dict()) for s in specs) if n is not None]
         need = f"{max(needs):8.1f}" if needs else f"{'-':>8}"
         lines.append(f"{block.name:<15} {len(specs):>5}  {regimes:<10} {need}  {block.source}")
-    for (a, b), ids in shared_experiments(blocks).items():
-        ids = [i for i in ids if i in chosen]
+    named = {block.name: block for block in blocks}
+    for a, b in shared_experiments(blocks):
+        ids = {s.id for s in block_members(named[a], selected)} & {s.id for s in block_members(named[b], selected)}
         if ids:
             lines.append(f"shared: {len(ids)} experiments are in both {a} and {b} (the same spec): "
                          f"run once, reported in both")

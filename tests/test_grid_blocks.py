@@ -114,5 +114,16 @@ def test_dry_run_lists_blocks_without_data(tmp_path):
               if line.split() and line.split()[0] in STUDY_BLOCKS and not line.startswith(" ")}
     assert counts == {"cnn": "3", "zeroshot": "20"} and "total: 23 experiments" in picked.stdout
 
+    # --seeds, --max-epochs and --set change ids; each block still counts its experiments, every seed of them.
+    seeded = run_cli("grid", "--dry-run", "--profile", "study", "--block", "mimic", "--block", "zeroshot",
+                     "--seeds", "3", "--max-epochs", "2", "--storage", str(tmp_path / "runs"), timeout=300)
+    assert seeded.returncode == 0, seeded.stderr
+    counts = {line.split()[0]: line.split()[1] for line in seeded.stdout.splitlines()
+              if line.split() and line.split()[0] in STUDY_BLOCKS and not line.startswith(" ")}
+    assert counts == {"mimic": "12", "zeroshot": "144"} and "total: 156 experiments" in seeded.stdout
+    assert "mimic           need up to" in seeded.stdout and "12 on" in seeded.stdout
+    seeds = [line.split()[-2] for line in seeded.stdout.splitlines() if line.startswith("cris-finetune-mimic")]
+    assert sorted(seeds) == ["42", "42", "43", "43", "44", "44"]
+
     wrong = run_cli("grid", "--dry-run", "--block", "cnn", "--storage", str(tmp_path / "runs"), timeout=300)
     assert wrong.returncode == 2 and "--profile study" in wrong.stderr

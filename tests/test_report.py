@@ -7,6 +7,7 @@ import json
 
 from orchestrator.report import to_markdown, write_report
 from search_spaces.experiment import ExperimentSpec
+from tests.test_html_report import Page, open_in_browser
 from trainables.results import ResultStore
 
 
@@ -66,3 +67,56 @@ def test_the_report_reads_records_finished_before_the_tidy_results(tmp_path):
     assert "| class_only | tiny | 25.00 | 0.00 | 1 | -50.00 |" in markdown
     assert json.loads((tmp_path / "old" / "experiments" / source.id / "spec.json").read_text()) == {
         **spec, "id": source.id}  # the record itself as it was
+
+
+def test_the_report_writes_the_tables_and_prompt_comparisons_of_the_demo(tmp_path):
+    """Demo-shaped results (CLIPSeg at p0, p1, p6 on both synthetic sets) written as trials write them:
+    tables.md has a Table-2-shaped table with CIs, prompts.md each prompt type against p0 with its test,
+    and an experiment the demo's grid does not define is listed apart (kept with keep_all)."""
+    import dataclasses
+    import random
+
+    from search_spaces.grid import demo
+
+    results = ResultStore(str(tmp_path), "demo")
+    rng = random.Random(0)
+    effect = {"p0": 0.55, "p1": 0.6, "p6": 0.8, "p2": 0.7}
+    specs = [*demo(), dataclasses.replace(demo()[0], prompt_type="p2")]  # p2: not in the demo's grid
+    for spec in specs:
+        dice = {f"img{i}": min(1.0, max(0.0, effect[spec.prompt_type] + rng.gauss(0, 0.05))) for i in range(24)}
+        mean = sum(dice.values()) / len(dice)
+        full = {**spec.to_dict(), "id": spec.id}
+        results.write_result(full, {"experiment_id": spec.id, "spec": full, "best_val_dice": 0.5, "epochs": 2,
+                                    "eval": {spec.train_set: {"dice_mean": mean, "dice_std": 0.05,
+                                                              "n_images": len(dice)}}}, {spec.train_set: dice})
+
+    report = write_report(str(tmp_path), "demo")
+    md_uri, csv_uri, rows = report  # unpacks as before
+    assert len(rows) == 7 and set(report.files) >= {"tables.md", "tables.csv", "prompts.md", "prompts.csv"}
+    tables = (tmp_path / "demo" / "tables.md").read_text()
+    assert "Table 2's shape" in tables and "| CLIPSeg frozen (P0) |" in tables and " at p6" in tables
+    assert "95% BCa bootstrap CI" in tables and "Wilcoxon p" in tables
+    assert "## Not in the current grid" in tables and specs[-1].id in tables
+    cells = list(csv.DictReader(io.StringIO((tmp_path / "demo" / "tables.csv").read_text())))
+    best = next(c for c in cells if c["variant"] == "best prompt" and c["column"] == "synth_polyp")
+    assert best["prompt_type"] == "p6" and 75 < float(best["ours_mean_%"]) < 85  # in %
+    assert float(best["ci_low_%"]) < float(best["ours_mean_%"]) < float(best["ci_high_%"])
+    prompts = (tmp_path / "demo" / "prompts.md").read_text()
+    assert "Beat P0: p6 (+" in prompts and "Holm p" in prompts
+    comparisons = list(csv.DictReader(io.StringIO((tmp_path / "demo" / "prompts.csv").read_text())))
+    assert {(c["eval_set"], c["prompt_type"]) for c in comparisons} == {
+        (s, p) for s in ("synth_polyp", "synth_pairs") for p in ("p1", "p6")}
+    assert all(float(c["holm_p"]) < 0.05 for c in comparisons if c["prompt_type"] == "p6")
+    assert report.tables["demo"].cells["status"].eq("ok").all() and len(report.comparisons) == 4
+
+    # The figures and the one-page report of the same results, as a browser renders it.
+    assert {"figures/figure2.png", "figures/table2.png", "report.html"} <= set(report.files)
+    dom = Page(open_in_browser(tmp_path / "demo" / "report.html", tmp_path, "--dump-dom"))
+    assert "| CLIPSeg frozen (P0) |" not in " ".join(dom.tables[0]["cells"])  # Markdown rendered as tables
+    shown = dom.table("synth_polyp")
+    assert any("CLIPSeg frozen (P0)" in cell for cell in shown["cells"])
+    assert {"Figure 2: Dice by prompt type (95% CI)", "Table 2 as a heatmap"} <= {i["alt"] for i in dom.images}
+    assert all(i["src"].startswith("data:image/png;base64,") for i in dom.images)
+
+    kept = write_report(str(tmp_path), "demo", keep_all=True)
+    assert "p2" in set(kept.comparisons["prompt_type"]) and "(--all)" in (tmp_path / "demo" / "tables.md").read_text()
