@@ -31,9 +31,12 @@ if TYPE_CHECKING:
     from search_spaces.experiment import ExperimentSpec
 
 COLUMNS = ["experiment_id", "model", "mode", "regime", "train_set", "prompt_type", "eval_set",
-           "dice_mean_%", "dice_std_%", "n_images", "best_val_dice_%", "epochs", "shares_content_with"]
+           "dice_mean_%", "dice_std_%", "n_images", "best_val_dice_%", "epochs", "nsd_mean_%", "hd95_mean_px",
+           "shares_content_with"]
 CAPTION = ("Dice (%) per image at original resolution, mean and standard deviation over the test set; "
-           "columns ending in _% are in %, here and in report.csv.")
+           "columns ending in _% are in %, here and in report.csv. Beside it, as Metrics Reloaded recommends, "
+           "a boundary metric: the normalized surface distance at 2 px (%) and the 95th-percentile Hausdorff "
+           "distance (pixels), means over the images where they are defined (trainables/metrics.py).")
 EVAL_COLUMNS = ["evaluation_id", "kind", "source", "model", "mode", "train_set", "prompt_type", "perturbation",
                 "eval_set", "dice_mean_%", "dice_std_%", "n_images", "change_%"]
 EVAL_CAPTION = ("Evaluation runs: a finished experiment's best weights on a test set, with the prompt perturbed "
@@ -61,7 +64,8 @@ def result_rows(storage: str, study: str) -> list[dict]:
         "train_set": r["train_set"], "prompt_type": r["prompt_type"], "eval_set": r["eval_set"],
         "dice_mean_%": _percent(r["dice_mean"]), "dice_std_%": _percent(r["dice_std"]),
         "n_images": r["n_images"], "best_val_dice_%": _percent(r["best_val_dice"]), "epochs": r["epochs"],
-        "shares_content_with": "",
+        "nsd_mean_%": _percent(r["nsd_mean"]),
+        "hd95_mean_px": None if r["hd95_mean"] is None else round(r["hd95_mean"], 2), "shares_content_with": "",
     } for r in _records(frame) if r["eval_set"] is not None]
     return sorted(rows, key=lambda r: tuple(r[k] or "" for k in ("model", "mode", "train_set", "prompt_type",
                                                                   "eval_set")))
@@ -215,11 +219,21 @@ def write_report(storage: str, study: str, data: str | None = None, *, profile: 
     for name, text in files.items():
         write_atomically(results.fs, posixpath.join(results.path, name), text.encode())
     uris = {name: f"{results.uri}/{name}" for name in files}
-    figures = write_figures(results, study)
+    images = load(storage, study, "images")
+    files.update(spread_and_ranks(images, study))
+    for name in ("seeds.md", "ranks.md"):
+        if name in files:
+            write_atomically(results.fs, posixpath.join(results.path, name), files[name].encode())
+            uris[name] = f"{results.uri}/{name}"
+    figures = write_figures(results, study, images)
     uris.update({f"{FIGURES}/{name}": f"{results.uri}/{FIGURES}/{name}" for name in figures})
     tables = {"Results": to_markdown(rows), **{t.title: t.markdown() for t in analysis.tables.values()},
-              "Prompt types against P0": analysis.texts.get("prompts.md", "")}
-    titled = {TITLES.get(name, name): data for name, data in figures.items()}
+              "Prompt types against P0": analysis.texts.get("prompts.md", ""),
+              **{title: files[name] for name, title in (("ranks.md", "Prompt types ranked across datasets"),
+                                                         ("seeds.md", "Spread between seeds and between images"))
+                 if name in files}}
+    titled = {TITLES.get(name) or name.removesuffix(".png").replace("cd-", "Prompt types' average ranks: ", 1)
+              .replace("-", " "): data for name, data in figures.items()}
     uris["report.html"] = write_html_report(results.uri.removesuffix(f"/{study}"), study, tables, titled)
     return Report(uris["report.md"], uris["report.csv"], rows, uris, analysis)
 
@@ -230,15 +244,46 @@ TITLES = {"figure2.png": "Figure 2: Dice by prompt type (95% CI)", "figure3.png"
           "table2.png": "Table 2 as a heatmap", "curves.png": "Training curves"}
 
 
-def write_figures(results: ResultStore, study: str) -> dict[str, bytes]:
+def spread_and_ranks(images, study: str) -> dict[str, str]:
+    """``seeds.md`` where specs ran with several seeds (``significance.seed_spread``: the spread between
+    seeds and between images, apart), and ``ranks.md``: per model and mode, the prompt types ranked across
+    the datasets (Friedman test, average ranks; ``significance.rank_prompts``), where one can be computed."""
+    from orchestrator.significance import rank_prompts, seed_spread  # scipy, pandas: only a report needs them
+
+    trained = images[images["kind"].isin(("train", "zeroshot")) & (images["eval_set"] == images["train_set"])]
+    texts = {}
+    spread = seed_spread(trained[["model", "mode", "train_set", "prompt_type", "eval_set", "seed", "sample_id",
+                                  "dice"]]) if len(trained) else None
+    if spread is not None and len(spread):
+        table = spread.assign(**{c: (100 * spread[c]).round(2) for c in ("mean_dice", "between_seed_sd",
+                                                                          "between_image_sd")})
+        texts["seeds.md"] = f"# Seeds: {study}\n\n" + to_markdown(
+            _records(table), list(table.columns), "Dice (%) of the specs run with several seeds (--seeds): the SD "
+            "between the seeds' means and the mean SD between images, reported apart.")
+    lines = []
+    for key, ranking in (rank_prompts(trained) if len(trained) else {}).items():
+        if ranking.n_blocks >= 2 and len(ranking.ranks) >= 3 and ranking.pvalue == ranking.pvalue:
+            ranks = ", ".join(f"{p} {r:.2f}" for p, r in ranking.ranks.items())
+            lines.append(f"- {' '.join(map(str, key))}: Friedman p={ranking.pvalue:.2g} over {ranking.n_blocks} "
+                         f"datasets; average rank (1 = best): {ranks}"
+                         + (f"; left out (not on every dataset): {', '.join(ranking.dropped)}"
+                            if ranking.dropped else ""))
+    if lines:
+        texts["ranks.md"] = (f"# Prompt types ranked across datasets: {study}\n\nPer model and mode, the mean "
+                             "Dice of each prompt type on each dataset ranked (Friedman test; Nemenyi post-hoc in "
+                             "the critical-difference figures).\n\n" + "\n".join(lines) + "\n")
+    return texts
+
+
+def write_figures(results: ResultStore, study: str, images) -> dict[str, bytes]:
     """Draw the study's figures (orchestrator/figures.py) and store them under ``<study>/figures/``; returns
     name -> PNG bytes of those there was something to draw. A figure that fails is reported and skipped:
     the tables stand without it."""
     from orchestrator import figures as fig  # matplotlib: only a report draws
+    from orchestrator.significance import critical_difference_figure, rank_prompts
     from trainables.models import model_names
 
     storage = results.uri.removesuffix(f"/{study}")
-    images = load(storage, study, "images")
     drawn: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as folder:
         jobs = {"figure2.png": lambda p: fig.figure2(images, p), "figure3.png": lambda p: fig.figure3(images, p),
@@ -251,6 +296,16 @@ def write_figures(results: ResultStore, study: str) -> dict[str, bytes]:
                     drawn[name] = Path(folder, name).read_bytes()
             except Exception as e:  # noqa: BLE001 - a figure is a view of the tables, never a reason to stop
                 print(f"report: {name} not drawn ({type(e).__name__}: {e})", file=sys.stderr)
+        trained = images[images["kind"].isin(("train", "zeroshot")) & (images["eval_set"] == images["train_set"])]
+        for key, ranking in (rank_prompts(trained) if len(trained) else {}).items():
+            if ranking.posthoc is not None and len(ranking.ranks) >= 3:
+                name = f"cd-{'-'.join(map(str, key))}.png"
+                try:
+                    critical_difference_figure(ranking.ranks, ranking.posthoc, os.path.join(folder, name),
+                                               title=f"{' '.join(map(str, key))}: prompt types, average rank")
+                    drawn[name] = Path(folder, name).read_bytes()
+                except Exception as e:  # noqa: BLE001
+                    print(f"report: {name} not drawn ({type(e).__name__}: {e})", file=sys.stderr)
         for model in model_names():
             try:
                 for path in fig.hpo_figures(storage, study, model, folder):

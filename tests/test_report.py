@@ -81,7 +81,8 @@ def test_the_report_writes_the_tables_and_prompt_comparisons_of_the_demo(tmp_pat
     results = ResultStore(str(tmp_path), "demo")
     rng = random.Random(0)
     effect = {"p0": 0.55, "p1": 0.6, "p6": 0.8, "p2": 0.7}
-    specs = [*demo(), dataclasses.replace(demo()[0], prompt_type="p2")]  # p2: not in the demo's grid
+    # p2: not in the demo's grid; a second seed of the first spec.
+    specs = [*demo(), dataclasses.replace(demo()[0], prompt_type="p2"), dataclasses.replace(demo()[0], seed=43)]
     for spec in specs:
         dice = {f"img{i}": min(1.0, max(0.0, effect[spec.prompt_type] + rng.gauss(0, 0.05))) for i in range(24)}
         mean = sum(dice.values()) / len(dice)
@@ -92,11 +93,15 @@ def test_the_report_writes_the_tables_and_prompt_comparisons_of_the_demo(tmp_pat
 
     report = write_report(str(tmp_path), "demo")
     md_uri, csv_uri, rows = report  # unpacks as before
-    assert len(rows) == 7 and set(report.files) >= {"tables.md", "tables.csv", "prompts.md", "prompts.csv"}
+    assert len(rows) == 8 and set(report.files) >= {"tables.md", "tables.csv", "prompts.md", "prompts.csv"}
+    seeds = (tmp_path / "demo" / "seeds.md").read_text()  # the seeds' spread apart from the images'
+    assert "between_seed_sd" in seeds and "between_image_sd" in seeds and seeds.count("| clipseg |") == 1
+    ranks = (tmp_path / "demo" / "ranks.md").read_text()  # p6 best on both sets, p0 worst
+    assert "clipseg frozen: Friedman p=" in ranks and "p6 1.00" in ranks and "p0 3.00" in ranks
     tables = (tmp_path / "demo" / "tables.md").read_text()
     assert "Table 2's shape" in tables and "| CLIPSeg frozen (P0) |" in tables and " at p6" in tables
     assert "95% BCa bootstrap CI" in tables and "Wilcoxon p" in tables
-    assert "## Not in the current grid" in tables and specs[-1].id in tables
+    assert "## Not in the current grid" in tables and specs[-2].id in tables and specs[-1].id not in tables
     cells = list(csv.DictReader(io.StringIO((tmp_path / "demo" / "tables.csv").read_text())))
     best = next(c for c in cells if c["variant"] == "best prompt" and c["column"] == "synth_polyp")
     assert best["prompt_type"] == "p6" and 75 < float(best["ours_mean_%"]) < 85  # in %
@@ -110,7 +115,8 @@ def test_the_report_writes_the_tables_and_prompt_comparisons_of_the_demo(tmp_pat
     assert report.tables["demo"].cells["status"].eq("ok").all() and len(report.comparisons) == 4
 
     # The figures and the one-page report of the same results, as a browser renders it.
-    assert {"figures/figure2.png", "figures/table2.png", "report.html"} <= set(report.files)
+    assert {"figures/figure2.png", "figures/table2.png", "figures/cd-clipseg-frozen.png", "report.html"} <= set(
+        report.files)
     dom = Page(open_in_browser(tmp_path / "demo" / "report.html", tmp_path, "--dump-dom"))
     assert "| CLIPSeg frozen (P0) |" not in " ".join(dom.tables[0]["cells"])  # Markdown rendered as tables
     shown = dom.table("synth_polyp")
