@@ -178,7 +178,10 @@ def summarize_outcome(outcome, what: str, storage: str, study: str, data: str | 
     return 1 if outcome.failed or outcome.unfinished or outcome.skipped_failed else 0
 
 
-def add_study_arguments(p: argparse.ArgumentParser, profiles: list[str]) -> None:
-    """--profile and --study for commands that read a grid's results: the study is named after its grid."""
-    p.add_argument("--profile", choices=profiles, default="demo", help="the grid whose results to read")
+def add_study_arguments(p: argparse.ArgumentParser, profiles: list[str], default: str | None = "demo") -> None:
+    """--profile and --study for commands that read a grid's results: the study is named after its grid.
+    ``default`` None (report): the profile is the study's name where it names one."""
+    p.add_argument("--profile", choices=profiles, default=default,
+                   help="the grid whose results to read" + ("" if default else
+                                                             " (none: the study's name where it names one)"))
     p.add_argument("--study", help="study name under --storage (none: the profile name, as grid names it)")

@@ -124,7 +124,8 @@ class TrialConsole(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         name, result = str(trial), trial.last_result or {}
         took = self.clock() - self.started.get(name, self.began)
-        if result.get("failed"):  # bad input: the trial recorded its failure and ended cleanly
+        # True: bad input, recorded by the trial, which ended cleanly (an evaluation trial reports a count here)
+        if result.get("failed") is True:
             self.ended[name] = True
             error = (str(result.get("error") or "").splitlines() or ["see its FAILED.json"])[0]
             self.say(f"FAILED   {name}: {error[:200]}")

@@ -10,6 +10,7 @@ with its 95% CI and the published number; for the demo, a Table-2-shaped table a
 from __future__ import annotations
 
 import csv
+import html
 import io
 import os
 import posixpath
@@ -227,11 +228,13 @@ def write_report(storage: str, study: str, data: str | None = None, *, profile: 
             uris[name] = f"{results.uri}/{name}"
     figures = write_figures(results, study, images)
     uris.update({f"{FIGURES}/{name}": f"{results.uri}/{FIGURES}/{name}" for name in figures})
+    # Names come from storage (record ids, plug-in models): escaped before Markdown, which keeps raw HTML.
     tables = {"Results": to_markdown(rows), **{t.title: t.markdown() for t in analysis.tables.values()},
               "Prompt types against P0": analysis.texts.get("prompts.md", ""),
               **{title: files[name] for name, title in (("ranks.md", "Prompt types ranked across datasets"),
                                                          ("seeds.md", "Spread between seeds and between images"))
                  if name in files}}
+    tables = {title: html.escape(text, quote=False) for title, text in tables.items()}
     titled = {TITLES.get(name) or name.removesuffix(".png").replace("cd-", "Prompt types' average ranks: ", 1)
               .replace("-", " "): data for name, data in figures.items()}
     uris["report.html"] = write_html_report(results.uri.removesuffix(f"/{study}"), study, tables, titled)

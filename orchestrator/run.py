@@ -88,6 +88,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import to_markdown, write_report
     from trainables.results import ResultStore
 
+    args.study = args.study or "demo"
     if not (ResultStore(args.storage, args.study).finished_ids()
             or ResultStore(args.storage, args.study, EVALUATIONS).finished_ids()):
         print(f"no finished experiments or evaluations under {args.storage.rstrip('/')}/{args.study}: "
@@ -197,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--data", default=DEFAULT_DATA,
                         help="shard root whose recorded content hashes flag results on datasets that share images "
                              "or masks with another")
-    add_study_arguments(report, sorted(PROFILES))
+    add_study_arguments(report, sorted(PROFILES), default=None)
     report.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
                         help="with --profile study: the paper tables' grid is only this block (repeatable; none: "
                              "every block of the study); finished experiments outside the grid are listed apart")

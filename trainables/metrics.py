@@ -1,7 +1,7 @@
 """Dice as the study reports it, per image at the image's original resolution; and, as Metrics
 Reloaded (Maier-Hein et al., Nature Methods 2024) recommends beside an overlap metric, two boundary
 metrics computed as MONAI computes them (``monai.metrics.compute_surface_dice`` and
-``compute_hausdorff_distance(percentile=95)``, pixel spacing 1; tests/test_metrics.py checks both
+``compute_hausdorff_distance(percentile=95)``, pixel spacing 1; tests/test_boundary_metrics.py checks both
 against MONAI): the normalized surface distance at a tolerance of ``NSD_TOLERANCE_PX`` pixels and the
 95th-percentile Hausdorff distance in pixels."""
 
