@@ -162,17 +162,17 @@ class Report:
 
 def paper_analysis(storage: str, study: str, profile: str | None = None, blocks: Sequence[str] | None = None,
                    models: Sequence[str] | None = None, specs: Sequence[ExperimentSpec] | None = None,
-                   keep_all: bool = False, n_resamples: int | None = None):
+                   keep_all: bool = False, n_resamples: int | None = None, images=None):
     """The study's tables and prompt comparisons (``paper_tables.analyse``) for the report's grid: ``specs``
     when given (ids compared, seeds aside: the launch's own flags), else the ``profile``'s ``blocks`` for
     ``models`` (``paper_tables.grid_for``; the profile defaults to the study's name where it names one; the
     demo's models default to those the study ran, as ``grid --profile demo --model NAME`` runs any).
     With no grid, every record is kept. Records not in the grid are left out and listed (``keep_all``:
-    kept)."""
+    kept). ``images``: the study's tidy images, where the caller has read them already."""
     from orchestrator import paper_tables as pt
     from search_spaces.grid import PROFILES
 
-    images = load(storage, study, "images")
+    images = load(storage, study, "images") if images is None else images
     profile = profile or (study if study in PROFILES else None)
     if profile == "demo" and not models and specs is None:  # the demo is defined for any model: those it ran
         models = pt.known_models(images["model"].dropna().unique()) or None
@@ -197,8 +197,9 @@ def write_report(storage: str, study: str, data: str | None = None, *, profile: 
                  blocks: Sequence[str] | None = None, models: Sequence[str] | None = None,
                  specs: Sequence[ExperimentSpec] | None = None, keep_all: bool = False) -> Report:
     """Write ``report.md`` and ``report.csv`` beside the study's experiments, both with Dice in %, and the
-    paper's tables (``tables.md``, ``tables.csv``) and prompt comparisons (``prompts.md``, ``prompts.csv``);
-    returns a ``Report`` (unpacking as their URIs and rows, as before). Reads the study's tidy results
+    paper's tables (``tables.md``, ``tables.csv``), prompt comparisons (``prompts.md``, ``prompts.csv``),
+    ``ranks.md`` and ``seeds.md`` where they apply, ``figures/`` and ``report.html``; returns a ``Report``
+    (unpacking as their URIs and rows, as before). Reads the study's tidy results
     (``orchestrator.results``), written first for any record finished before they existed. With ``data``
     (the shard root), rows on datasets that share content with another are flagged. The grid of the tables
     (``paper_analysis``): ``specs``, else ``profile`` (default: the study's name), ``blocks``, ``models``;
@@ -214,19 +215,16 @@ def write_report(storage: str, study: str, data: str | None = None, *, profile: 
     if evaluations := evaluation_rows(storage, study):  # evaluations.csv, and a second table in report.md
         files["report.md"] += "\n" + to_markdown(evaluations, EVAL_COLUMNS, EVAL_CAPTION)
         files["evaluations.csv"] = to_csv(evaluations, EVAL_COLUMNS)
-    analysis = paper_analysis(storage, study, profile, blocks, models, specs, keep_all)
+    images = load(storage, study, "images")
+    analysis = paper_analysis(storage, study, profile, blocks, models, specs, keep_all, images=images)
+    trained, rankings = own_test_sets(images)
     files.update(analysis.texts)
+    files.update(spread_and_ranks(trained, rankings, study))
     results.fs.create_dir(results.path, recursive=True)
     for name, text in files.items():
         write_atomically(results.fs, posixpath.join(results.path, name), text.encode())
     uris = {name: f"{results.uri}/{name}" for name in files}
-    images = load(storage, study, "images")
-    files.update(spread_and_ranks(images, study))
-    for name in ("seeds.md", "ranks.md"):
-        if name in files:
-            write_atomically(results.fs, posixpath.join(results.path, name), files[name].encode())
-            uris[name] = f"{results.uri}/{name}"
-    figures = write_figures(results, study, images)
+    figures = write_figures(results, study, images, rankings)
     uris.update({f"{FIGURES}/{name}": f"{results.uri}/{FIGURES}/{name}" for name in figures})
     # Names come from storage (record ids, plug-in models): escaped before Markdown, which keeps raw HTML.
     tables = {"Results": to_markdown(rows), **{t.title: t.markdown() for t in analysis.tables.values()},
@@ -247,13 +245,21 @@ TITLES = {"figure2.png": "Figure 2: Dice by prompt type (95% CI)", "figure3.png"
           "table2.png": "Table 2 as a heatmap", "curves.png": "Training curves"}
 
 
-def spread_and_ranks(images, study: str) -> dict[str, str]:
-    """``seeds.md`` where specs ran with several seeds (``significance.seed_spread``: the spread between
-    seeds and between images, apart), and ``ranks.md``: per model and mode, the prompt types ranked across
-    the datasets (Friedman test, average ranks; ``significance.rank_prompts``), where one can be computed."""
-    from orchestrator.significance import rank_prompts, seed_spread  # scipy, pandas: only a report needs them
+def own_test_sets(images) -> tuple:
+    """The experiments' scores on their own test sets (not ood, not ablations), and per model and mode the
+    prompt types ranked across datasets (``significance.rank_prompts``: Friedman, Nemenyi)."""
+    from orchestrator.significance import rank_prompts  # scipy, scikit-posthocs: only a report needs them
 
     trained = images[images["kind"].isin(("train", "zeroshot")) & (images["eval_set"] == images["train_set"])]
+    return trained, (rank_prompts(trained) if len(trained) else {})
+
+
+def spread_and_ranks(trained, rankings: dict, study: str) -> dict[str, str]:
+    """``seeds.md`` where specs ran with several seeds (``significance.seed_spread``: the spread between
+    seeds and between images, apart), and ``ranks.md``: ``rankings`` (``own_test_sets``) as text, where
+    a Friedman test could be computed."""
+    from orchestrator.significance import seed_spread
+
     texts = {}
     spread = seed_spread(trained[["model", "mode", "train_set", "prompt_type", "eval_set", "seed", "sample_id",
                                   "dice"]]) if len(trained) else None
@@ -264,7 +270,7 @@ def spread_and_ranks(images, study: str) -> dict[str, str]:
             _records(table), list(table.columns), "Dice (%) of the specs run with several seeds (--seeds): the SD "
             "between the seeds' means and the mean SD between images, reported apart.")
     lines = []
-    for key, ranking in (rank_prompts(trained) if len(trained) else {}).items():
+    for key, ranking in rankings.items():
         if ranking.n_blocks >= 2 and len(ranking.ranks) >= 3 and ranking.pvalue == ranking.pvalue:
             ranks = ", ".join(f"{p} {r:.2f}" for p, r in ranking.ranks.items())
             lines.append(f"- {' '.join(map(str, key))}: Friedman p={ranking.pvalue:.2g} over {ranking.n_blocks} "
@@ -278,12 +284,12 @@ def spread_and_ranks(images, study: str) -> dict[str, str]:
     return texts
 
 
-def write_figures(results: ResultStore, study: str, images) -> dict[str, bytes]:
+def write_figures(results: ResultStore, study: str, images, rankings: dict) -> dict[str, bytes]:
     """Draw the study's figures (orchestrator/figures.py) and store them under ``<study>/figures/``; returns
     name -> PNG bytes of those there was something to draw. A figure that fails is reported and skipped:
     the tables stand without it."""
     from orchestrator import figures as fig  # matplotlib: only a report draws
-    from orchestrator.significance import critical_difference_figure, rank_prompts
+    from orchestrator.significance import critical_difference_figure
     from trainables.models import model_names
 
     storage = results.uri.removesuffix(f"/{study}")
@@ -299,8 +305,7 @@ def write_figures(results: ResultStore, study: str, images) -> dict[str, bytes]:
                     drawn[name] = Path(folder, name).read_bytes()
             except Exception as e:  # noqa: BLE001 - a figure is a view of the tables, never a reason to stop
                 print(f"report: {name} not drawn ({type(e).__name__}: {e})", file=sys.stderr)
-        trained = images[images["kind"].isin(("train", "zeroshot")) & (images["eval_set"] == images["train_set"])]
-        for key, ranking in (rank_prompts(trained) if len(trained) else {}).items():
+        for key, ranking in rankings.items():
             if ranking.posthoc is not None and len(ranking.ranks) >= 3:
                 name = f"cd-{'-'.join(map(str, key))}.png"
                 try:
