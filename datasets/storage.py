@@ -31,6 +31,16 @@ def absolute_uri(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
+def read_if_exists(fs: pafs.FileSystem, path: str) -> bytes | None:
+    """A small file's bytes; None where there is no such file (any other error is raised: a storage
+    fault is not a missing file)."""
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
 def write_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open_output_stream(tmp) as out:

@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from datasets.storage import absolute_uri, filesystem_for, read_if_exists, write_atomically
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -347,25 +349,17 @@ def table2_heatmap(results: pd.DataFrame, path: str | Path, *, kinds: Sequence[s
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr")
 
 
-def _read_bytes(fs, path: str) -> bytes | None:
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    except (FileNotFoundError, OSError):
-        return None
-
-
 def _trial_log(fs, folder: str) -> pd.DataFrame | None:
     """A Tune trial's reports: its ``progress.csv``, else its ``result.json`` (one JSON object a line)."""
     import pandas as pd
 
-    data = _read_bytes(fs, posixpath.join(folder, "progress.csv"))
+    data = read_if_exists(fs, posixpath.join(folder, "progress.csv"))
     if data:
         try:
             return pd.read_csv(io.BytesIO(data))
         except (ValueError, pd.errors.ParserError):
             pass
-    data = _read_bytes(fs, posixpath.join(folder, "result.json"))
+    data = read_if_exists(fs, posixpath.join(folder, "result.json"))
     if not data:
         return None
     rows = []
@@ -389,7 +383,6 @@ def trial_curves(storage: str, study: str) -> pd.DataFrame:
     import pandas as pd
     import pyarrow.fs as pafs
 
-    from datasets.storage import filesystem_for
     from orchestrator.launch import launch_folders
 
     frames = []
@@ -467,8 +460,6 @@ def training_curves(storage: str, study: str, path: str | Path, ids: Sequence[st
 
 
 def _hpo_folder(storage: str, study: str, model: str, mode: str | None) -> str:
-    from datasets.storage import absolute_uri
-
     if mode is None:  # the model's as-run mode: <study>/hpo/<model>, without building the model's card
         return f"{absolute_uri(storage).rstrip('/')}/{study}/hpo/{model}"
     from orchestrator.selection import hpo_uri
@@ -481,7 +472,6 @@ def _tune_trial_records(where: str) -> list[dict]:
     search without ``selection.json`` (interrupted): each trial's last ``result.json`` line."""
     import pyarrow.fs as pafs
 
-    from datasets.storage import filesystem_for
     from orchestrator.selection import trial_record
 
     fs, root = filesystem_for(f"{where}/tune")
@@ -489,7 +479,7 @@ def _tune_trial_records(where: str) -> list[dict]:
     for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if info.type != pafs.FileType.Directory:
             continue
-        data = _read_bytes(fs, posixpath.join(info.path, "result.json"))
+        data = read_if_exists(fs, posixpath.join(info.path, "result.json"))
         lines = [line for line in (data or b"").decode(errors="replace").splitlines() if line.strip()]
         for line in reversed(lines):
             try:
@@ -507,8 +497,6 @@ def _intermediate(where: str) -> dict[str, dict[int, float]]:
     value, from Tune's logs (``<search>/tune/<model>-<trial id>/``)."""
     import pandas as pd
     import pyarrow.fs as pafs
-
-    from datasets.storage import filesystem_for
 
     fs, root = filesystem_for(f"{where}/tune")
     out = {}
@@ -660,8 +648,6 @@ def write_mask_examples(storage: str, study: str, evaluation_id: str, ablation: 
     prompt_clean, prompt_perturbed, and the arrays image (H, W, 3) uint8 (or its encoded bytes, e.g. the
     shard's), truth, clean, perturbed (H, W) bool, at the original size. Stored worst drop first; returns the
     index's URI."""
-    from datasets.storage import filesystem_for, write_atomically
-
     uri = f"{storage.rstrip('/')}/{study}/evaluations/{evaluation_id}/{MASKS_DIR}"
     fs, root = filesystem_for(uri)
     fs.create_dir(root, recursive=True)
@@ -685,7 +671,6 @@ def write_mask_examples(storage: str, study: str, evaluation_id: str, ablation: 
 def mask_examples(storage: str, study: str) -> list[dict]:
     """Every stored mask example of the study's finished ablations, worst drop first: the example's entry of
     its ``index.json`` with its ablation's fields and ``folder`` (the URI of its files' folder)."""
-    from datasets.storage import absolute_uri, filesystem_for
     from trainables.results import ResultStore
 
     root_uri = f"{absolute_uri(storage).rstrip('/')}/{study}/evaluations"
@@ -693,7 +678,7 @@ def mask_examples(storage: str, study: str) -> list[dict]:
     finished = ResultStore(absolute_uri(storage), study, "evaluations").finished_ids()
     out = []
     for evaluation_id in sorted(finished):
-        data = _read_bytes(fs, posixpath.join(root, evaluation_id, MASKS_DIR, MASKS_INDEX))
+        data = read_if_exists(fs, posixpath.join(root, evaluation_id, MASKS_DIR, MASKS_INDEX))
         if not data:
             continue
         try:
@@ -710,7 +695,7 @@ def mask_examples(storage: str, study: str) -> list[dict]:
 def _read_image(fs, folder: str, name: str) -> np.ndarray | None:
     from PIL import Image
 
-    data = _read_bytes(fs, posixpath.join(folder, name)) if name else None
+    data = read_if_exists(fs, posixpath.join(folder, name)) if name else None
     if not data:
         return None
     return np.asarray(Image.open(io.BytesIO(data)))
@@ -722,8 +707,6 @@ def figure4(storage: str, study: str, path: str | Path, *, k: int = 6, eval_sets
     stored mask examples, ``mask_examples``; ``eval_sets``, ``perturbations``: names or glob patterns to keep),
     a row each: the image, its ground truth, the prediction with the clean prompt and with the perturbed one,
     with their dice and prompts. None: no ablation stored mask examples (or none matches)."""
-    from datasets.storage import filesystem_for
-
     def keep(value, patterns) -> bool:
         return not patterns or any(fnmatch.fnmatchcase(str(value), p) for p in patterns)
 

@@ -12,7 +12,7 @@ import json
 import posixpath
 import statistics
 
-from datasets.storage import absolute_uri, filesystem_for, write_atomically
+from datasets.storage import absolute_uri, filesystem_for, read_if_exists, write_atomically
 from search_spaces.experiment import ExperimentSpec
 from search_spaces.hpo import SEARCHED
 from trainables.models import card
@@ -33,12 +33,8 @@ def hpo_uri(storage: str, study: str, model: str, mode: str | None = None) -> st
 
 
 def read_json(uri: str) -> dict | None:
-    fs, path = filesystem_for(uri)
-    try:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
+    data = read_if_exists(*filesystem_for(uri))
+    return None if data is None else json.loads(data)
 
 
 def write_json(uri: str, obj: dict) -> str:
