@@ -4,6 +4,7 @@ from the value the code uses. It lives on the lowest floor with a command line (
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def shown_default(value) -> str:
@@ -24,3 +25,17 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
             return text
         return f"{text} (default: {shown_default(default).replace('%', '%%')})"
+
+
+# A dataset or study name becomes a folder under --to / --storage: one path segment of letters, digits,
+# "_", "-" and ".", starting with a letter or digit ("..", "a/b" and "" would write elsewhere).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def name_type(text: str) -> str:
+    """argparse type of --name and --study: a safe folder name, or a usage error saying what is allowed."""
+    if not NAME_PATTERN.fullmatch(text) or ".." in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a usable name: use 1-128 letters, digits, '_', '-' or '.', starting with a letter "
+            "or digit (it becomes a folder name)")
+    return text
