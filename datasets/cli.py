@@ -32,10 +32,17 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+def name_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a dataset or study name (it becomes a folder name), or None if it can."""
+    if not isinstance(text, str) or not NAME_PATTERN.fullmatch(text) or ".." in text:
+        return (f"{text!r} is not a usable name: use 1-128 letters, digits, '_', '-' or '.', starting with a "
+                "letter or digit (it becomes a folder name)")
+    return None
+
+
 def name_type(text: str) -> str:
     """argparse type of --name and --study: a safe folder name, or a usage error saying what is allowed."""
-    if not NAME_PATTERN.fullmatch(text) or ".." in text:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a usable name: use 1-128 letters, digits, '_', '-' or '.', starting with a letter "
-            "or digit (it becomes a folder name)")
+    problem = name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text

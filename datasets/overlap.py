@@ -128,11 +128,13 @@ def overlaps(indexes: Iterable[ContentIndex], involving: Iterable[str] | None = 
 
 
 # -- what ingest records -----------------------------------------------------------------------------
-def write_index(store: ShardStore, index: ContentIndex) -> dict:
-    """Write the dataset's content.json; the manifest's ``content`` entry for it."""
-    data = index.to_json()
-    write_atomically(store.fs, posixpath.join(store.path, index.dataset, CONTENT_NAME), data)
-    return {"path": CONTENT_NAME, "rows": len(index.rows), "sha256": hashlib.sha256(data).hexdigest()}
+def write_index(store: ShardStore, index: ContentIndex, version: str = "") -> dict:
+    """Write the dataset's content hashes (``content<version>.json``: a rewrite puts its version beside
+    the old one until the manifest switches); the manifest's ``content`` entry for them."""
+    stem, ext = posixpath.splitext(CONTENT_NAME)
+    name, data = f"{stem}{version}{ext}", index.to_json()
+    write_atomically(store.fs, posixpath.join(store.path, index.dataset, name), data)
+    return {"path": name, "rows": len(index.rows), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def read_index(store: ShardStore, dataset: str, manifest: Manifest) -> ContentIndex:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from datasets.cli import DefaultsHelpFormatter
+from datasets.cli import DefaultsHelpFormatter, name_problem, name_type
 from datasets.shards import ShardError, ShardStore
 from prompts.generate import row_attributes, row_prompts
 from prompts.metadata import store_attributes, stored_attributes
@@ -19,6 +19,8 @@ def split_dataset(args: argparse.Namespace) -> None:
         args.shards, _, args.dataset = args.shards.rstrip("/").rpartition("/")
         if not args.shards or not args.dataset:
             raise ShardError("name the dataset: --name NAME, or a path ending in it (e.g. data/shards/kvasir)")
+        if name_problem(args.dataset):
+            raise ShardError(f"dataset name {name_problem(args.dataset)}; pass --name NAME")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -55,7 +57,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             try:
                 attributes = row_attributes(family, row)
                 prompts = row_prompts(family, attributes)
-            except (KeyError, ValueError) as e:
+            except (KeyError, ValueError, OSError) as e:  # a bad image, or one over the limits (prompts.images)
                 raise ShardError(f"dataset {args.dataset!r} split {split!r} row {i} "
                                  f"(sample_id {row['sample_id']!r}): {e}") from None
             # Every row of a dataset must have the same prompt columns.
@@ -81,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
                           description="Print the prompt strings of the first N samples of a split, optionally "
                                       "with a perturbation applied as in the study's ablation.")
     show.add_argument("shards", help="shard root (a folder or s3://bucket/prefix), or ROOT/DATASET")
-    show.add_argument("--name", dest="dataset", metavar="NAME",
+    show.add_argument("--name", dest="dataset", metavar="NAME", type=name_type,
                       help="dataset name under the shard root (none: the path's last part)")
     show.add_argument("--prompts", dest="type", default="p6", metavar="P", help="prompt type, p0..pN")
     show.add_argument("--split", default="train", help="split to read")
@@ -93,9 +95,11 @@ def parser() -> argparse.ArgumentParser:
                               formatter_class=DefaultsHelpFormatter,
                               description="Compute each row's attributes (number, size, location, shape, colour "
                                           "from the mask and image; the rest from metadata), render every prompt "
-                                          "type of the family, and write the dataset's shards again.")
+                                          "type of the family, and write the dataset's shards again: a new version "
+                                          "beside the old one, the manifest switched last, so an error or a kill "
+                                          "leaves the old prompts or the new ones, whole.")
     generate.add_argument("shards", help="shard root (a folder or s3://bucket/prefix), or ROOT/DATASET")
-    generate.add_argument("--name", dest="dataset", metavar="NAME",
+    generate.add_argument("--name", dest="dataset", metavar="NAME", type=name_type,
                           help="dataset name under the shard root (none: the path's last part)")
     generate.add_argument("--family", choices=sorted(PROMPT_TYPES),
                           help="template family (none: the one the manifest names)")

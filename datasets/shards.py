@@ -7,7 +7,13 @@ Layout under a root (a local folder or ``s3://bucket/prefix``)::
     <root>/<dataset>/manifest.json        # written last: a dataset without it does not exist
 
 Every file is written under a temporary name and renamed into place, so a reader never sees a
-half-written shard or manifest.
+half-written shard or manifest. A dataset is rewritten (re-ingest, ``prompts generate``) new-then-swap:
+the new version's files take names the current manifest does not list (``<split>-00000-<version>.parquet``),
+every row is checked (valid UTF-8 strings, unique sample ids) as it is written, the new manifest then
+replaces the old in one write (the commit point: readers follow the manifest, and on S3 it is a single
+object), and only then are the old version's files removed. A kill or an error at any moment leaves
+the old version or the new one, whole; what a killed write had staged is listed by no manifest.
+One writer per dataset at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from datasets.cache import NodeCache
+from datasets.cli import name_problem
 from datasets.storage import ShardError, absolute_uri, filesystem_for, write_atomically  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 1
@@ -45,6 +53,9 @@ BASE_FIELDS = [
     pa.field("class_name", pa.string(), nullable=False),
 ]
 METADATA_FIELD = pa.field("metadata", pa.map_(pa.string(), pa.string()))
+MANIFEST_NAME = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 def shard_schema(prompt_types: Iterable[str]) -> pa.Schema:
@@ -64,6 +75,7 @@ class ShardFile:
         self.rows, self.pending = 0, []
 
     def add(self, row: dict) -> None:
+        """Queue one row (its strings already checked: Parquet stores UTF-8 only)."""
         self.pending.append({**row, "metadata": list(row.get("metadata", {}).items())})
         self.rows += 1
         if len(self.pending) == ROWS_PER_GROUP:
@@ -117,6 +129,41 @@ def _add_file(split_entry: dict, file_entry: dict) -> None:
     split_entry["rows"] += file_entry["rows"]
 
 
+def utf8_problem(row: dict) -> str | None:
+    """The first string of a row that is not valid UTF-8 text (a lone surrogate, as a JSON escape
+    ``"\\ud800"`` or a file name with undecodable bytes gives), as "field 'X': what"; None if all are.
+    Parquet stores UTF-8 only: checked before anything is written, such a row would fail mid-write."""
+    for name, value in row.items():
+        if isinstance(value, str):
+            strings = [(repr(name), value)]
+        elif isinstance(value, (list, tuple)):
+            strings = [(f"{name!r} item {i}", v) for i, v in enumerate(value) if isinstance(v, str)]
+        elif isinstance(value, dict):
+            strings = [(repr(f"{name}.{k}"), text) for k, v in value.items() for text in (str(k), v)
+                       if isinstance(text, str)]
+        else:
+            continue
+        for field, text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return (f"field {field}: {text!r} is not valid UTF-8 text (lone surrogate "
+                        f"{text[e.start]!r} at position {e.start}); fix the text at its source")
+    return None
+
+
+def check_name(dataset: str) -> None:
+    """A dataset name becomes a folder under the root: refuse one that would write elsewhere."""
+    problem = name_problem(dataset)
+    if problem:
+        raise ShardError(f"dataset name {problem}")
+
+
+def _plain_file_name(value: object) -> bool:
+    return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value
+            and "\\" not in value)
+
+
 @dataclass(frozen=True)
 class Manifest:
     dataset: str
@@ -133,6 +180,11 @@ class Manifest:
     def rows(self, split: str) -> int:
         return self.splits[split]["rows"]
 
+    def files(self) -> list[str]:
+        """Every file of the dataset's folder this manifest names: shards, and content hashes if recorded."""
+        shards = [f["path"] for entry in self.splits.values() for f in entry["files"]]
+        return shards + ([self.content["path"]] if self.content else [])
+
     def to_json(self) -> str:
         optional = {name: getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None}
         return json.dumps(
@@ -143,6 +195,57 @@ class Manifest:
 
 
 OPTIONAL_FIELDS = ("duplicates", "content")
+
+
+def manifest_from_json(raw: dict, uri: str, dataset: str) -> Manifest:
+    """A Manifest of parsed JSON, every field checked: a ShardError names the file, the field and what
+    was expected (a manifest written by hand or by another tool may lack one). File paths must be plain
+    names in the dataset's folder, since readers open them and a rewrite removes them."""
+
+    def bad(field: str, expected: str, value: object = KeyError) -> ShardError:
+        found = "is missing" if value is KeyError else f"is {value!r}"
+        return ShardError(f"{uri}: field {field!r} {found}; expected {expected}. Re-ingest {dataset!r}.")
+
+    def get(mapping: dict, key: str, field: str, kind: type | tuple[type, ...], expected: str) -> object:
+        if key not in mapping:
+            raise bad(field, expected)
+        value = mapping[key]
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            raise bad(field, expected, value)
+        return value
+
+    def file_entry(entry: object, field: str) -> dict:
+        if not isinstance(entry, dict):
+            raise bad(field, "an object with path, rows and sha256", entry)
+        path = get(entry, "path", f"{field}.path", str, "a file name in the dataset's folder")
+        if not _plain_file_name(path):
+            raise bad(f"{field}.path", "a file name in the dataset's folder", path)
+        get(entry, "rows", f"{field}.rows", int, "a row count")
+        get(entry, "sha256", f"{field}.sha256", str, "the file's sha256 in hex")
+        return entry
+
+    name = get(raw, "dataset", "dataset", str, "the dataset's name")
+    prompt_types = get(raw, "prompt_types", "prompt_types", list, "a list of prompt types (p0..pN)")
+    if not all(isinstance(p, str) for p in prompt_types):
+        raise bad("prompt_types", "a list of prompt types (p0..pN)", prompt_types)
+    splits = get(raw, "splits", "splits", dict, "an object of split -> {rows, files}")
+    for split, entry in splits.items():
+        if not isinstance(entry, dict):
+            raise bad(f"splits.{split}", "an object with rows and files", entry)
+        get(entry, "rows", f"splits.{split}.rows", int, "a row count")
+        files = get(entry, "files", f"splits.{split}.files", list, "a list of shard files")
+        for i, file in enumerate(files):
+            file_entry(file, f"splits.{split}.files[{i}]")
+    family = raw.get("prompt_family")
+    if family is not None and not isinstance(family, str):
+        raise bad("prompt_family", "a prompt family name or null", family)
+    content = raw.get("content")
+    if content is not None:
+        file_entry(content, "content")
+    duplicates = raw.get("duplicates")
+    if duplicates is not None and not isinstance(duplicates, dict):
+        raise bad("duplicates", "an object of split -> {sample_id: the sample_id it repeats}", duplicates)
+    return Manifest(name, tuple(prompt_types), splits, family, duplicates=duplicates, content=content)
 
 
 class ShardStore:
@@ -165,28 +268,52 @@ class ShardStore:
     # -- writing -------------------------------------------------------------------------------
     def write_dataset(self, dataset: str, rows: Iterable[dict], prompt_types: Iterable[str],
                       prompt_family: str | None = None,
-                      finish: Callable[[], dict] | None = None) -> Manifest:
-        """Write rows (dicts with the schema's fields) into shards, then the manifest, last.
+                      finish: Callable[[str], dict] | None = None) -> Manifest:
+        """Write rows (dicts with the schema's fields) into shards, then the manifest, last: a new
+        version of the dataset replaces the old one whole, or not at all (see the module's docstring).
 
         Rows go to storage a row group at a time, so memory holds at most ``ROWS_PER_GROUP`` rows
-        per split, however large the images. If ``rows`` raises, no half-written file is left.
-        ``finish`` runs once every row is written, before the manifest: it may write side files of
-        the dataset (what the rows taught it) and returns the manifest's optional fields.
+        per split, however large the images. A row with a string that is not valid UTF-8, or a
+        sample_id an earlier row has, is a ShardError naming the split, row and field. If ``rows``
+        raises, or such an error stops the write, no file of the new version is left and the old
+        version stays as it was. ``finish(version)`` runs once every row is written, before the
+        manifest: it may write side files of the dataset (what the rows taught it), named with
+        ``version`` before their extension (``content<version>.json``) so that they replace no file
+        of the old version, and returns the manifest's optional fields.
         """
+        check_name(dataset)
         prompt_types = tuple(prompt_types)
         schema = shard_schema(prompt_types)
         folder = self._dataset_dir(dataset)
+        old_files = self._listed_files(dataset)  # None: no manifest, nothing to replace
+        # A fresh suffix whenever there is a version to keep: its files are never written over.
+        version = "" if old_files is None else f"-{uuid.uuid4().hex[:8]}"
         self.fs.create_dir(folder, recursive=True)
         splits: dict[str, dict] = {}
         open_files: dict[str, ShardFile] = {}  # the file each split is filling
+        seen: dict[str, tuple[str, int]] = {}  # sample_id -> (split, row), since ids are unique in a dataset
         try:
             for row in rows:
-                if row["dataset"] != dataset:
-                    raise ShardError(f"row {row['sample_id']!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
                 split = row["split"]
                 entry = splits.setdefault(split, {"rows": 0, "files": []})
+                index = entry["rows"] + (open_files[split].rows if split in open_files else 0)
+                where = f"dataset {dataset!r} split {split!r} row {index}"
+                if row["dataset"] != dataset:
+                    raise ShardError(f"{where}: row {row['sample_id']!r} belongs to dataset {row['dataset']!r}, "
+                                     f"not {dataset!r}")
+                problem = utf8_problem(row)
+                if problem:
+                    raise ShardError(f"{where} (sample_id {row['sample_id']!r}), {problem}; "
+                                     f"nothing of {dataset!r} was replaced")
+                if row["sample_id"] in seen:
+                    other_split, other = seen[row["sample_id"]]
+                    used = f"row {other}" if other_split == split else f"split {other_split!r} row {other}"
+                    raise ShardError(f"{where}: sample_id {row['sample_id']!r} is already used by {used}; "
+                                     f"sample ids must be unique within a dataset. Nothing of {dataset!r} "
+                                     "was replaced")
+                seen[row["sample_id"]] = (split, index)
                 if split not in open_files:
-                    name = f"{split}-{len(entry['files']):05d}.parquet"
+                    name = f"{split}-{len(entry['files']):05d}{version}.parquet"
                     open_files[split] = ShardFile(self.fs, posixpath.join(folder, name), schema)
                 open_files[split].add(row)
                 if open_files[split].rows == ROWS_PER_FILE:
@@ -195,14 +322,39 @@ class ShardStore:
             for split in list(open_files):
                 _add_file(splits[split], open_files[split].finish())
                 del open_files[split]
+            optional = finish(version) if finish else {}
         except BaseException:
             for shard in open_files.values():
                 shard.abort()
+            written = [f["path"] for entry in splits.values() for f in entry["files"]]
+            self._remove(dataset, written, "of the failed write")
             raise
-        optional = finish() if finish else {}
         manifest = Manifest(dataset, prompt_types, splits, prompt_family, **optional)
-        write_atomically(self.fs, posixpath.join(folder, "manifest.json"), manifest.to_json().encode())
+        write_atomically(self.fs, posixpath.join(folder, MANIFEST_NAME), manifest.to_json().encode())
+        # The new version is in place: the old one's files can go.
+        self._remove(dataset, sorted(set(old_files or ()) - set(manifest.files())), "of the old version")
         return manifest
+
+    def _listed_files(self, dataset: str) -> list[str] | None:
+        """The files the dataset's current manifest lists; None when it has no manifest; [] when its
+        manifest cannot be read (its files are unknown, so none is removed, and none is written over)."""
+        if self.fs.get_file_info(posixpath.join(self._dataset_dir(dataset), MANIFEST_NAME)).type != pafs.FileType.File:
+            return None
+        try:
+            return self.manifest(dataset).files()
+        except ShardError:
+            return []
+
+    def _remove(self, dataset: str, names: list[str], what: str) -> None:
+        """Delete files of the dataset's folder; each on its own, since a failure only leaves a file
+        that no manifest lists."""
+        for name in names:
+            try:
+                self.fs.delete_file(posixpath.join(self._dataset_dir(dataset), name))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("could not remove %s %s (%s); no manifest lists it", self._uri(dataset, name), what, e)
 
     # -- reading -------------------------------------------------------------------------------
     def datasets(self) -> list[str]:
@@ -213,7 +365,7 @@ class ShardStore:
         return sorted(n for n, m in zip(names, manifests) if m.type == pafs.FileType.File)
 
     def manifest(self, dataset: str) -> Manifest:
-        path = posixpath.join(self._dataset_dir(dataset), "manifest.json")
+        path = posixpath.join(self._dataset_dir(dataset), MANIFEST_NAME)
         try:
             with self.fs.open_input_stream(path) as f:
                 raw = json.loads(f.read())
@@ -226,17 +378,20 @@ class ShardStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ShardError(f"manifest {self._uri(dataset, 'manifest.json')} is not valid JSON ({e}); "
                              f"re-ingest {dataset!r}") from None
+        uri = self._uri(dataset, MANIFEST_NAME)
+        if not isinstance(raw, dict):
+            raise ShardError(f"{uri} holds {type(raw).__name__}; expected a JSON object. Re-ingest {dataset!r}.")
         if raw.get("format_version") != FORMAT_VERSION:
-            raise ShardError(f"{self._uri(dataset, 'manifest.json')} has format_version "
+            raise ShardError(f"{uri} has format_version "
                              f"{raw.get('format_version')!r}; this vlsm-tune reads version {FORMAT_VERSION}")
-        return Manifest(raw["dataset"], tuple(raw["prompt_types"]), raw["splits"], raw.get("prompt_family"),
-                        **{name: raw.get(name) for name in OPTIONAL_FIELDS})
+        return manifest_from_json(raw, uri, dataset)
 
     def check_split(self, dataset: str, split: str, prompt_type: str | None = None) -> Manifest:
-        """Fail early, with a clear message, if a split or prompt type does not exist."""
+        """Fail early, with a clear message, if a split or prompt type does not exist, or the split is empty."""
         manifest = self.manifest(dataset)
         if split not in manifest.splits:
             raise ShardError(f"dataset {dataset!r} has no {split!r} split (it has: {', '.join(manifest.splits)})")
+        self._check_not_empty(manifest, split)
         if prompt_type is not None and prompt_type not in (*manifest.prompt_types, RANDOM_PROMPT):
             raise ShardError(f"dataset {dataset!r} has no prompt type {prompt_type!r} "
                              f"(it has: {', '.join(manifest.prompt_types)})")
@@ -259,8 +414,16 @@ class ShardStore:
         Pass the ``manifest`` of an earlier ``check_split`` to avoid reading it again.
         """
         manifest = manifest or self.check_split(dataset, split)
+        self._check_not_empty(manifest, split)
         tables = [self.read_file(dataset, entry, columns) for entry in manifest.splits[split]["files"]]
         return pa.concat_tables(tables)
+
+    def _check_not_empty(self, manifest: Manifest, split: str) -> None:
+        if not manifest.splits[split]["files"] or not manifest.rows(split):
+            raise ShardError(f"dataset {manifest.dataset!r} split {split!r} is empty "
+                             f"({manifest.rows(split)} rows in {self._uri(manifest.dataset, MANIFEST_NAME)}); "
+                             f"expected at least one row: re-ingest {manifest.dataset!r} with rows in {split!r}, "
+                             "or use another split")
 
     def read_file(self, dataset: str, entry: dict, columns: list[str] | None = None) -> pa.Table:
         """One shard file of the manifest, checked against its sha256 and row count.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import posixpath
 import sys
@@ -29,12 +28,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from datasets.cli import DefaultsHelpFormatter
+from datasets.cli import DefaultsHelpFormatter, name_type
 from datasets.decoded import decode_mask
 from datasets.overlap import OVERLAP_NAME, ContentIndex, Overlap, overlaps, read_index, recorded_index
 from datasets.shards import BASE_FIELDS, Manifest, ShardError, ShardStore, write_atomically
+from prompts.images import open_image
 
 BATCH_ROWS = 100  # one row group at a time keeps memory small for large shards
 
@@ -54,7 +53,9 @@ class DatasetCheck:
 
 
 def image_hw(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as image:
+    """(height, width), decoding every pixel; over the limits of ``prompts.images``, an ImageLimitError
+    (a ValueError) before any is decoded."""
+    with open_image(data, "image") as image:
         image.load()
         return image.height, image.width
 
@@ -71,7 +72,7 @@ def check_row(row: dict, where: str, dataset: str, split: str, prompt_types: tup
         problems.append(f"{where}, field 'class_name': empty")
     try:
         h, w = image_hw(row["image"])
-    except (OSError, ValueError, TypeError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, TypeError, SyntaxError) as e:  # ImageLimitError is a ValueError
         problems.append(f"{where}, field 'image': does not decode ({type(e).__name__}: {e})")
         h = w = None
     try:
@@ -100,7 +101,7 @@ def validate_dataset(store: ShardStore, dataset: str) -> DatasetCheck:
     check = DatasetCheck(dataset)
     try:
         manifest = store.manifest(dataset)
-    except (ShardError, KeyError) as e:
+    except ShardError as e:
         check.problems.append(f"{dataset}/manifest.json: {e}")
         return check
     expected_columns = {f.name for f in BASE_FIELDS} | set(manifest.prompt_types) | {"metadata"}
@@ -112,6 +113,8 @@ def validate_dataset(store: ShardStore, dataset: str) -> DatasetCheck:
             check.problems.append(f"{dataset}/manifest.json, split {split!r}: says {entry['rows']} rows, "
                                   f"its files say {listed}")
         check.rows[split] = 0
+        if not entry["files"] or not entry["rows"]:
+            check.problems.append(f"{dataset}/manifest.json: split {split!r} is empty; expected at least one row")
         for file in entry["files"]:
             label = f"{dataset}/{file['path']}"
             try:
@@ -141,8 +144,11 @@ def validate_dataset(store: ShardStore, dataset: str) -> DatasetCheck:
                     check.problems += check_row(row, where, dataset, split, manifest.prompt_types, check.content)
                     sid = row.get("sample_id")
                     if sid in sample_ids:
-                        check.problems.append(f"{where}, field 'sample_id': also used at {sample_ids[sid]}")
-                    sample_ids[sid] = f"{label} row {index}"
+                        check.problems.append(f"{where}, field 'sample_id': duplicate sample_id {sid!r}, also "
+                                              f"used at {sample_ids[sid]}; ids must be unique in a dataset "
+                                              "(per-image results are keyed by them): re-ingest it")
+                    else:
+                        sample_ids[sid] = f"{label} row {index}"
                     index += 1
             check.rows[split] += index
     if manifest.content is not None:
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datasets.validate", formatter_class=DefaultsHelpFormatter,
                                      description="Check every row of the shards under a root (folder or s3://).")
     parser.add_argument("root", help="shard root: a folder or s3://bucket/prefix")
-    parser.add_argument("--datasets", dest="dataset", nargs="+", metavar="NAME",
+    parser.add_argument("--datasets", dest="dataset", nargs="+", metavar="NAME", type=name_type,
                         help="only these datasets (none: every one under the root)")
     parser.add_argument("--strict-overlap", action="store_true",
                         help="exit 1 when two datasets share an image or a mask (without it: print each such "

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datasets.storage import absolute_uri, filesystem_for, read_if_exists, write_atomically
+from prompts.images import open_image
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -693,12 +694,10 @@ def mask_examples(storage: str, study: str) -> list[dict]:
 
 
 def _read_image(fs, folder: str, name: str) -> np.ndarray | None:
-    from PIL import Image
-
     data = read_if_exists(fs, posixpath.join(folder, name)) if name else None
     if not data:
         return None
-    return np.asarray(Image.open(io.BytesIO(data)))
+    return np.asarray(open_image(data, posixpath.join(folder, name)))
 
 
 def figure4(storage: str, study: str, path: str | Path, *, k: int = 6, eval_sets: Sequence[str] | None = None,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 
 import numpy as np
-from PIL import Image
 
 from prompts.attributes import mask_attributes
+from prompts.images import open_image
 from prompts.metadata import metadata_attributes
 from prompts.templates import PROMPT_TYPES, TEMPLATE_ATTRIBUTES, render
 
@@ -23,14 +22,19 @@ FROM_MASK: dict[str, tuple[str, ...]] = {
 
 
 def row_attributes(family: str, row: Mapping) -> dict[str, str]:
-    """Template attributes of one shard row (needs ``mask``, ``image``, ``class_name``, ``metadata``)."""
+    """Template attributes of one shard row (needs ``mask``, ``image``, ``class_name``, ``metadata``).
+
+    A ValueError names what is wrong: an unknown family, or an image or mask over the limits of
+    ``prompts.images`` (an ImageLimitError)."""
     if family not in FROM_MASK:
         raise ValueError(f"unknown prompt family {family!r} (known: {', '.join(FROM_MASK)})")
     attributes = {"class_name": row["class_name"], **metadata_attributes(family, row.get("metadata") or {})}
     wanted = FROM_MASK[family]
     if wanted:
-        mask = np.asarray(Image.open(io.BytesIO(row["mask"]))) != 0
-        image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))
+        with open_image(row["mask"], "field 'mask'") as mask_file, \
+                open_image(row["image"], "field 'image'") as image_file:
+            mask = np.asarray(mask_file) != 0
+            image = np.asarray(image_file.convert("RGB"))
         found = mask_attributes(mask, image)
         from_mask = {"number": found.number, "size": found.sizes, "location": found.locations,
                      "shape": found.shape, "color": found.color}

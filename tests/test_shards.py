@@ -46,7 +46,7 @@ def test_row_groups_are_small_for_random_access(tmp_path):
 
 
 def test_rows_stream_to_storage_and_a_failed_write_leaves_no_file(store, monkeypatch):
-    """Row groups leave memory as they fill; if the rows fail midway, no half-written file stays."""
+    """Row groups leave memory as they fill; if the rows fail midway, no file of the write stays."""
     monkeypatch.setattr(shards, "ROWS_PER_FILE", 150)
     folder = store.path + "/tiny"
 
@@ -72,7 +72,7 @@ def test_rows_stream_to_storage_and_a_failed_write_leaves_no_file(store, monkeyp
         # (an S3 multipart upload becomes visible only when it completes, which tiny rows never start)
         (name,) = set(written) - {"train-00000.parquet"}
         assert name.startswith("train-00001.parquet.tmp-") and written[name] > 0
-    assert files_now() == {"train-00000.parquet": written["train-00000.parquet"]}  # no temporary file
+    assert files_now() == {}  # no file of the failed write: neither the temporary one nor the finished one
     with pytest.raises(ShardError, match="unknown dataset 'tiny'"):  # and no manifest
         store.manifest("tiny")
 

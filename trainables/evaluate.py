@@ -8,15 +8,13 @@ weights, which hold only what training changed, are loaded over it.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image
 
 from datasets.decoded import decode_mask
 from datasets.segmentation import SegmentationSplit
-from datasets.shards import ShardStore
+from datasets.shards import ShardError, ShardStore
+from prompts.images import ImageLimitError, open_image
 from prompts.perturb import Perturbation
 from trainables.models import build_model, build_tokenizer, encoder_prefixes, model_inputs, model_options
 from trainables.trainer import TrainConfig, Trainer
@@ -74,7 +72,14 @@ class Evaluator:
         wanted, out = set(sample_ids), {}
         for row in self.store.read_split(dataset, "test", ["sample_id", "image", "mask"]).to_pylist():
             if row["sample_id"] in wanted:
-                image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))
-                mask = decode_mask(row["mask"], f"{dataset}/test row {row['sample_id']}")  # as scored
-                out[row["sample_id"]] = (image, mask)
+                where = f"{dataset}/test row {row['sample_id']}"
+                try:  # over the limits of prompts.images: refused before any pixel is decoded
+                    with open_image(row["image"], f"{where}, field 'image'") as image:
+                        pixels = np.asarray(image.convert("RGB"))
+                except ImageLimitError as e:
+                    raise ShardError(str(e)) from None
+                except (OSError, ValueError, SyntaxError) as e:
+                    raise ShardError(f"{where}, field 'image': not a decodable image ({e})") from None
+                mask = decode_mask(row["mask"], where)  # as scored
+                out[row["sample_id"]] = (pixels, mask)
         return out

@@ -14,7 +14,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from datasets.cli import DefaultsHelpFormatter
+from datasets.cli import DefaultsHelpFormatter, name_problem, name_type
 from datasets.ingest.medvlsm import FAMILIES, TEST_ONLY, LayoutError, medvlsm_records
 from datasets.ingest.rows import REPORT_NAME, IngestError, IngestReport, StrictError, ingest
 from datasets.overlap import content_indexes, overlaps
@@ -25,6 +25,10 @@ from prompts.templates import PROMPT_TYPES
 def cmd_medvlsm(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     name = args.name or folder.resolve().name
+    problem = name_problem(name)
+    if problem:  # the folder's name is the default
+        print(f"error: dataset name {problem}; pass --name NAME", file=sys.stderr)
+        return 2
     family = args.family or FAMILIES.get(name)
     if name in TEST_ONLY and not args.test_only:
         print(f"note: the study used {name} only for testing; --test-only puts every annotation file in 'test'",
@@ -109,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
                                          "and mask in a split) under ids <id>#2, #3, ... listed in the "
                                          "manifest; images shared by splits are noted.")
     medvlsm.add_argument("folder", help="the dataset folder, e.g. data/kvasir_polyp")
-    medvlsm.add_argument("--name", help="dataset name in the shards (none: the folder's name)")
+    medvlsm.add_argument("--name", type=name_type, help="dataset name in the shards (none: the folder's name)")
     medvlsm.add_argument("--family", choices=sorted(PROMPT_TYPES),
                          help="prompt family recorded in the manifest (none: from the study's folder name)")
     medvlsm.add_argument("--class-name", help="class name of every row (none: CAMUS structure, BUSI "
@@ -130,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
                                      "generate prompts with prompts/.")
     raw.add_argument("dataset", help="which distribution (see the error message for the list)")
     raw.add_argument("folder", help="the download folder")
-    raw.add_argument("--name", help="dataset name in the shards (none: the reader's)")
+    raw.add_argument("--name", type=name_type, help="dataset name in the shards (none: the reader's)")
     raw.add_argument("--seed", type=int, default=0, help="seed of the split")
     common(raw)
     raw.set_defaults(func=cmd_raw)

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from datasets.catalogue import DATASETS
 from datasets.ingest.records import Record, RowDropped, RowError, RowNote, RowProblem
+from prompts.images import ImageLimitError, open_image, read_image_file
 from prompts.metadata import BUSI_CLASS_NAME, CAMUS_STRUCTURES
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -98,10 +98,12 @@ def safe_path(base: Path, name: str) -> Path:
 def load_binary_mask(path: Path) -> np.ndarray:
     """A mask file as a boolean array: 0/255 or 0/1 PNGs as they are, grey JPEGs thresholded at 127."""
     try:
-        with Image.open(path) as image:
+        with open_image(path, f"mask {path}") as image:
             image.load()
             mode, array = image.mode, np.asarray(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except ImageLimitError as e:
+        raise RowError(str(e)) from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise RowError(f"mask {path} does not decode ({type(e).__name__}: {e})") from None
     if mode == "1":
         return array.astype(bool)
@@ -163,9 +165,11 @@ def entry_metadata(entry: dict) -> dict[str, str]:
 
 
 def _image_loader(path: Path):
-    def load() -> bytes:
+    def load() -> bytes:  # over the size limit of prompts.images: refused before it is read
         try:
-            return path.read_bytes()
+            return read_image_file(path)
+        except ImageLimitError as e:
+            raise RowError(f"image {e}") from None
         except OSError as e:
             raise RowError(f"image {path} cannot be read ({e.strerror or e})") from None
     return load

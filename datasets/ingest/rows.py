@@ -19,10 +19,11 @@ import numpy as np
 from PIL import Image
 
 from datasets.ingest.records import Record, RowDropped, RowError, RowNote, RowProblem
-from datasets.overlap import CONTENT_NAME, ContentIndex, write_index
+from datasets.overlap import ContentIndex, write_index
 from datasets.progress import Meter
-from datasets.shards import Manifest, ShardStore, write_atomically
+from datasets.shards import Manifest, ShardStore, check_name, utf8_problem, write_atomically
 from prompts.generate import row_attributes, row_prompts
+from prompts.images import open_image
 from prompts.metadata import store_attributes
 from prompts.parse import PromptParseError, parse_attributes
 from prompts.templates import PROMPT_TYPES
@@ -89,12 +90,13 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """(height, width) of encoded image bytes, decoding them fully so truncated files fail here."""
+    """(height, width) of encoded image bytes, decoding them fully so truncated files fail here; an
+    image over the limits of ``prompts.images`` is refused before it is decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(data, "image") as image:
             image.load()
             return image.height, image.width
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError) as e:  # ImageLimitError is a ValueError
         raise RowError(f"image does not decode ({type(e).__name__}: {e})") from None
 
 
@@ -168,6 +170,9 @@ def record_row(record: Record, dataset: str, family: str | None, notes: list[str
         prompts, attributes = generated_prompts(family, row)
         row.update(prompts)
         row["metadata"] = {**metadata, **store_attributes(attributes)}
+    problem = utf8_problem(row)
+    if problem:  # Parquet stores UTF-8 only: refused here, per row, not halfway through writing
+        raise RowError(problem)
     if content is not None:
         content.add(record.split, record.sample_id, image, mask)
     return row
@@ -247,10 +252,13 @@ def ingest(records: Callable[[], Iterable[Record | RowProblem]], store: ShardSto
     kept as duplicates) and quarantine report from a reader's records.
 
     ``records`` is called once per pass: strict ingest first checks every record without writing,
-    so a problem leaves storage untouched (a previous version of the dataset included). An earlier
-    manifest is removed before new shards are written over its files, so readers never see a
-    manifest that disagrees with its shards: until the new manifest lands, the dataset is absent.
+    so a problem leaves storage untouched (a previous version of the dataset included). A re-ingest
+    is new-then-swap (``ShardStore.write_dataset``): the new version's files are written beside the
+    old one's, the new manifest replaces the old in one write, and only then do the old files go, so
+    readers see the old version or the new one, whole, whatever stops the ingest. ``dataset`` must
+    be a safe folder name (``datasets.cli.name_problem``): ShardError otherwise, before anything is read.
     """
+    check_name(dataset)
     if strict:
         check = IngestReport(dataset, source)
         for _ in shard_rows(records(), dataset, family, check, strict=True,
@@ -264,12 +272,9 @@ def ingest(records: Callable[[], Iterable[Record | RowProblem]], store: ShardSto
     if first is None:
         raise IngestError(f"{source}: no valid rows for dataset {dataset!r}; nothing written\n{report.summary()}")
     dataset_dir = f"{store.path}/{dataset}"
-    for stale in ("manifest.json", REPORT_NAME, CONTENT_NAME):
-        if store.fs.get_file_info(f"{dataset_dir}/{stale}").is_file:
-            store.fs.delete_file(f"{dataset_dir}/{stale}")
 
-    def finish() -> dict:  # after the last row, before the manifest
-        return {"duplicates": report.duplicates, "content": write_index(store, content)}
+    def finish(version: str) -> dict:  # after the last row, before the manifest
+        return {"duplicates": report.duplicates, "content": write_index(store, content, version)}
 
     manifest = store.write_dataset(dataset, _chain(first, rows), prompt_types_of(first), prompt_family=family,
                                    finish=finish)

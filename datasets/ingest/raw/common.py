@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.ingest.records import Record, RowError, RowProblem
+from prompts import images
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLITS = ("train", "val", "test")
@@ -153,11 +154,14 @@ def pair_by_name(images: Iterable[Path], masks: Iterable[Path],
 
 
 def file_bytes(path: Path) -> Callable[[], bytes]:
-    """A loader of a file's bytes as they are (images keep their original encoding)."""
+    """A loader of a file's bytes as they are (images keep their original encoding); a file over the
+    size limit of ``prompts.images`` is refused (a RowError) before it is read."""
 
     def load() -> bytes:
         try:
-            return path.read_bytes()
+            return images.read_image_file(path)
+        except images.ImageLimitError as error:
+            raise RowError(str(error)) from None
         except OSError as error:
             raise RowError(f"cannot read {path}: {error.strerror or error}") from None
 
@@ -165,12 +169,16 @@ def file_bytes(path: Path) -> Callable[[], bytes]:
 
 
 def open_image(path: Path) -> np.ndarray:
+    """A mask or image file's pixels; RowError naming the file if it does not decode or is over the
+    limits of ``prompts.images`` (pixels, file size)."""
     try:
-        with Image.open(path) as image:
+        with images.open_image(path, str(path)) as image:
             image.load()
             if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
                 image = image.convert("RGB" if image.mode != "1" else "L")
             return np.asarray(image)
+    except images.ImageLimitError as error:
+        raise RowError(str(error)) from None
     except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on bad files
         raise RowError(f"cannot decode {path}: {error}") from None
 
