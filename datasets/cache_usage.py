@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from datasets.cache import CACHE_ENV, DEFAULT_CACHE, cache_root
 from datasets.cli import DefaultsHelpFormatter
+from datasets.disk import human_bytes
 
 KINDS = ("shards", "decoded", "features")
 CACHE_FOLDERS = (*KINDS, "verified")
@@ -153,10 +154,6 @@ def strangers_in(root: str) -> list[str]:
     if not any(os.path.isdir(os.path.join(root, kind)) for kind in CACHE_FOLDERS):
         return names
     return [name for name in names if name not in CACHE_FOLDERS]
-
-
-def human_bytes(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def human_age(seconds: float) -> str:

@@ -10,14 +10,15 @@ A split at one input size becomes, under ``<node cache>/decoded/<dataset>/<split
 
 The key hashes the decoder version, dataset, split, size and the manifest's sha256 of every shard
 file, so a changed shard makes a new entry. The folder is built under the node's lock in a temporary
-folder and renamed into place: it is never visible half-written.
+folder and renamed into place: it is never visible half-written. A build first checks that the
+disk holds the entry and allocates its arrays before filling them, so a full disk is an error that
+names the folder and the prune command (``datasets/disk.py``), never a SIGBUS.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import warnings
@@ -30,8 +31,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets.cache import NodeCache, open_built, safe_name
+from datasets.disk import allocated_npy, check_free
 from datasets.progress import Meter
 from datasets.shards import Manifest, ShardError, ShardStore
+from prompts.images import ImageLimitError, open_image
 
 # Bump when decoding changes (resize filter, draft): every cached split is then rebuilt.
 DECODER_VERSION = 2
@@ -43,10 +46,14 @@ RESIZE_FILTERS = ("torch", "pil")
 
 
 def decode_mask(data: bytes, where: str) -> np.ndarray:
-    """A 0/255 PNG mask as a boolean array; any other value is an error naming the row."""
+    """A 0/255 PNG mask as a boolean array; any other value, or a mask over the limits of
+    ``prompts.images``, is an error naming the row."""
     try:
-        mask = np.asarray(Image.open(io.BytesIO(data)))
-    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        with open_image(data, f"{where}, field 'mask'") as image:
+            mask = np.asarray(image)
+    except ImageLimitError as e:
+        raise ShardError(str(e)) from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
         raise ShardError(f"{where}, field 'mask': not a decodable image ({e})") from None
     if mask.ndim != 2:
         raise ShardError(f"{where}, field 'mask': expected a single-channel 0/255 PNG, got shape {mask.shape}")
@@ -66,10 +73,11 @@ def decode_image(data: bytes, where: str, size: int, resize: str = "torch") -> t
     Faster than the study's PIL decode and resize, and close to it (0.3 grey levels on average on
     Kvasir-sized images at 352): JPEGs at least twice ``size`` on both sides are decoded at 1/2, 1/4
     or 1/8 scale in the DCT (``Image.draft``, never below ``size``), and the antialiased bilinear
-    resize is torch's (SIMD on uint8, about three times PIL's speed).
+    resize is torch's (SIMD on uint8, about three times PIL's speed). An image over the limits of
+    ``prompts.images`` is a ShardError naming the row before any pixel is decoded.
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image = open_image(data, f"{where}, field 'image'")
         original = (image.height, image.width)
         if resize == "torch":
             image.draft("RGB", (size, size))
@@ -80,7 +88,9 @@ def decode_image(data: bytes, where: str, size: int, resize: str = "torch") -> t
         with warnings.catch_warnings():  # read-only pixels: nothing writes to them, copying costs time
             warnings.simplefilter("ignore", UserWarning)
             pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
-    except (OSError, ValueError) as e:
+    except ImageLimitError as e:
+        raise ShardError(str(e)) from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise ShardError(f"{where}, field 'image': not a decodable image ({e})") from None
     if pixels.shape[1:] != (size, size):  # torch.Size equals a tuple
         pixels = F.interpolate(pixels[None], size=(size, size), mode="bilinear", antialias=True,
@@ -197,15 +207,33 @@ def open_decoded(store: ShardStore, cache: NodeCache, dataset: str, split: str, 
     """The split decoded at ``size`` from the node cache; the first process on the node builds it."""
     manifest = manifest or store.check_split(dataset, split)
     folder = cache_folder(cache, dataset, split, size, manifest, resize)
-    return open_built(folder, lambda tmp: _build(store, dataset, split, size, manifest, tmp,
-                                                 workers or default_workers(), resize), _load)
+    what = f"the decoded split {dataset!r}/{split!r} at {size}px"
+
+    def build(tmp: str) -> None:
+        check_free(folder, entry_bytes(store, dataset, split, size, manifest), what)
+        _build(store, dataset, split, size, manifest, tmp, workers or default_workers(), resize)
+
+    return open_built(folder, build, _load, what)
+
+
+def entry_bytes(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest) -> int:
+    """The disk a split's cache entry takes: images and masks at ``size``, and the masks at their original
+    size, bit-packed (their sizes come from the rows' height and width columns, a few bytes a row)."""
+    n = manifest.rows(split)
+    full = 0
+    for entry in manifest.splits[split]["files"]:
+        table = store.read_file(dataset, entry, ["height", "width"])
+        pixels = table["height"].to_numpy().astype(np.int64) * table["width"].to_numpy().astype(np.int64)
+        full += int(((pixels + 7) // 8).sum())
+    return n * 4 * size * size + full + n * 3 * 8  # + the full masks' index
 
 
 def _build(store: ShardStore, dataset: str, split: str, size: int, manifest: Manifest, tmp: str,
            workers: int, resize: str = "torch") -> None:
     n = manifest.rows(split)
-    images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), "w+", np.uint8, (n, 3, size, size))
-    masks = np.lib.format.open_memmap(os.path.join(tmp, "masks.npy"), "w+", np.uint8, (n, 1, size, size))
+    # Allocated on disk before they are mapped: a full disk is an OSError here, not a SIGBUS mid-decode.
+    images = allocated_npy(os.path.join(tmp, "images.npy"), np.uint8, (n, 3, size, size))
+    masks = allocated_npy(os.path.join(tmp, "masks.npy"), np.uint8, (n, 1, size, size))
     with open(os.path.join(tmp, "full_masks.bin"), "wb") as bits:
         sample_ids, index = _decode_into(store, dataset, split, size, manifest, images, masks, bits.write, workers,
                                          resize)

@@ -9,6 +9,7 @@ session and temp dir, and is stopped by PID.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import boto3
+import pyarrow.parquet as pq
 
 from tests.cli import REPO, free_port, kill_session
 
@@ -240,14 +242,29 @@ def test_grid_survives_losing_a_node_and_resumes_its_trials_from_checkpoints(s3_
             assert result["run"]["resources"] == {"CPU": 0.5, "GPU": 0.5}
             assert len(result["run"]["gpu_ids"]) == 1
             runs[experiment_id] = result["run"]
+            # Exactly once: one score per test image, though some trials ran twice; no resume state left.
+            scores = pq.read_table(io.BytesIO(s3.get_object(
+                Bucket=bucket, Key=f"runs/demo/experiments/{experiment_id}/per_image.parquet")["Body"].read()))
+            images = {(r["eval_set"], r["sample_id"]) for r in scores.select(["eval_set", "sample_id"]).to_pylist()}
+            assert scores.num_rows == len(images) == 40, (experiment_id, scores.num_rows, len(images))
+            assert not [k for k in keys if k.startswith(f"runs/demo/experiments/{experiment_id}/checkpoint/")
+                        or k.endswith(f"{experiment_id}/progress.json")], experiment_id
         print({i: runs[i]["resumed_from_epoch"] for i in ids})
         # The trials lost with the second node were retried from their last checkpoint (not from
         # scratch, and not before it), on the head, the only node left; the head's trials ran through.
+        full_log = log_path.read_text(errors="replace")
         for experiment_id in on_worker:
             resumed = runs[experiment_id]["resumed_from_epoch"]
-            assert isinstance(resumed, int) and 1 <= resumed < MAX_EPOCHS, (experiment_id, resumed)
-            # The console says it: the crash on one line, then where the retry resumed from.
-            assert f"retrying {experiment_id} after: " in driver_log(), driver_log()
+            # From the checkpoint seen before the kill (or a later one), never an older one: nothing valid lost.
+            assert isinstance(resumed, int) and max(1, saved[experiment_id]) <= resumed < MAX_EPOCHS, (
+                experiment_id, resumed, saved)
+            # The console says it: the crash on one line, naming its cause in words (the trial's process
+            # or node died, or was lost; Ray's own "actor ... is unavailable: RpcError: Socket closed" does
+            # not), never a bare exception name; then where the retry resumed from.
+            retried = [line for line in full_log.splitlines() if line.startswith(f"retrying {experiment_id} after: ")]
+            assert retried, driver_log()
+            assert all(re.search(r"\b(died|dead|lost)\b", line) and not line.rstrip().endswith("()")
+                       for line in retried), retried
             assert f"resumed  {experiment_id} from its checkpoint after epoch {resumed}" in driver_log(), driver_log()
         for experiment_id in on_head:
             assert runs[experiment_id]["resumed_from_epoch"] is None, (experiment_id, runs[experiment_id])

@@ -15,7 +15,7 @@ from datasets.shards import ShardStore
 from trainables.feature_cache import FeatureCache, supports_feature_cache
 from trainables.models import build_model, build_tokenizer, encoder_prefixes, model_inputs, model_options
 from trainables.results import eval_summary
-from trainables.trainer import TrainConfig, Trainer
+from trainables.trainer import TrainConfig, Trainer, check_split_rows
 
 
 def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer, dict[str, SegmentationSplit]]:
@@ -37,6 +37,8 @@ def prepare(spec: dict, data: str, feature_cache: bool = True) -> tuple[Trainer,
     else:
         train_set, val_set = split(spec["train_set"], "train", True), split(spec["train_set"], "val", False)
     test_sets = {name: split(name, "test", False) for name in spec["eval_sets"]}
+    for test_set in test_sets.values():  # refused now, not after hours of training
+        check_split_rows(test_set, "testing")
     torch.manual_seed(spec["seed"])  # random-init weights are part of the experiment
     model = build_model(spec["model"], spec["mode"], spec["size"], spec["weights"], **model_options(spec))
     # Zero-shot experiments evaluate the weights as built: no epoch of training.

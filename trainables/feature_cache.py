@@ -9,7 +9,9 @@ prompt type of a dataset reuses its image features.
 
 A cache entry is a folder written under a temporary name and renamed, while holding an exclusive
 ``fcntl.flock`` on a lock file beside it, so trials that start together build it once and never
-read half of one. Keys are content hashes, not names: the encoders' weights (the bytes of every
+read half of one; its size is checked against the disk's free space and its files are allocated
+before they are filled, so a full disk is an error naming the folder, never a SIGBUS
+(``datasets/disk.py``). Keys are content hashes, not names: the encoders' weights (the bytes of every
 tensor under the model's encoder prefixes, so two random inits from one seed agree and anything
 else differs), the images' bytes with their sample ids, and the prompt strings with the tokenizer's
 ids for them.
@@ -32,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from datasets.cache import build_once, cache_root, open_built
+from datasets.disk import allocated_npy, check_free
 from datasets.progress import Meter
 from trainables.models import ModelInputs
 from trainables.tokenizers import tokenize
@@ -86,7 +89,7 @@ class FeatureCache:
         if not supports_feature_cache(model):
             raise ValueError(f"{type(model).__name__} has no encode_image/encode_text/decode: "
                              "it cannot run from cached features")
-        self.model, self.tokenizer, self.inputs = model, tokenizer, inputs
+        self.model, self.tokenizer, self.inputs, self.model_name = model, tokenizer, inputs, model_name
         self.root = root or features_root()
         self.identity = (f"{model_name}-v{FEATURES_VERSION}-{weights_digest(model, encoder_prefixes)}"
                          f"-{hashlib.blake2b(repr((inputs.mean, inputs.std)).encode(), digest_size=4).hexdigest()}")
@@ -116,6 +119,7 @@ class FeatureCache:
         precision = "bf16" if bf16 else "fp32"
         folder = os.path.join(self.root, self.identity, "images", split.dataset,
                               f"{split.split}-{self.inputs.input_size}-{precision}-{content.hexdigest()}")
+        what = f"the {self.model_name} image features of {split.dataset!r}/{split.split!r}"
 
         def build(tmp: str) -> None:
             mean = torch.tensor(self.inputs.mean, device=device).view(1, 3, 1, 1) * 255
@@ -126,11 +130,13 @@ class FeatureCache:
                 batch = torch.from_numpy(np.asarray(split.images[start:start + ENCODE_BATCH])).to(device)
                 with self._encoding(device, bf16):
                     out = self.model.encode_image((batch.float() - mean) / std)
+                out = {k: _to_numpy(v) for k, v in out.items()}
+                if not files:  # the first batch gives the size of every sample's features
+                    check_free(folder, len(split) * sum(v[0].nbytes for v in out.values()), what)
+                    # Allocated before they are mapped: a full disk is an OSError, not a SIGBUS mid-write.
+                    files = {k: allocated_npy(os.path.join(tmp, f"{k}.npy"), v.dtype, (len(split), *v.shape[1:]))
+                             for k, v in out.items()}
                 for k, v in out.items():
-                    v = _to_numpy(v)
-                    if k not in files:
-                        files[k] = np.lib.format.open_memmap(os.path.join(tmp, f"{k}.npy"), mode="w+",
-                                                             dtype=v.dtype, shape=(len(split), *v.shape[1:]))
                     files[k][start:start + len(v)] = v
                 meter.update(len(batch))
             meter.finish()
@@ -140,7 +146,7 @@ class FeatureCache:
                                  "sample_ids": list(split.sample_ids), "keys": sorted(files)})
             self.built["image"] += 1
 
-        meta, arrays = open_built(folder, build, lambda f, _built: read_entry(f))
+        meta, arrays = open_built(folder, build, lambda f, _built: read_entry(f), what)
         if meta["sample_ids"] != list(split.sample_ids):
             raise ValueError(f"feature cache {folder}: its sample ids do not match split {split.split!r} "
                              f"of {split.dataset!r}; delete the folder to rebuild it")
@@ -175,7 +181,7 @@ class FeatureCache:
             self._save(tmp, {k: np.concatenate(v) for k, v in parts.items()}, {"strings": strings})
             self.built["text"] += 1
 
-        _, arrays = open_built(folder, build, lambda f, _built: read_entry(f))
+        _, arrays = open_built(folder, build, lambda f, _built: read_entry(f), "the text features of a prompt set")
         # Text features are small: kept in memory as tensors, one row per string.
         loaded = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         return {s: {k: v[i] for k, v in loaded.items()} for i, s in enumerate(strings)}

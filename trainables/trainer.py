@@ -1,12 +1,15 @@
 """The shared Trainer: a plain loop over epochs, with early stopping on validation dice.
 
 It knows nothing of Ray, storage or experiment grids: give it a model, data and a config, call
-``fit``, then ``test``. ``state_dict`` / ``load_state_dict`` make a run resumable mid-way.
+``fit``, then ``test``. ``state_dict`` / ``load_state_dict`` make a run resumable mid-way. A split it
+cannot use (too few rows, a sample id on more than one row) is refused as bad input (ShardError):
+the train and validation splits when it is built, before any epoch, a test split when it is scored.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from datasets.segmentation import SegmentationSplit
+from datasets.shards import ShardError
 from trainables.losses import dice_bce_loss
 from trainables.metrics import dice_per_image, predicted_masks, scores_per_image
 from trainables.models import ModelInputs
@@ -95,6 +99,37 @@ def micro_batches(batch: dict, parts: int) -> list[dict]:
     return [cut(batch, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
+# Rows a split needs. Training: a batch of one sample cannot train BatchNorm (CRIS, the CNNs), so the
+# loader drops a last batch of one, and a one-row split would train on nothing. Validation and testing
+# average over their rows.
+MIN_ROWS = {"training": 2, "validation": 1, "testing": 1}
+
+
+def describe_split(dataset) -> str:
+    """The split's name in messages: dataset 'x' split 'y', or a pool's members."""
+    if hasattr(dataset, "parts"):  # datasets.pooled.PooledSplit
+        return "the pool of " + ", ".join(describe_split(part) for part in dataset.parts)
+    return f"dataset {dataset.dataset!r} split {dataset.split!r}"
+
+
+def check_split_rows(dataset: SegmentationSplit, purpose: str) -> None:
+    """Refuse, as bad input (ShardError), a split that cannot serve ``purpose`` ("training", "validation"
+    or "testing"): fewer rows than ``MIN_ROWS``, or a sample id held by more than one row (per-image
+    scores are keyed by id: one row's score would overwrite another's)."""
+    rows, minimum = len(dataset), MIN_ROWS[purpose]
+    if rows < minimum:
+        why = " (a batch of one sample cannot train BatchNorm, so it is dropped)" if purpose == "training" else ""
+        raise ShardError(f"{describe_split(dataset)} has {rows} row(s): {purpose} needs at least {minimum}{why}. "
+                         "Add rows to the split and re-ingest it, or choose another dataset.")
+    repeated = [sid for sid, count in Counter(dataset.sample_ids).items() if count > 1]
+    if repeated:
+        shown = ", ".join(repr(sid) for sid in repeated[:10]) + (" ..." if len(repeated) > 10 else "")
+        raise ShardError(f"{describe_split(dataset)}: {len(repeated)} sample id(s) held by more than one row: "
+                         f"{shown}. Each image's score is stored under its id, so these rows would overwrite "
+                         "each other's scores; re-ingest the dataset (ingest gives repeated rows ids of their "
+                         "own), and `python -m datasets.validate` finds such ids in shards already written.")
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, tokenizer, inputs: ModelInputs, config: TrainConfig,
                  train_set: SegmentationSplit | None, val_set: SegmentationSplit | None,
@@ -103,6 +138,10 @@ class Trainer:
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device)
         self.tokenizer, self.inputs, self.config = tokenizer, inputs, config
+        # Bad splits fail here, before any epoch runs (a test split is checked when it is scored).
+        for dataset, purpose in ((train_set, "training"), (val_set, "validation")):
+            if dataset is not None:
+                check_split_rows(dataset, purpose)
         self.train_set, self.val_set = train_set, val_set
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(config, model)
@@ -191,6 +230,7 @@ class Trainer:
     def score(self, dataset: SegmentationSplit) -> dict[str, dict[str, float]]:
         """Dice, NSD and HD95 per image at the original size (trainables.metrics.scores_per_image):
         the test's metrics, too costly for every validation epoch."""
+        check_split_rows(dataset, "testing")
         self.model.eval()
         scores = {}
         for batch in self._loader(dataset, shuffle=False):
