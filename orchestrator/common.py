@@ -10,8 +10,10 @@ import fnmatch
 import json
 import sys
 
+from datasets.cli import name_type
 from datasets.shards import ShardStore
 from datasets.synthetic import write_synthetic
+from orchestrator.arguments import positive_int
 from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
 from orchestrator.report import write_report
 from orchestrator.selection import apply_selections
@@ -116,14 +118,14 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
                    help="train as the study's released code did where it differs from the paper's text: loss, "
                         "learning rate, batch, patience, CRIS dropout, padding and upsampling "
                         "(search_spaces/fidelity.py; docs/fidelity.md)")
-    p.add_argument("--hparams-from-hpo", metavar="STUDY",
+    p.add_argument("--hparams-from-hpo", metavar="STUDY", type=name_type,
                    help="take each model's optimizer, learning rate, scheduler and batch size from the hpo "
                         "selection in <storage>/STUDY/hpo/<model>/selection.json (for the specs of the mode it "
                         "searched); the source is recorded in each spec (field hparams)")
     p.add_argument("--set", action="append", type=spec_setting, metavar="FIELD=VALUE",
                    help="set one spec field in every experiment, e.g. bce_weight=0 or mask_padding=false "
                         "(repeatable; changes the ids)")
-    p.add_argument("--grad-accum", type=int, metavar="K",
+    p.add_argument("--grad-accum", type=positive_int, metavar="K",
                    help="split every batch into K micro-batches (the same effective batch, about 1/K of the "
                         "activation memory; changes the ids)")
     p.add_argument("--seeds", type=seed_count, default=1, metavar="N",
@@ -184,4 +186,5 @@ def add_study_arguments(p: argparse.ArgumentParser, profiles: list[str], default
     p.add_argument("--profile", choices=profiles, default=default,
                    help="the grid whose results to read" + ("" if default else
                                                              " (none: the study's name where it names one)"))
-    p.add_argument("--study", help="study name under --storage (none: the profile name, as grid names it)")
+    p.add_argument("--study", type=name_type,
+                   help="study name under --storage (none: the profile name, as grid names it)")

@@ -20,7 +20,27 @@ import statistics
 import sys
 from collections import Counter
 
+from datasets.cli import name_type
 from datasets.shards import ShardError, absolute_uri
+from orchestrator.arguments import (
+    above_one,
+    gpu_share,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from orchestrator.hpo_state import (
+    METRIC,
+    MODE,
+    load_trial_state,
+    read_trial_records,
+    replay_rungs,
+    sampled,
+    search_settings,
+    setting_key,
+    trial_recorder,
+)
 from orchestrator.launch import add_verbose_argument, fit, place_trials, session, trial_resources
 from orchestrator.lease import add_force_argument
 from orchestrator.selection import (
@@ -55,7 +75,6 @@ from trainables.models import card, model_names
 # Ray, Optuna and PyTorch (seconds) are imported inside the functions that search or train: every
 # command's parser imports this module for its flags.
 
-METRIC, MODE = "val_dice", "max"
 RULE = ("the setting with the best validation dice on the most datasets (Appendix C.2: 'optimal performance "
         "in most datasets'); a tie goes to the higher mean of the datasets' best validation dice")
 
@@ -116,10 +135,12 @@ def trial_specs(base: dict, setting: dict, datasets: list[str], grad_accum: dict
 
 
 def search_trial(config: dict, base: dict, datasets: list[str], data: str, threads: int = 1,
-                 checkpoint_interval_s: float | None = None, grad_accum: dict[int, int] | None = None) -> None:
+                 checkpoint_interval_s: float | None = None, grad_accum: dict[int, int] | None = None,
+                 checkpoints: dict[str, str] | None = None) -> None:
     """Ray Tune function trainable: train ``config``'s setting on every dataset, one epoch of each per
     report, until the epoch budget or every dataset's early stopping. Checkpoints (every trainer's
-    state) let a continued search resume an interrupted trial where it stopped."""
+    state, as tensors, and JSON) let a continued search resume an interrupted trial where it stopped:
+    ``checkpoints`` maps a setting's key (``setting_key``) to the folder of its last checkpoint."""
     import os
     import tempfile
     import time
@@ -134,13 +155,8 @@ def search_trial(config: dict, base: dict, datasets: list[str], data: str, threa
     trainers = {name: prepare(spec, data)[0] for name, spec in trial_specs(base, config, datasets, grad_accum).items()}
     latest: dict[str, float] = {}
     resumed = None
-    if checkpoint := tune.get_checkpoint():  # Tuner.restore of an interrupted search
-        with checkpoint.as_directory() as d:
-            for name, trainer in trainers.items():
-                trainer.load_state_dict(torch.load(os.path.join(d, f"{name}.pt"), weights_only=True,
-                                                   map_location=trainer.device))
-            with open(os.path.join(d, "latest.json")) as f:
-                latest = json.load(f)
+    if source := (checkpoints or {}).get(setting_key(sampled(config))):  # an interrupted trial, continued
+        latest = load_trial_state(trainers, source)
         resumed = max(t.epoch for t in trainers.values())
     interval = checkpoint_interval_s
     if interval is None:
@@ -188,15 +204,32 @@ def select_setting(trials: list[dict], datasets: list[str]) -> dict:
     }
 
 
+def error_text(error: BaseException) -> str:
+    """A trial's error as its cause's type and message (not Ray's wrapper around it)."""
+    cause = getattr(error, "cause", None) or error.__cause__
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+
+
 def run_search(model: str, datasets: list[str], *, data: str, storage: str, study: str, size: str = "small",
                mode: str | None = None, prompt: str = HPO_PROMPT, num_samples: int = NUM_SAMPLES,
                max_epochs: int = MAX_T, grace_period: int = GRACE_PERIOD, reduction_factor: float = REDUCTION_FACTOR,
                seed: int = 0, max_concurrent: int | None = 4,
                weights: str | None = None, address: str | None = None, fake_gpus: int | None = None,
-               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, dashboard: bool = False,
+               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, dashboard: bool = True,
                checkpoint_interval_s: float | None = None, verbose: int = 1, force: bool = False,
                cluster_file: str | None = None) -> dict:
-    """Run the search and the selection; returns the selection record, also written to storage."""
+    """Run the search and the selection; returns the selection record, also written to storage.
+
+    The search keeps its own state as JSON: ``search.json`` (its settings) and a record per trial in
+    ``trials/``. The same command again continues it from them, never from Tune's pickled state (whoever
+    can write --storage could make that run code here): the finished trials are kept (not rerun) and given
+    to a new TPE sampler as evaluated points (seeded ``seed`` + the trials so far, so it does not draw the
+    first launch's start-up settings again) and to ASHA's rungs (``replay_rungs``); the interrupted ones run
+    first, with their own settings, each from its last checkpoint (weights and JSON); then new settings
+    until ``num_samples`` trials have ended. Lost on the way: a sampler's random state, and a trial's
+    epochs after its last checkpoint (run again)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -210,11 +243,21 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
     base = base_spec(model, mode, size, prompt, max_epochs, weights)
     cpus = cpus_per_trial if cpus_per_trial is not None else (1.0 if size == "small" else None)
     where = hpo_uri(storage, study, model, mode)
-    settings = {"base_spec": base, "datasets": list(datasets), "num_samples": num_samples, "max_t": max_epochs,
-                "grace_period": grace_period, "reduction_factor": reduction_factor, "seed": seed}
-    restoring = tune.Tuner.can_restore(f"{where}/tune")
-    if restoring:
+    settings = search_settings(base, datasets, num_samples=num_samples, max_epochs=max_epochs,
+                               grace_period=grace_period, reduction_factor=reduction_factor, seed=seed)
+    continuing = read_json(f"{where}/{SEARCH_FILE}") is not None
+    records: dict[str, dict] = {}
+    if continuing:
         check_same_search(where, settings)
+        records = read_trial_records(where, searched(mode, model))
+    done = {k: r for k, r in records.items() if r.get("done")}
+    interrupted = sorted((r for r in records.values() if not r.get("done")), key=lambda r: r["trial_id"])
+    left = num_samples - len(done)
+    errors: dict[str, str] = {}
+    if continuing:
+        # The same command again: an interrupted search goes on, a finished one only re-derives the selection.
+        print(f"continuing the search in {where}: {len(done)} of {num_samples} trials finished"
+              + (f", {len(interrupted)} interrupted (they go on from their last checkpoints)" if interrupted else ""))
 
     # One driver per search folder; the lease goes only once selection.json is written.
     with session(storage, f"{study}/hpo/{search_name(model, mode)}", address=address, fake_gpus=fake_gpus,
@@ -233,41 +276,49 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                 parts = f", in {p.grad_accum} micro-batches" if p.grad_accum > 1 else ""
                 print(f"hpo {model}, batch {b}: ~{p.need_gib:.1f} GiB on {p.node_type or 'any GPU'}{parts}")
 
-        resources = trial_resources(by_batch, "batch_size")
-        threads = max(1, math.floor(cpus or resources_for(base)["cpu"]))
-        trainable = tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data,
-                                         threads=threads, checkpoint_interval_s=checkpoint_interval_s,
-                                         grad_accum=accumulate)
-        if restoring:
-            # The same command again: an interrupted search goes on (searcher state included), a
-            # finished one only re-derives the selection. Another --study starts a new search.
-            print(f"continuing the search in {where}/tune")
-            grid = fit(trainable, resources, storage_path=where, name="tune", restore=True, verbose=verbose)
-        else:
-            write_json(f"{where}/{SEARCH_FILE}", settings)
-            searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+        if left > 0:
+            resources = trial_resources(by_batch, "batch_size")
+            threads = max(1, math.floor(cpus or resources_for(base)["cpu"]))
+            checkpoints = {setting_key(r["setting"]): f"{where}/{r['checkpoint']}" for r in interrupted
+                           if r.get("checkpoint")}
+            trainable = tune.with_parameters(search_trial, base=base, datasets=list(datasets), data=data,
+                                             threads=threads, checkpoint_interval_s=checkpoint_interval_s,
+                                             grad_accum=accumulate, checkpoints=checkpoints)
+            if not continuing:
+                write_json(f"{where}/{SEARCH_FILE}", settings)
+            space = OptunaSearch.convert_search_space(
+                tune_space(with_encoder_lr=len(searched(mode, model)) > len(SEARCHED)))
+            searcher = OptunaSearch(space=space, metric=METRIC, mode=MODE,
+                                    sampler=optuna.samplers.TPESampler(seed=seed + len(records)),
+                                    points_to_evaluate=[r["setting"] for r in interrupted][:left])
+            for record in sorted(done.values(), key=lambda r: r["trial_id"]):  # what TPE learns from
+                searcher.add_evaluated_point(record["setting"], record["metrics"][METRIC],
+                                             intermediate_values=[value for _, value in record["history"]])
             if max_concurrent:
                 searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+            # ASHA counts a trial's epochs, not its reports, so a continued trial sits at its own rung.
+            scheduler = ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=max_epochs,
+                                      grace_period=grace_period, reduction_factor=reduction_factor)
+            replay_rungs(scheduler, records)
             grid = fit(trainable, resources, storage_path=where, name="tune", verbose=verbose,
-                       param_space=tune_space(with_encoder_lr=len(searched(mode, model)) > len(SEARCHED)),
+                       callbacks=[trial_recorder(where, records)],
                        tune_config=tune.TuneConfig(
-                           metric=METRIC, mode=MODE, search_alg=searcher, num_samples=num_samples, reuse_actors=True,
-                           scheduler=ASHAScheduler(max_t=max_epochs, grace_period=grace_period,
-                                                   reduction_factor=reduction_factor),
+                           search_alg=searcher, scheduler=scheduler, num_samples=left, reuse_actors=True,
                            trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
                            trial_dirname_creator=lambda trial: f"{model}-{trial.trial_id}"),
                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+            errors = {posixpath.basename(r.path): error_text(r.error) for r in grid if r.error is not None}
 
-        # Trials that ran out or that ASHA stopped report done; a Ctrl-C (or a lost lease) leaves the
-        # running ones TERMINATED all the same, but not done.
-        ended = sum(bool(r.metrics and r.metrics.get("done")) for r in grid if r.error is None) + grid.num_errors
+        # Trials that ran out or that ASHA stopped are done; a Ctrl-C (or a lost lease) leaves the running
+        # ones TERMINATED all the same, but not done.
+        done = {k: r for k, r in records.items() if r.get("done")}
+        ended = len(done) + len(errors)
         if ended < num_samples:  # Ctrl-C, or the driver lost
             raise SearchStopped(f"the search stopped after {ended} of {num_samples} trials; "
                                 "rerun the same command to continue it")
 
-        trials = [trial_record(r.metrics.get("trial_id", posixpath.basename(r.path)), r.config, r.metrics)
-                  for r in grid if r.error is None and r.metrics]
-        errors = {posixpath.basename(r.path): repr(r.error) for r in grid if r.error is not None}
+        trials = [trial_record(r["trial_id"], r["setting"], {**r["metrics"], "training_iteration": r["metrics"]
+                                                             .get("epoch", 0)}) for r in done.values()]
         selection = select_setting(trials, list(datasets))
         record = {
             "model": model, "mode": mode, "size": size, "prompt_type": prompt, "datasets": list(datasets),
@@ -281,7 +332,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                                     if len(searched(mode, model)) > len(SEARCHED) else {})},
                        "searcher": f"OptunaSearch (TPE, seed {seed})", "num_samples": num_samples,
                        "scheduler": {"ASHA": {"max_t": max_epochs, "grace_period": grace_period,
-                                              "reduction_factor": reduction_factor, "time_attr": "training_iteration"}},
+                                              "reduction_factor": reduction_factor, "time_attr": "epoch"}},
                        "base_spec": {k: v for k, v in base.items() if k not in ("train_set", "eval_sets", *SEARCHED)}},
             **selection,
             "trials": sorted(trials, key=lambda t: t["trial_id"]),
@@ -325,31 +376,33 @@ def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_sto
     p.add_argument("--mode", choices=("frozen", "finetune"), help="what trains, overriding --regime")
     p.add_argument("--prompts", dest="prompt", default=HPO_PROMPT, metavar="P",
                    help="prompt type on every dataset (random: a draw among P1..PN per sample)")
-    p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, metavar="N",
+    p.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES, metavar="N",
                    help="settings to try (TPE models the N-10 or so finished after its 10 random start-up "
                         "ones). Budget: at most N x max-epochs x datasets epochs; ASHA stops about half at each rung")
-    p.add_argument("--max-epochs", type=int, default=MAX_T, metavar="E",
+    p.add_argument("--max-epochs", type=positive_int, default=MAX_T, metavar="E",
                    help="epochs per trial, ASHA's max_t (rungs at grace, 2x grace, ...). The cosine schedule "
                         "spans the grid's expected epochs, not these")
-    p.add_argument("--grace-period", type=int, default=GRACE_PERIOD, metavar="E",
+    p.add_argument("--grace-period", type=positive_int, default=GRACE_PERIOD, metavar="E",
                    help="ASHA grace period: twice the plateau scheduler's patience, so plateau schedules have "
                         "cut their LR once before ASHA compares settings")
-    p.add_argument("--reduction-factor", type=float, default=REDUCTION_FACTOR, metavar="R",
+    p.add_argument("--reduction-factor", type=above_one, default=REDUCTION_FACTOR, metavar="R",
                    help="ASHA reduction factor")
-    p.add_argument("--max-concurrent", type=int, default=4, metavar="K",
+    p.add_argument("--max-concurrent", type=positive_int, default=4, metavar="K",
                    help="trials running at once, so TPE learns from finished ones")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("--data", default=default_data, help="shard root, folder or s3://")
     p.add_argument("--storage", default=default_storage, help="results root, folder or s3://")
-    p.add_argument("--study", help="study name under --storage (none: demo for --size small, else study)")
+    p.add_argument("--study", type=name_type,
+                   help="study name under --storage (none: demo for --size small, else study)")
     p.add_argument("--address", help="Ray cluster to join (e.g. auto; none: a local Ray)")
-    p.add_argument("--fake-gpus", type=int, metavar="N", help="declare N logical GPUs on a local Ray")
-    p.add_argument("--gpus-per-trial", type=float, metavar="F",
+    p.add_argument("--fake-gpus", type=non_negative_int, metavar="N", help="declare N logical GPUs on a local Ray")
+    p.add_argument("--gpus-per-trial", type=gpu_share, metavar="F",
                    help="GPU share per trial (none: from the model and the sampled batch size)")
-    p.add_argument("--cpus-per-trial", type=float, metavar="C",
+    p.add_argument("--cpus-per-trial", type=positive_float, metavar="C",
                    help="CPUs per trial (none: 1 for small models, else the model's)")
-    p.add_argument("--checkpoint-interval", type=float, metavar="S",
+    p.add_argument("--checkpoint-interval", type=non_negative_float, metavar="S",
                    help="seconds between a trial's checkpoints (none: 30, full-size models 300)")
+    p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     add_verbose_argument(p)
     p.add_argument("--cluster", metavar="YAML",
                    help="Ray cluster file whose node types trials must fit (none: the running cluster's nodes "
@@ -389,7 +442,8 @@ def cmd_hpo(args: argparse.Namespace) -> int:
                             grace_period=args.grace_period, reduction_factor=args.reduction_factor, seed=args.seed,
                             max_concurrent=args.max_concurrent, weights=weights, address=args.address,
                             fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
-                            cpus_per_trial=args.cpus_per_trial, checkpoint_interval_s=args.checkpoint_interval,
+                            cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
+                            checkpoint_interval_s=args.checkpoint_interval,
                             verbose=args.verbose, force=args.force, cluster_file=args.cluster)
     except (SearchStopped, ValueError) as e:  # interrupted, or no trial scored every dataset
         print(f"no setting selected: {e}", file=sys.stderr)

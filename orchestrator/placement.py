@@ -16,6 +16,7 @@ node type with a larger GPU in the cluster file.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class NodeType:
     gpus: int  # GPUs per node
     accelerator: str | None  # Ray's accelerator type (A10G, L40S, ...); None where unknown
     max_workers: int | None = None
+    cpus: float | None = None  # CPUs per node, where the cluster file declares them
 
     @property
     def gpu_memory_gib(self) -> float | None:
@@ -85,8 +87,33 @@ class Refusal:
                 f"Remedies, in order: " + "; ".join(f"{i + 1}) {r}" for i, r in enumerate(self.remedies)))
 
 
+@dataclass
+class TooLarge:
+    """A trial that asks for more CPUs or GPUs than any node has: Ray would keep it PENDING forever."""
+    spec_id: str
+    cpus: float
+    gpus: float
+    largest: tuple[float, float]  # (CPUs, GPUs) of the node with the most GPUs, then CPUs
+    where: str
+
+    def __str__(self) -> str:
+        cpus, gpus = self.largest
+        fixes = []
+        if self.gpus > gpus:
+            fixes.append(f"--gpus-per-trial {gpus:g} or less" if gpus else "no --gpus-per-trial (no node has GPUs)")
+        if self.cpus > cpus:
+            fixes.append(f"--cpus-per-trial {cpus:g} or less")
+        return (f"{self.spec_id}: asks for {_amount(self.gpus, 'GPU')} and {_amount(self.cpus, 'CPU')}; the largest "
+                f"node of {self.where} has {_amount(gpus, 'GPU')} and {_amount(cpus, 'CPU')}. Use "
+                + " and ".join(fixes) + ", or a node type with more in the cluster file")
+
+
+def _amount(n: float, what: str) -> str:
+    return f"{n:g} {what}" + ("" if n == 1 else "s")
+
+
 class Unplaceable(Exception):
-    def __init__(self, refusals: list[Refusal], source: str):
+    def __init__(self, refusals: list[Refusal | TooLarge], source: str):
         self.refusals, self.source = refusals, source
         shown = "\n  ".join(str(r) for r in refusals[:10])
         more = f"\n  ... and {len(refusals) - 10} more" if len(refusals) > 10 else ""
@@ -105,7 +132,8 @@ def node_types_from_cluster_file(path: str | os.PathLike) -> list[NodeType]:
         instance = str((node.get("node_config") or {}).get("InstanceType", ""))
         accelerator = declared[0] if declared else AWS_FAMILY_ACCELERATOR.get(instance.split(".")[0])
         if resources.get("GPU", 0) >= 1:
-            types.append(NodeType(name, int(resources["GPU"]), accelerator, node.get("max_workers")))
+            types.append(NodeType(name, int(resources["GPU"]), accelerator, node.get("max_workers"),
+                                  resources.get("CPU")))
     return types
 
 
@@ -209,12 +237,38 @@ def remedies(spec: dict, replicas: int, largest: NodeType, gpus_per_trial: float
     return out
 
 
+def running_capacities() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of each alive node of the Ray this process has joined; none where it has joined none
+    (Ray is not imported for the asking: grid --dry-run and plan have no Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return []
+    return [(node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0))
+            for node in ray.nodes() if node.get("Alive")]
+
+
+def too_large(placement: Placement, capacities: list[tuple[float | None, float]], where: str) -> TooLarge | None:
+    """Why no node holds ``placement``'s CPUs and GPUs at once (a node's unknown CPUs hold any), or None."""
+    cpus, gpus = placement.resources.get("cpu", 0.0), placement.resources.get("gpu", 0.0)
+    if not capacities or any((c is None or c >= cpus) and g >= gpus for c, g in capacities):
+        return None
+    known = [(c, g) for c, g in capacities if c is not None]
+    largest = max(known, key=lambda cg: (cg[1], cg[0])) if known else (0.0, 0.0)
+    return TooLarge(placement.spec_id, cpus, gpus, largest, where)
+
+
 def place_all(specs: list[dict], node_types: list[NodeType], source: str, **kwargs) -> dict[str, Placement]:
-    """Every trial's placement, keyed by id; raises Unplaceable naming each trial no node type holds."""
+    """Every trial's placement, keyed by id; raises Unplaceable naming each trial no node type holds:
+    by GPU memory, or (on a running Ray) by CPUs and GPUs more than any node, running or of the cluster
+    file, has."""
     placed, refused = {}, []
     for spec in specs:
         result = place(spec, node_types, **kwargs)
         (refused.append(result) if isinstance(result, Refusal) else placed.__setitem__(result.spec_id, result))
+    if running := running_capacities():
+        capacities = running + [(t.cpus, float(t.gpus)) for t in node_types if not t.name.endswith("(running)")]
+        where = "the running Ray cluster" + (" or its cluster file" if len(capacities) > len(running) else "")
+        refused += [r for r in (too_large(p, capacities, where) for p in placed.values()) if r is not None]
     if refused:
         raise Unplaceable(refused, source)
     unchecked = [p for p in placed.values() if p.unchecked]

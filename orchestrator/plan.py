@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datasets.catalogue import POOLS
 from datasets.shards import ShardStore
 from datasets.synthetic import SYNTHETIC_DATASETS
+from orchestrator.arguments import above_one, gpu_share, non_negative_float, positive_float, positive_int
 from orchestrator.common import (
     DEFAULT_STORAGE,
     add_cluster_argument,
@@ -372,26 +373,26 @@ def _ray_start_seconds() -> float:
 
 def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
     p.add_argument("what", choices=("grid", "hpo"), help="price a grid (as `run grid` would run it) or a search")
-    p.add_argument("--gpus", type=int, default=1, metavar="N",
+    p.add_argument("--gpus", type=positive_int, default=1, metavar="N",
                    help="GPUs of the cluster (with --gpu-type cpu: CPUs, one trial per CPU)")
     p.add_argument("--gpu-type", default="a10g", metavar="TYPE",
                    help=f"device type: step times and price (priced: {', '.join(PRICES)})")
-    p.add_argument("--price", type=float, metavar="USD", help="$ per GPU-hour, overriding the table")
+    p.add_argument("--price", type=non_negative_float, metavar="USD", help="$ per GPU-hour, overriding the table")
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="grid profile")
     p.add_argument("--block", action="append", metavar="NAME", help="study blocks to price (repeatable)")
     p.add_argument("--only", action="append", metavar="PATTERN", help="experiments whose id matches (repeatable)")
-    p.add_argument("--max-epochs", type=int, metavar="E",
+    p.add_argument("--max-epochs", type=positive_int, metavar="E",
                    help="cap every experiment's epochs, as `run grid --max-epochs` (hpo: ASHA's max_t)")
     add_spec_arguments(p)
     add_cluster_argument(p)
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="results root, for --hparams-from-hpo")
-    p.add_argument("--expected-epochs", type=int, metavar="E",
+    p.add_argument("--expected-epochs", type=positive_int, metavar="E",
                    help="assume every experiment stops after E epochs (none: the paper's averages)")
     p.add_argument("--data", default=default_data,
                    help="shards whose manifests give row counts (where missing: DATA-FACTS)")
-    p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial (none: the model's)")
-    p.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs per trial (none: the model's)")
-    p.add_argument("--share-slowdown", type=float, default=1.0, metavar="X",
+    p.add_argument("--gpus-per-trial", type=gpu_share, metavar="F", help="GPU share per trial (none: the model's)")
+    p.add_argument("--cpus-per-trial", type=positive_float, metavar="C", help="CPUs per trial (none: the model's)")
+    p.add_argument("--share-slowdown", type=positive_float, default=1.0, metavar="X",
                    help="trials sharing a GPU run X times slower than alone (1: no contention)")
     p.add_argument("--step-times", metavar="JSON",
                    help="step-time table read (and written by --calibrate) alone; without it, the shipped table "
@@ -399,20 +400,22 @@ def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
                         "storing into the latter")
     p.add_argument("--calibrate", action="store_true",
                    help="first measure the grid's models here through the Trainer and store them under --gpu-type")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while calibrating (1: as a trial)")
-    p.add_argument("--calibrate-epochs", type=int, default=2, metavar="E",
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads while calibrating (1: as a trial)")
+    p.add_argument("--calibrate-epochs", type=positive_int, default=2, metavar="E",
                    help="epochs measured per model after the first")
     p.add_argument("--json", action="store_true", help="also print the numbers as one JSON line")
     # hpo
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="hpo: datasets (none: the study's eight)")
     p.add_argument("--size", choices=("small", "full"), default="full", help="hpo: model size")
     p.add_argument("--mode", choices=("frozen", "finetune"), help="hpo: what trains (none: as the study)")
-    p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="hpo: settings tried, as hpo --num-samples")
-    p.add_argument("--grace-period", type=int, default=GRACE_PERIOD,
+    p.add_argument("--num-samples", type=positive_int, default=NUM_SAMPLES,
+                   help="hpo: settings tried, as hpo --num-samples")
+    p.add_argument("--grace-period", type=positive_int, default=GRACE_PERIOD,
                    help="hpo: ASHA grace period, as hpo --grace-period")
-    p.add_argument("--reduction-factor", type=float, default=REDUCTION_FACTOR,
+    p.add_argument("--reduction-factor", type=above_one, default=REDUCTION_FACTOR,
                    help="hpo: ASHA reduction factor, as hpo --reduction-factor")
-    p.add_argument("--max-concurrent", type=int, default=4, help="hpo: trials at once, as hpo --max-concurrent")
+    p.add_argument("--max-concurrent", type=positive_int, default=4,
+                   help="hpo: trials at once, as hpo --max-concurrent")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

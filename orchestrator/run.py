@@ -12,8 +12,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # trials that is expected and the warning would bury the progress table.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-from datasets.cli import DefaultsHelpFormatter  # noqa: E402
-from datasets.shards import ShardError  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
+
+from datasets.cli import DefaultsHelpFormatter, name_type  # noqa: E402
+from datasets.shards import ShardError, absolute_uri  # noqa: E402
+from orchestrator.arguments import (  # noqa: E402
+    gpu_share,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from orchestrator.common import (  # noqa: E402
     DEFAULT_DATA,
     DEFAULT_STORAGE,
@@ -52,7 +61,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
             state = "done" if s.id in done else "pending"
             print(f"{s.id:<52} {s.model:<15} {s.mode:<9} {s.regime:<10} {s.train_set:<15} {s.prompt_type:<7} "
                   f"{s.seed:>4}  {state}")
-        blocks = blocks_for(args.profile, args.block)
+        blocks = blocks_for(args.profile, args.block, args.model)
         print(*block_summary(blocks, specs), sep="\n")
         print(*fit_lines(blocks, specs, args), sep="\n")
         print(f"total: {len(specs)} experiments ({sum(s.id in done for s in specs)} done)")
@@ -124,7 +133,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not specs:
         print(f"no experiment of profile {args.profile!r} matches --only {args.only}", file=sys.stderr)
         return 2
+    if problem := storage_problem(args.storage):
+        print(problem, file=sys.stderr)
+        return 2
     results = ResultStore(args.storage, study)
+    if not exists(absolute_uri(args.storage)):
+        print(f"note: {args.storage} does not exist: nothing has run there (check --storage); every experiment "
+              "below is pending")
+    elif not exists(results.uri):
+        print(f"note: {results.uri} does not exist: no study {study!r} has run there (check --study); every "
+              "experiment below is pending")
     where = f"{results.uri} (profile {args.profile}, {len(specs)} experiments)"
     print(render(collect(specs, results), where))
     print(driver_line(args.storage, study))
@@ -133,6 +151,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"evaluations (ablate, ood): {evaluations.count('done')} done, {evaluations.count('failed')} failed, "
               f"{len(evaluations) - evaluations.count('done') - evaluations.count('failed')} unfinished")
     return 0
+
+
+def storage_problem(storage: str) -> str | None:
+    """Why ``--storage`` cannot hold results (a file, an unsupported scheme), or None."""
+    from datasets.storage import filesystem_for
+
+    fs, path = filesystem_for(absolute_uri(storage))  # ShardError for an unsupported scheme
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        return f"--storage {storage} is a file, not a folder: name a folder (or s3://bucket/prefix) for the results"
+    return None
+
+
+def exists(uri: str) -> bool:
+    from datasets.storage import filesystem_for
+
+    fs, path = filesystem_for(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,22 +198,22 @@ def parser() -> argparse.ArgumentParser:
                       help="shard root: a folder or s3://bucket/prefix")
     grid.add_argument("--storage", default=DEFAULT_STORAGE,
                       help="where results, checkpoints and done markers go: a folder or s3://...")
-    grid.add_argument("--study", help="name of this study under --storage (none: the profile name)")
+    grid.add_argument("--study", type=name_type, help="name of this study under --storage (none: the profile name)")
     grid.add_argument("--address", help="Ray cluster to join (e.g. auto on a cluster's head; "
                                         "none: start a local Ray on this machine)")
-    grid.add_argument("--fake-gpus", type=int, metavar="N",
+    grid.add_argument("--fake-gpus", type=non_negative_int, metavar="N",
                       help="declare N logical GPUs on a local Ray, to see fractional scheduling without GPUs")
-    grid.add_argument("--gpus-per-trial", type=float, metavar="F",
+    grid.add_argument("--gpus-per-trial", type=gpu_share, metavar="F",
                       help="GPU share per trial (none: each model's own fraction)")
-    grid.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
+    grid.add_argument("--cpus-per-trial", type=positive_float, default=1.0, metavar="C",
                       help="CPUs per trial; torch uses max(1, floor(C)) threads")
-    grid.add_argument("--max-epochs", type=int, metavar="E",
+    grid.add_argument("--max-epochs", type=positive_int, metavar="E",
                       help="cap every experiment's epochs (changes the experiment ids)")
     add_spec_arguments(grid)
     add_cluster_argument(grid)
-    grid.add_argument("--max-failures", type=int, default=1, metavar="K",
+    grid.add_argument("--max-failures", type=non_negative_int, default=1, metavar="K",
                       help="times Ray retries a crashed trial from its last checkpoint")
-    grid.add_argument("--checkpoint-interval", type=float, metavar="S",
+    grid.add_argument("--checkpoint-interval", type=non_negative_float, metavar="S",
                       help="seconds between a trial's checkpoints (none: 30, full-size models 300; "
                            "always one after the last epoch)")
     grid.add_argument("--retry-failed", action="store_true",
@@ -227,13 +262,14 @@ def parser() -> argparse.ArgumentParser:
                                         "so far, the trial time left and an ETA. Select the experiments as for "
                                         "grid (--profile, --only, --max-epochs).")
     status.add_argument("--storage", default=DEFAULT_STORAGE, help="results root")
-    status.add_argument("--study", help="study name under --storage (none: the profile name)")
+    status.add_argument("--study", type=name_type, help="study name under --storage (none: the profile name)")
     status.add_argument("--profile", choices=sorted(PROFILES),
                         help="the grid the study runs (none: the study name, else demo)")
     status.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
                         help="as for grid: with --profile study, only this block (repeatable)")
     status.add_argument("--only", action="append", metavar="PATTERN", help="as for grid; repeatable")
-    status.add_argument("--max-epochs", type=int, metavar="E", help="as for grid (it changes the experiment ids)")
+    status.add_argument("--max-epochs", type=positive_int, metavar="E",
+                        help="as for grid (it changes the experiment ids)")
     add_spec_arguments(status)
     status.set_defaults(func=cmd_status)
 
@@ -258,11 +294,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "study", "") is None and getattr(args, "profile", None):
         args.study = args.profile  # one rule for every command: a study is named after its grid
+    from trainables.results import StorageError
+
     try:
         return args.func(args)
     except (LeaseError, Unplaceable) as e:  # another driver runs this study; a trial fits no node type
         print(e, file=sys.stderr)
         return 2
+    except (ShardError, StorageError) as e:  # bad input or a --data / --storage that cannot work
+        print(one_line(e), file=sys.stderr)
+        return 2
+    except OSError as e:  # storage unreachable: no such bucket, no credentials, no permission, a full disk
+        print(f"storage error: {one_line(e)} (check --storage, --data and your credentials)", file=sys.stderr)
+        return 1
+
+
+def one_line(error: Exception) -> str:
+    """An error's message on one line, for the console (pyarrow's carry a "Detail:" line)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 A search of a model in its as-run mode lives in ``<storage>/<study>/hpo/<model>/``, of another mode
 in ``.../hpo/<model>-<mode>/``: ``tune/`` (Tune's trials), ``search.json`` (the settings it started
-with) and ``selection.json`` (the study's rule applied to its trials, written by orchestrator.hpo).
+with), ``trials/`` (the search's own JSON record of each trial, what a rerun continues from:
+orchestrator/hpo_state.py) and ``selection.json`` (the study's rule applied to its trials, written by
+orchestrator.hpo).
 """
 
 from __future__ import annotations

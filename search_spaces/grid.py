@@ -9,6 +9,7 @@ model's patience), never under ASHA.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,8 +146,12 @@ PROFILE_BLOCKS: dict[str, tuple[Block, ...]] = {
 }
 
 
-def blocks_for(profile: str, names: list[str] | None = None) -> tuple[Block, ...]:
-    """The blocks a launch runs: the profile's, or the study's blocks named with --block."""
+def blocks_for(profile: str, names: list[str] | None = None, models: list[str] | None = None) -> tuple[Block, ...]:
+    """The blocks a launch runs: the profile's, or the study's blocks named with --block. The demo of
+    other ``models`` (grid --model) is a demo block of theirs, so --dry-run counts its experiments."""
+    if profile == "demo" and models and not names:
+        chosen = tuple(dict.fromkeys(models))
+        return (dataclasses.replace(DEMO_BLOCK, specs=lambda: demo(chosen)),)
     if not names:
         return PROFILE_BLOCKS[profile]
     if profile != "study":
