@@ -35,8 +35,9 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from datasets.disk import full_disk, full_disk_reported
 from datasets.progress import Meter
-from datasets.storage import ShardError
+from datasets.storage import ShardError, StorageUnavailable
 
 CACHE_ENV = "VLSM_CACHE"
 DEFAULT_CACHE = "~/.cache/vlsm-tune"
@@ -63,15 +64,18 @@ def file_lock(path: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def build_once(folder: str, build: Callable[[str], None]) -> bool:
+def build_once(folder: str, build: Callable[[str], None], what: str = "a cache entry") -> bool:
     """Make ``folder`` exist once on this node: the first process calls ``build(tmp)`` to fill a
     temporary folder, which is renamed into place with ``meta.json`` written last inside it; every
-    other process waits on the lock and uses that. Returns whether this process built it."""
+    other process waits on the lock and uses that. Returns whether this process built it.
+
+    A full disk (ENOSPC, EDQUOT) during the build raises ``datasets.disk.DiskFullError`` naming
+    ``folder``, ``what`` it is and the prune command, once the partial build is removed."""
     done = os.path.join(folder, "meta.json")
     if os.path.exists(done):  # visible means complete: no lock needed
         mark_used(done)
         return False
-    with file_lock(folder + ".lock"):
+    with full_disk_reported(folder, what), file_lock(folder + ".lock"):
         if os.path.exists(done):  # another process built it while we waited
             return False
         # Under the lock nobody else is building: temporary folders are killed builders' leftovers
@@ -80,8 +84,8 @@ def build_once(folder: str, build: Callable[[str], None]) -> bool:
             shutil.rmtree(leftover, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         tmp = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(tmp)
         try:
+            os.makedirs(tmp)
             build(tmp)
             os.rename(tmp, folder)
         except BaseException:
@@ -90,15 +94,16 @@ def build_once(folder: str, build: Callable[[str], None]) -> bool:
     return True
 
 
-def open_built(folder: str, build: Callable[[str], None], load: Callable[[str, bool], T]) -> T:
+def open_built(folder: str, build: Callable[[str], None], load: Callable[[str, bool], T],
+               what: str = "a cache entry") -> T:
     """``load(folder, built)`` of a folder made once on this node by ``build_once``. A prune that
     removes it between the two steps (readers take no lock) makes this process build it again."""
-    built = build_once(folder, build)
+    built = build_once(folder, build, what)
     try:
         return load(folder, built)
     except FileNotFoundError:
         log.warning("%s went away as it was opened (pruned?); building it again", folder)
-        return load(folder, build_once(folder, build))
+        return load(folder, build_once(folder, build, what))
 
 
 def mark_used(path: str) -> None:
@@ -125,8 +130,10 @@ def safe_name(text: str) -> str:
 class NodeCache:
     """Shard copies and decoded arrays on this node's disk, shared by all its processes.
 
-    Reads of remote storage are retried ``attempts`` times with exponential backoff from
-    ``backoff_s`` seconds; then a ShardError names the file, the attempts and what to check.
+    A download is tried ``attempts`` times with exponential backoff from ``backoff_s`` seconds, each
+    try continuing the partial copy (every S3 request in it is retried by pyarrow as well); then
+    ``StorageUnavailable`` (an infrastructure fault, never bad input) names the file, the attempts and
+    what to check. A full node disk raises ``datasets.disk.DiskFullError``.
     """
 
     def __init__(self, path: str | None = None, attempts: int = 4, backoff_s: float = 0.5):
@@ -273,16 +280,18 @@ class NodeCache:
             except FileNotFoundError:
                 raise
             except OSError as e:  # pyarrow's S3 errors are OSErrors
-                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # this node's disk: retrying won't help
-                    raise ShardError(f"cannot write {uri} into the node cache {self.path} ({e}). Free space "
-                                     "(python -m datasets.cache_usage prune --max-gb N) or point $VLSM_CACHE "
-                                     "at a larger disk.") from None
+                # This node's disk: retrying won't help. Not the data's fault either: infrastructure.
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise full_disk(self.shards_dir, f"a copy of {uri}", cause=e.strerror or str(e)) from None
+                if e.errno == errno.EROFS:
+                    raise StorageUnavailable(f"cannot write {uri} into the node cache {self.path}: its disk is "
+                                             "read-only. Point $VLSM_CACHE at a writable disk.") from None
                 if attempt == self.attempts:
-                    raise ShardError(
-                        f"cannot read {uri} after {attempt} attempts (last error: {e}). Check that the "
-                        "bucket and file exist, that the credentials can read them (AWS_ACCESS_KEY_ID / "
-                        "AWS_PROFILE / instance role), that AWS_ENDPOINT_URL is right if you set it, and "
-                        "that this node can reach the storage."
+                    raise StorageUnavailable(
+                        f"cannot read {uri} after {attempt} attempts (last error: {e}). Check that this node "
+                        "can reach the storage, that AWS_ENDPOINT_URL is right if you set it, and that the "
+                        "credentials can read the file (AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role). "
+                        "An infrastructure fault, not bad data: the experiment runs again at the next launch."
                     ) from None
                 delay = self.backoff_s * 2 ** (attempt - 1)
                 log.warning("reading %s failed (%s); attempt %d of %d, retrying in %.1f s",

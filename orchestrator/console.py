@@ -19,7 +19,10 @@ from collections.abc import Iterator
 
 from ray.tune import Callback
 
+from datasets.storage import error_text, innermost_error, is_infrastructure
+
 PROGRESS_EVERY_S = 30.0  # between two progress lines while nothing ends
+LINE_CHARS = 400  # of an error on the console: long enough for the remedy a message ends with
 
 
 def duration(seconds: float) -> str:
@@ -56,20 +59,52 @@ def outcome_words(result: dict) -> str:
     return ", ".join(words)
 
 
-def last_error_line(trial) -> str:
-    """The last line of the trial's error (``ValueError: ...``), from the error file Tune writes beside
-    the driver's copy of the trial."""
+def trial_error(trial) -> BaseException | str | None:
+    """The error that ended the trial's last try, from the files this driver wrote about it on its own
+    disk a moment ago (never from storage): the exception itself (Tune's pickle of it), else its text
+    (Tune's error.txt); None where there is neither."""
+    from ray import cloudpickle
+
+    pickled = getattr(trial, "pickled_error_file", None)
+    if pickled and os.path.exists(pickled):
+        try:
+            with open(pickled, "rb") as f:
+                return cloudpickle.load(f)
+        except Exception:  # an exception class this process cannot rebuild: its text says enough
+            pass
     try:
         with open(trial.error_file) as f:
-            lines = [line.strip() for line in f if line.strip() and not line[0].isspace()]
+            return f.read()
     except (OSError, TypeError):  # no error file (yet), or no local trial folder
+        return None
+
+
+# Ray's errors of a trial whose process or node went away, in the words a reader looks for.
+LOST = ("RayActorError", "NodeDiedError", "WorkerCrashedError", "LocalRayletDiedError")
+
+
+def error_line(error: BaseException | str | None) -> str:
+    """An error on one line that names its cause (``OSError: ...``: the innermost exception's type and
+    message, out of Ray's wrappers; for a lost process or node, first that it was lost)."""
+    text = error_text(error) if error is not None else ""
+    if not text:
         return "see the trial's error.txt"
-    return lines[-1][:200] if lines else "see the trial's error.txt"
+    line = text.splitlines()[0]
+    if isinstance(error, BaseException) and any(
+            cls.__name__ in LOST for cls in type(innermost_error(error)).__mro__):
+        line = f"its worker process or node was lost ({line})"
+    return line if len(line) <= LINE_CHARS else line[:LINE_CHARS - 3] + "..."
+
+
+def last_error_line(trial) -> str:
+    """What ended the trial's last try, on one line (``error_line``)."""
+    return error_line(trial_error(trial))
 
 
 class TrialConsole(Callback):
     """One line when a trial starts, resumes from a checkpoint, finishes (best validation dice, epochs,
-    wall time) or fails (its error on one line); a progress line (done / total, running, failed, ETA)
+    wall time), fails (its error's cause on one line) or is stopped by an infrastructure fault (the
+    same, saying that it is not marked failed and runs again); a progress line (done / total, running, failed, ETA)
     after each trial's end and at most every ``every_s`` seconds between. Plain lines: a log keeps them."""
 
     def __init__(self, every_s: float = PROGRESS_EVERY_S, clock=time.monotonic):
@@ -78,6 +113,7 @@ class TrialConsole(Callback):
         self.began = self.last_progress = clock()
         self.started: dict[str, float] = {}  # trial name -> when it (last) started
         self.ended: dict[str, bool] = {}  # trial name -> failed?
+        self.stopped: set[str] = set()  # ended by an infrastructure fault: neither done nor failed
         self.announced: set[str] = set()  # trials whose first result was read (a resume is said once)
         self.durations: list[float] = []  # of the trials that finished in this launch
         self.slots = 1  # the most trials seen running at once
@@ -128,7 +164,7 @@ class TrialConsole(Callback):
         if result.get("failed") is True:
             self.ended[name] = True
             error = (str(result.get("error") or "").splitlines() or ["see its FAILED.json"])[0]
-            self.say(f"FAILED   {name}: {error[:200]}")
+            self.say(f"FAILED   {name}: {error[:LINE_CHARS]}")
         else:
             self.ended[name] = False
             self.durations.append(took)
@@ -137,8 +173,15 @@ class TrialConsole(Callback):
         self.progress(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.ended[str(trial)] = True
-        self.say(f"FAILED   {trial}: {last_error_line(trial)}")
+        error = trial_error(trial)
+        if error is not None and not isinstance(error, str) and is_infrastructure(error):
+            self.ended[str(trial)] = False
+            self.stopped.add(str(trial))
+            self.say(f"stopped  {trial}: {error_line(error)} (a fault of storage, network, node or memory, "
+                     "not of its input: not marked failed; the same command runs it again)")
+        else:
+            self.ended[str(trial)] = True
+            self.say(f"FAILED   {trial}: {error_line(error)}")
         self.progress(trials)
 
     def running(self, trials) -> list:
@@ -150,13 +193,14 @@ class TrialConsole(Callback):
         self.last_progress = now
         running = self.running(trials)
         failed = sum(self.ended.values())
-        done = len(self.ended) - failed
+        done = len(self.ended) - failed - len(self.stopped)
         total = self.total if self.total is not None else len(trials)
         pending = max(total - len(self.ended) - len(running), 0)
         eta = eta_seconds(self.durations, pending, [now - self.started.get(str(t), now) for t in running],
                           self.slots)
         left = "" if not (pending or running) else ", ETA unknown" if eta is None else f", ETA {duration(eta)}"
-        self.say(f"progress {done}/{total} done, {len(running)} running, {failed} failed, "
+        stopped = f", {len(self.stopped)} stopped by a fault" if self.stopped else ""
+        self.say(f"progress {done}/{total} done, {len(running)} running, {failed} failed{stopped}, "
                  f"{duration(now - self.began)} elapsed{left}")
 
 
@@ -168,7 +212,10 @@ def tune_verbosity(verbose: int) -> int:
 # Below verbose 2: Tune's older console engine, which at its verbosity 0 prints nothing (the newer one
 # prints its experiment header whatever the verbosity), and no traceback per failed trial from Tune's
 # controller (TrialConsole says the error on one line, the command's summary in full).
-QUIET_TUNE = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
+# Nor Tune's warning, every 10 s of an S3 outage, that saving its experiment state is slow: its S3
+# requests are retried through the outage (datasets.storage.filesystem_for), and the launch says so.
+QUIET_TUNE = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+              "TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "600"}
 
 
 @contextlib.contextmanager

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datasets.catalogue import ENDOSCOPY, POOLS
 from datasets.cli import DefaultsHelpFormatter
 from datasets.shards import ShardError, ShardStore, absolute_uri
+from datasets.storage import error_text, is_infrastructure
+from orchestrator.arguments import gpu_share, non_negative_int, positive_float
 from orchestrator.launch import Job, Outcome, add_verbose_argument, launch
 from orchestrator.lease import add_force_argument
 from prompts.perturb import OPPOSITES, PerturbationError, parse_perturbation
@@ -187,7 +189,10 @@ def evaluation_result(spec: EvaluationSpec, source: dict, dice: dict[str, float]
 
 def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: str, study: str,
                      threads: int = 1) -> None:
-    """A Tune trial: one source experiment's pending evaluations (its job's records), one after another."""
+    """A Tune trial: one source experiment's pending evaluations (its job's records), one after another.
+    An evaluation that breaks on its input or code is recorded FAILED and the others go on; a fault of
+    storage, network or memory (``datasets.storage.is_infrastructure``) ends the trial, for Ray to retry
+    it (the finished evaluations are skipped) and, if it still fails, for the next launch to run it."""
     import ray
     from ray import tune
 
@@ -209,9 +214,10 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
             raise FileNotFoundError(f"no best_model.pt stored for {source['id']}")
         evaluator = Evaluator(source, state, data)
     except Exception as e:  # every evaluation of this source needs the model: record them all
+        if is_infrastructure(e):  # storage, network, memory: Ray retries the trial; never FAILED
+            raise
         for spec in pending:
-            evaluations.write_failure(spec.id, spec.to_dict(), f"cannot rebuild {source['id']}: "
-                                                               f"{type(e).__name__}: {e}")
+            evaluations.write_failure(spec.id, spec.to_dict(), f"cannot rebuild {source['id']}: {error_text(e)}")
         tune.report({"finished": 0, "failed": len(pending)})
         return
     counts = {"finished": 0, "failed": 0}
@@ -228,7 +234,9 @@ def evaluation_trial(config: dict, jobs: dict[str, dict], data: str, storage: st
             elif spec.kind == "ablate":  # before DONE, which commits them with the result
                 keep_masks(evaluator, evaluations, spec, source, dice, prompts, clean, storage, study)
         except Exception as e:  # a broken evaluation (bad rows, an attribute a sample lacks) is recorded
-            evaluations.write_failure(spec.id, spec.to_dict(), f"{type(e).__name__}: {e}")
+            if is_infrastructure(e):  # storage, network, memory: Ray retries the trial, which skips the done
+                raise
+            evaluations.write_failure(spec.id, spec.to_dict(), error_text(e))
             counts["failed"] += 1
         else:
             run = {"started_at": started, "finished_at": time.time(), "resources": resources,
@@ -315,10 +323,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--dry-run", action="store_true", help="list what would run and its status, run nothing")
         p.add_argument("--retry-failed", action="store_true", help="run again those that failed before")
         p.add_argument("--address", help="Ray cluster to join (e.g. auto; none: a local Ray)")
-        p.add_argument("--fake-gpus", type=int, metavar="N", help="declare N logical GPUs on a local Ray")
-        p.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPU share per trial (none: the model's)")
-        p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs per trial")
-        p.add_argument("--max-failures", type=int, default=1, metavar="K", help="times Ray retries a crashed trial")
+        p.add_argument("--fake-gpus", type=non_negative_int, metavar="N", help="declare N logical GPUs on a local Ray")
+        p.add_argument("--gpus-per-trial", type=gpu_share, metavar="F", help="GPU share per trial (none: the model's)")
+        p.add_argument("--cpus-per-trial", type=positive_float, default=1.0, metavar="C", help="CPUs per trial")
+        p.add_argument("--max-failures", type=non_negative_int, default=1, metavar="K",
+                       help="times Ray retries a crashed trial")
         p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
         add_verbose_argument(p)
         add_cluster_argument(p)

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from datasets.storage import filesystem_for, write_atomically
-from trainables.results import ResultStore
+from trainables.results import ResultStore, finished_in
 
 NA_REP = "no run yet"  # a table's missing cell: an experiment (or a published number) without a result
 FIDELITY = Path(__file__).resolve().parents[1] / "docs" / "fidelity.md"
@@ -247,7 +247,7 @@ def record_links(storage: str, study: str, folder: str = "experiments") -> list[
     store = ResultStore(storage, study, folder)
     links = []
     for record_id, files in sorted(store.listing().items()):
-        state = "" if "DONE" in files else " (failed)" if "FAILED.json" in files else " (not finished)"
+        state = "" if finished_in(files) else " (failed)" if "FAILED.json" in files else " (not finished)"
         relative = f"{folder}/{quote(record_id)}/"
         links.append((record_id + state, f"{store.uri}/{relative}" if "://" in store.uri else relative))
     return links

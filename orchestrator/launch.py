@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import posixpath
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ import pyarrow.fs as pafs
 from datasets.storage import absolute_uri, filesystem_for
 from orchestrator.lease import study_lease
 from orchestrator.placement import Placement, cluster_node_types, place_all
-from trainables.results import ResultStore, StorageError
+from trainables.results import ResultStore, StorageError, finished_in
 
 # Ray is imported inside the functions that start or run trials: it costs ~2 s, and the commands
 # that only list, plan or report (and every --help) import this module without launching anything.
@@ -47,6 +48,9 @@ class Outcome:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # id -> error
     unfinished: list[str] = field(default_factory=list)  # stopped before the end, e.g. by Ctrl-C
+    # id -> why an unfinished record stopped, where an infrastructure fault (storage, network, node,
+    # memory) outlasted the retries: neither DONE nor FAILED, so the next launch runs it
+    causes: dict[str, str] = field(default_factory=dict)
     tune_dir: str | None = None  # this launch's Tune run (None where nothing ran)
 
 
@@ -80,31 +84,95 @@ def check_shared_storage(storage: str, nodes: int) -> None:
 
 def start_ray(address: str | None, fake_gpus: int | None, dashboard: bool, verbose: int = 1) -> bool:
     """Join a cluster, or start a local Ray; returns whether trials should ask for GPUs. Below
-    ``verbose`` 2 Ray keeps its start-up notes and the trials' output (its worker logs) to itself."""
-    import ray
+    ``verbose`` 2 Ray keeps its start-up notes and the trials' output (its worker logs) to itself.
 
+    A local Ray is Ray's local-only mode (its default on macOS and Windows): its node address is
+    127.0.0.1, so the GCS, raylet, workers, agents, metrics and dashboard all listen on loopback alone.
+    Trials never get the driver's AWS credentials through Ray (Ray Tune would copy them into every
+    trial's runtime_env, which Ray's runtime-env agent logs in plain text under its temp folder): they
+    find them as the driver does, in their node's environment or its instance role."""
+    import ray
+    from ray._private import ray_constants
+    from ray.tune.execution import class_cache
+
+    from prompts.images import MAX_BYTES_ENV, MAX_PIXELS_ENV
     from trainables.models import WEIGHTS_ROOT_ENV
     from trainables.models.cards import PLUGINS_ENV
 
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(
+        {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
     # Trials resolve relative weights paths against the folder this command runs in.
     runtime_env = {"env_vars": {WEIGHTS_ROOT_ENV: os.environ.get(WEIGHTS_ROOT_ENV, os.getcwd())}}
-    if os.environ.get(PLUGINS_ENV):  # trials on every node register the same plug-in models
-        runtime_env["env_vars"][PLUGINS_ENV] = os.environ[PLUGINS_ENV]
+    # Where set here, trials on every node register the same plug-in models and open images within the
+    # same limits (prompts/images.py) as the ingest that wrote them.
+    for name in (PLUGINS_ENV, MAX_PIXELS_ENV, MAX_BYTES_ENV):
+        if os.environ.get(name):
+            runtime_env["env_vars"][name] = os.environ[name]
     quiet = {"logging_level": logging.INFO if verbose >= 2 else logging.WARNING, "log_to_driver": verbose >= 2}
     if verbose < 2:  # a note that a local Ray has token authentication on, once per launch
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
+        refuse_without_token(address)
         ray.init(address=address, runtime_env=runtime_env, **quiet)
         # An autoscaling cluster may have no GPU node yet: asking for GPUs is what starts one.
         return True
     # address="local" starts a new Ray even where `ray start` left one running; N logical GPUs
-    # make fractional-GPU scheduling work (and testable) on machines without any.
-    ray.init(address="local", num_gpus=fake_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             runtime_env=runtime_env, **quiet)
+    # make fractional-GPU scheduling work (and testable) on machines without any. Ray reads its
+    # local-only switch once, at import (here: already imported), and its processes read it at start.
+    local_only, os.environ[LOCAL_ONLY_ENV] = os.environ.get(LOCAL_ONLY_ENV), "0"
+    clusters, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+    try:
+        ray.init(address="local", num_gpus=fake_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 runtime_env=runtime_env, **quiet)
+    finally:  # the started node keeps its address; this process may join a cluster later (tests do)
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
+        if local_only is None:
+            os.environ.pop(LOCAL_ONLY_ENV)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = local_only
     if ray.cluster_resources().get("GPU", 0):
         return True
     print("no GPUs on this machine: trials run on CPU (use --fake-gpus N to test fractional scheduling)")
     return False
+
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's nodes take 127.0.0.1 as their address
+
+
+def refuse_without_token(address: str) -> None:
+    """Exit with one line, not Ray's 20 s of retries and a traceback, where the cluster at ``address``
+    refuses this driver's credentials (token authentication on the cluster, off or another token here)."""
+    import grpc
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray._private.authentication.grpc_authentication_client_interceptor import (
+        _get_authentication_metadata_tuple,
+    )
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    try:
+        gcs = None if address.startswith("ray://") else canonicalize_bootstrap_address(address)
+    except (ValueError, ConnectionError):
+        gcs = None
+    if gcs is None:
+        return  # Ray Client, a malformed address, or no running cluster found: ray.init says so
+    if address == "auto":  # as ray.init does for a cluster it finds itself: a token here turns token auth on
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    with grpc.insecure_channel(gcs) as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), metadata=_get_authentication_metadata_tuple(), timeout=10)
+            return
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                return  # unreachable or starting: ray.init retries and says so
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        raise SystemExit(f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token "
+                         "and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token (`ray get-auth-token` "
+                         "on the head prints it), then launch again")
+    raise SystemExit(f"the Ray cluster at {address} refused this machine's token: put the cluster's token in "
+                     "RAY_AUTH_TOKEN or ~/.ray/auth_token (`ray get-auth-token` on the head prints it), then launch "
+                     "again")
 
 
 def place_trials(specs: list[dict], cluster_file: str | None, *, cpus: float | None, gpus: float | None,
@@ -148,30 +216,55 @@ def session(storage: str, lease_name: str, *, address: str | None, fake_gpus: in
 
 def fit(trainable: Callable, resources: Callable[[dict], dict], *, storage_path: str, name: str,
         param_space: dict | None = None, tune_config=None, max_failures: int = 0, verbose: int = 1,
-        checkpoint_config=None, restore: bool = False):
-    """Run the trials of ``trainable``, each asking ``resources(config)`` of Ray, into
-    ``<storage_path>/<name>``; ``restore`` continues the Tune run stored there. The console follows
-    ``verbose`` (orchestrator/console.py). Returns Tune's ResultGrid."""
+        checkpoint_config=None, callbacks: list | None = None):
+    """Run the trials of ``trainable``, each asking ``resources(config)`` of Ray, into a new Tune run at
+    ``<storage_path>/<name>``, with the caller's ``callbacks`` beside the console (which follows ``verbose``:
+    orchestrator/console.py). Returns Tune's ResultGrid. It never restores a Tune run (``Tuner.restore``
+    unpickles state from storage): a launch continues from the project's own records."""
     from ray import tune
 
     from orchestrator.console import TrialConsole, tune_output, tune_verbosity
 
-    callbacks = [TrialConsole()] if verbose >= 1 else []
-    trainable = tune.with_resources(trainable, resources)
-    if restore:
-        tuner = tune.Tuner.restore(f"{storage_path}/{name}", trainable=trainable, resume_errored=True)
-        # The restored run keeps the first launch's RunConfig (verbosity, console): this launch's wins.
-        if tuner._local_tuner is not None:  # None only through Ray Client (ray://), which we do not use
-            run_config = tuner._local_tuner.get_run_config()
-            run_config.verbose, run_config.callbacks = tune_verbosity(verbose), callbacks
-    else:
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=name, storage_path=storage_path,
-                                                     verbose=tune_verbosity(verbose), callbacks=callbacks,
-                                                     failure_config=tune.FailureConfig(max_failures=max_failures),
-                                                     checkpoint_config=checkpoint_config))
+    errors = trial_errors()
+    callbacks = ([TrialConsole()] if verbose >= 1 else []) + list(callbacks or []) + [errors]
+    tuner = tune.Tuner(tune.with_resources(trainable, resources), param_space=param_space, tune_config=tune_config,
+                       run_config=tune.RunConfig(name=name, **tune_storage(storage_path),
+                                                 verbose=tune_verbosity(verbose), callbacks=callbacks,
+                                                 failure_config=tune.FailureConfig(max_failures=max_failures),
+                                                 checkpoint_config=checkpoint_config))
     with tune_output(verbose):
-        return tuner.fit()
+        grid = tuner.fit()
+    for result in grid:  # each failed trial's error as this driver caught it
+        if result.error is not None and result.path in errors.caught:
+            result.error = errors.caught[result.path]
+    return grid
+
+
+def trial_errors():
+    """A Tune callback that keeps each failed trial's error in memory, read from the file this driver wrote on
+    its own disk, and stops Tune's result grid from reading it back from storage with cloudpickle (the
+    grid then reads the error's text): a file in --storage is never unpickled."""
+    from ray import cloudpickle
+    from ray.tune import Callback
+
+    class Errors(Callback):
+        def __init__(self):
+            self.caught: dict[str, BaseException] = {}
+
+        def forget_pickle(self, trial) -> None:
+            local = trial.pickled_error_file  # in the driver's staging folder, written a moment ago
+            if local and os.path.exists(local):
+                with open(local, "rb") as f:
+                    self.caught[trial.path] = cloudpickle.load(f)
+            trial.run_metadata.pickled_error_filename = None
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.forget_pickle(trial)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.forget_pickle(trial)
+
+    return Errors()
 
 
 def launch_name(what: str) -> str:
@@ -232,7 +325,8 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
     from ray import tune
 
     files = store.listing()
-    done = {i for i, names in files.items() if "DONE" in names}
+    done = {i for i, names in files.items() if finished_in(names)}
+    broken = {i for i, names in files.items() if "DONE" in names} - done  # DONE without result.json
     failed = {i for i, names in files.items() if "FAILED.json" in names} - done
     records = {i: spec for job in jobs for i, spec in job.records.items()}
     todo = {i for i in records if i not in done and (retry_failed or i not in failed)}
@@ -245,6 +339,9 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
              if outcome.skipped_failed else "")
           + (f"{len(retried)} failed before (retried), " if retried else "")
           + f"{len(todo)} to run" + (f", {resumable} of them from their checkpoints" if resumable else ""))
+    for record_id in sorted(broken & todo):
+        print(f"  {store.uri}/{store.folder}/{record_id} has a DONE marker but no result.json (a partial copy "
+              "or cleanup?): it runs again")
     # A driver stopped between a trial's DONE and its cleanup leaves the resume state behind.
     for record_id in sorted(done):
         if store.CHECKPOINT in files[record_id] or store.PROGRESS in files[record_id]:
@@ -261,6 +358,8 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
                                   cluster_file, cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus)
         for record_id in retried:  # placed: a retry that fails again writes its own FAILED.json
             store.clear_failure(record_id)
+        for record_id in sorted(broken & todo):  # its run writes a DONE of its own, with its result
+            store.clear_done(record_id)
 
         def trial_name(trial) -> str:
             return trial.config[TRIAL]
@@ -274,12 +373,32 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
                    tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                                reuse_actors=reuse_actors),
                    max_failures=max_failures, verbose=verbose)
-        errors = {trial_of(r): repr(r.error) for r in grid if r.error is not None}
-        # A crashed trial leaves every record of its job it had not written failed; recorded before
-        # the session ends, so a relaunch sees this run's FAILED.json.
+        errors = {trial_of(r): r.error for r in grid if r.error is not None}
+        # A trial that crashed, after Ray's retries, leaves the records of its job it had not written
+        # failed, or unfinished where an infrastructure fault ended it; recorded before the session ends,
+        # so a relaunch sees this run's FAILED.json.
         store.record_outcome(outcome, ((i, spec, errors.get(name)) for name, job in pending.items()
                                        for i, spec in job["records"].items()))
+    say_causes(outcome)
     return outcome
+
+
+def say_causes(outcome: Outcome) -> None:
+    """Each record an infrastructure fault stopped, with its cause, and that it runs again (stderr)."""
+    for record_id, cause in outcome.causes.items():
+        print(f"  NOT FINISHED {record_id}: {cause[:500]}", file=sys.stderr)
+    if outcome.causes:
+        print(f"  {len(outcome.causes)} stopped on a fault of storage, network, node or memory, not of their "
+              "input: they are not marked failed, and the same command runs them again (from their "
+              "checkpoints), no --retry-failed needed", file=sys.stderr)
+
+
+def tune_storage(storage_path: str) -> dict:
+    """Tune's storage (``RunConfig`` arguments) for a folder or ``s3://`` URI, through the project's
+    filesystem (``datasets.storage.filesystem_for``: S3 requests retried with backoff), so an S3 outage
+    that trials ride out does not stop Tune's own writes either."""
+    fs, path = filesystem_for(storage_path)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def trial_of(result) -> str:

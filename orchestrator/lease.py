@@ -9,15 +9,17 @@ killed driver rerun at once starts at once; containers sharing a hostname see ot
 only the heartbeat decides). ``--force`` takes over from a live one.
 
 A driver whose heartbeat finds driver.json naming another driver stops as if Ctrl-C was pressed
-(Ray Tune saves its state; the trials resume from their checkpoints on the next launch). The
-heartbeat reads the file, then writes it: an old driver's write can land just after a new one's
-record and replace it. Then the new one sees the old record on its next beat and stops instead:
-whichever record is in the file wins and the other driver stops, so at most one keeps running.
+(Ray Tune saves its state; the trials resume from their checkpoints on the next launch).
 
-Best effort only: pyarrow's filesystems (S3 included) have no atomic create-if-absent, so two
-launches in the same instant can both find no driver and both write. Reading the file back after
-SETTLE_S makes the earlier writer see the later one and stop: that narrows the race, not closes it.
-Clocks more than STALE_S apart, or a dead driver's pid reused on its host, also mislead the check.
+Every write of driver.json is conditional (``datasets.storage.write_if_unchanged``: S3's
+``If-None-Match: *`` and ``If-Match``, an exclusive link or a locked rename on a local folder): a
+launch creates it only where there is none, takes a stale one over only if it is still the record it
+judged stale, and the heartbeat rewrites it only if it is still the record it last wrote. So of two
+launches in the same instant exactly one holds the study and the other names it; of two launches
+taking over the same dead driver, one; and a driver that was taken over cannot write itself back.
+What remains: clocks more than STALE_S apart, or a dead driver's pid reused on its host, mislead the
+liveness check; and a driver exiting as a --force launch takes over can delete the new record (the
+new driver's next heartbeat creates it again, exclusively).
 """
 
 from __future__ import annotations
@@ -31,18 +33,16 @@ import signal
 import socket
 import sys
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 
 from pyarrow.fs import FileSelector
 
-from datasets.shards import filesystem_for, write_atomically
+from datasets.storage import ShardError, absolute_uri, filesystem_for, read_if_exists, write_if_unchanged
 
 LEASE_FILE = "driver.json"
 HEARTBEAT_S = 30.0
-STALE_S = 120.0  # four missed heartbeats
-SETTLE_S = 0.5  # before the read-back: by then a rival's write of the same moment has landed
+STALE_S = 180.0  # six missed heartbeats: one S3 request can spend about a minute in its retries (storage.S3_ATTEMPTS)
 FIELDS = ("host", "pid", "command", "started", "heartbeat", "token")
 RELEASE_WAIT_S = 10.0  # for a heartbeat stuck in a storage call, at exit
 
@@ -62,7 +62,7 @@ def _pid_space() -> str:
 
 
 class LeaseError(Exception):
-    """Another live driver holds the study."""
+    """The study cannot be held: another live driver holds it, or its driver.json cannot be read or written."""
 
 
 def add_force_argument(p) -> None:
@@ -90,22 +90,26 @@ def _pid_alive(pid: int) -> bool:
 
 def _read(fs, path: str) -> dict | None:
     """driver.json with its heartbeat's age (``age_s``); ``{"bad": why}`` if unreadable; None if absent."""
+    return _parse(read_if_exists(fs, path))
+
+
+def _parse(raw: bytes | None) -> dict | None:
+    """What _read says of driver.json's bytes ``raw`` (None: no file)."""
+    if raw is None:
+        return None
     try:
-        with fs.open_input_stream(path) as f:
-            record = json.loads(f.read())
+        record = json.loads(raw)
         age = (datetime.now(UTC) - datetime.fromisoformat(record["heartbeat"])).total_seconds()
         return {**{k: record[k] for k in FIELDS}, "pid": int(record["pid"]), "age_s": age,
                 "pid_space": record.get("pid_space")}  # absent from older files: never matches
-    except FileNotFoundError:
-        return None
     except KeyError as e:
         return {"bad": f"no field {e}"}
     except (ValueError, TypeError) as e:
         return {"bad": str(e)}
 
 
-def _write(fs, path: str, record: dict) -> None:
-    write_atomically(fs, path, json.dumps(record, indent=2).encode())
+def _encode(record: dict) -> bytes:
+    return json.dumps(record, indent=2).encode()
 
 
 def not_live(record: dict) -> str | None:
@@ -142,8 +146,9 @@ def driver_line(storage: str, study: str) -> str:
 class Lease:
     """A held study: ``release`` (or leaving its ``with`` block) stops the heartbeat, deletes the file."""
 
-    def __init__(self, uri: str, fs, path: str, record: dict, heartbeat_s: float):
+    def __init__(self, uri: str, fs, path: str, record: dict, written: bytes, heartbeat_s: float):
         self.uri, self.fs, self.path, self.record, self.heartbeat_s = uri, fs, path, record, heartbeat_s
+        self._written = written  # driver.json as this driver last wrote it: the heartbeat replaces only that
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="driver-lease", daemon=True)
         self._thread.start()
@@ -151,17 +156,35 @@ class Lease:
     def _ours(self) -> bool:
         return (_read(self.fs, self.path) or {}).get("token") == self.record["token"]
 
+    def _refresh(self) -> dict | None:
+        """Write a new heartbeat over our last record; None if written, else the record now there."""
+        data = _encode({**self.record, "heartbeat": _now()})
+        if write_if_unchanged(absolute_uri(self.uri), data, expected=self._written):
+            self._written = data
+            return None
+        raw = read_if_exists(self.fs, self.path)
+        if raw is None:  # deleted (by hand, or by a driver exiting as we took over): ours again, if still free
+            if write_if_unchanged(absolute_uri(self.uri), data):
+                self._written = data
+                return None
+            raw = read_if_exists(self.fs, self.path)
+        other = _parse(raw)
+        if other is not None and other.get("token") == self.record["token"]:  # a retried write that had landed
+            self._written = raw
+            return None
+        if other is not None and "bad" in other and write_if_unchanged(absolute_uri(self.uri), data, expected=raw):
+            self._written = data  # garbled (no other driver named): ours again
+            return None
+        return other or {"bad": "the file is gone"}
+
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                other = _read(self.fs, self.path)
-                if other is not None and "bad" not in other and other["token"] != self.record["token"]:
+                if (other := self._refresh()) is not None:
                     print(f"{self.uri} now names {describe(other)}: stopping this driver, as if Ctrl-C was "
                           "pressed; its trials resume from their checkpoints on the next launch", file=sys.stderr)
                     _thread.interrupt_main(signal.SIGINT)  # runs Ray Tune's handler: it stops and saves its state
                     return
-                # Ours, or gone or unreadable (no other driver named): write ours again.
-                _write(self.fs, self.path, {**self.record, "heartbeat": _now()})
             except OSError as e:  # storage unreachable for a moment: the next beat tries again
                 print(f"warning: cannot refresh {self.uri} ({e})", file=sys.stderr)
 
@@ -183,24 +206,36 @@ class Lease:
 
 def study_lease(storage: str, study: str, force: bool = False, command: str | None = None,
                 heartbeat_s: float | None = None) -> Lease:
-    """Hold ``<storage>/<study>`` for this process, or raise LeaseError naming the live driver holding it."""
+    """Hold ``<storage>/<study>`` for this process, or raise LeaseError naming the live driver holding it
+    (or, in one line, the storage fault that kept it from reading or writing driver.json)."""
     uri = f"{storage.rstrip('/')}/{study}/{LEASE_FILE}"
-    fs, path = filesystem_for(uri)
-    if (current := _read(fs, path)) is not None:
-        if (gone := not_live(current)) is None and not force:
-            raise LeaseError(f"another driver holds this study ({uri}): {describe(current)}.\nTwo drivers would "
-                             "run the same experiments and overwrite each other's checkpoints. Wait for it to "
-                             "finish, stop it, or pass --force if it is dead.")
-        print(f"warning: taking over {uri} from {describe(current)} ({gone or '--force'})", file=sys.stderr)
     main = getattr(sys.modules.get("__main__"), "__spec__", None)  # "python -m orchestrator.run ..."
     argv = (["python", "-m", main.name] if main else sys.argv[:1]) + sys.argv[1:]
+    now = _now()
     record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_space": _pid_space(),
-              "command": command or shlex.join(argv),
-              "started": _now(), "heartbeat": _now(), "token": uuid.uuid4().hex}
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    _write(fs, path, record)
-    time.sleep(SETTLE_S)
-    if (back := _read(fs, path)) is None or back.get("token") != record["token"]:
-        raise LeaseError(f"another driver took this study ({uri}) at the same moment: "
-                         f"{describe(back) if back else 'the file is gone'}. Wait for it, stop it, or pass --force.")
-    return Lease(uri, fs, path, record, HEARTBEAT_S if heartbeat_s is None else heartbeat_s)
+              "command": command or shlex.join(argv), "started": now, "heartbeat": now, "token": uuid.uuid4().hex}
+    data, beat = _encode(record), HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+    try:
+        fs, path = filesystem_for(uri)
+        # A second round only after another launch wrote between our read and our write: it is live.
+        for may_force in (force, False):
+            raw = read_if_exists(fs, path)
+            if (current := _parse(raw)) is not None:
+                if current.get("token") == record["token"]:  # our write landed; its answer was lost and retried
+                    return Lease(uri, fs, path, record, raw, beat)
+                if (gone := not_live(current)) is None and not may_force:
+                    raise LeaseError(
+                        f"another driver holds this study ({uri}): {describe(current)}.\nTwo drivers would run "
+                        "the same experiments and overwrite each other's checkpoints. Wait for it to finish, "
+                        "stop it, or pass --force if it is dead.")
+            if write_if_unchanged(absolute_uri(uri), data, expected=raw):
+                if current is not None:
+                    print(f"warning: took over {uri} from {describe(current)} ({gone or '--force'})", file=sys.stderr)
+                return Lease(uri, fs, path, record, data, beat)
+        raise LeaseError(f"another driver took this study ({uri}) at the same moment, then it changed again. "
+                         "Look with `status`, and launch again.")
+    except (OSError, ShardError) as e:  # ShardError: a storage URI of no supported kind
+        why = " ".join(str(e).removeprefix(f"{absolute_uri(uri)}: ").split())  # one line
+        raise LeaseError(f"cannot read or write {uri}, the study's lease ({why}). Check --storage "
+                         "(that the folder or bucket exists and is reachable, and that your credentials can read "
+                         "and write it), then launch again.") from None

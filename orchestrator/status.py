@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from search_spaces.experiment import ExperimentSpec
 from search_spaces.grid import block_of as grid_block
-from trainables.results import ResultStore
+from trainables.results import ResultStore, finished_in
 
 STATES = ("done", "running", "failed", "pending")
 # A running experiment whose progress note is older than this has probably lost its driver.
@@ -22,7 +22,7 @@ STALE_AFTER_S = 30 * 60
 
 
 def state_of(names: dict[str, float]) -> str:
-    if "DONE" in names:
+    if finished_in(names):
         return "done"
     if "FAILED.json" in names:
         return "failed"

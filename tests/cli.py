@@ -69,7 +69,7 @@ def kill_session(proc: subprocess.Popen) -> None:
 
 
 # How orchestrator/console.py starts a line about one trial (the trial's name follows).
-TRIAL_EVENTS = ("started  ", "resumed  ", "note     ", "retrying ", "done     ", "FAILED   ")
+TRIAL_EVENTS = ("started  ", "resumed  ", "note     ", "retrying ", "done     ", "FAILED   ", "stopped  ")
 
 
 def console_lines(stdout: str) -> tuple[dict[str, list[str]], list[str], list[str]]:

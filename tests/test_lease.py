@@ -144,7 +144,7 @@ def test_force_takes_over_a_live_driver(storage, capsys):
     with study_lease(storage, STUDY, force=True) as taken:
         assert read_record(storage)["token"] == taken.record["token"]
     err = capsys.readouterr().err
-    assert "taking over" in err and "laptop pid 777" in err and "(--force)" in err
+    assert "took over" in err and "laptop pid 777" in err and "(--force)" in err
     assert read_record(storage) is None
 
 

@@ -18,7 +18,9 @@ import datasets.cache as cache_module
 import datasets.shards as shards
 from benchmarks.s3 import bench_rows, counting_s3_server, run_trials, stop_server
 from datasets.cache import NodeCache
+from datasets.disk import DiskFullError
 from datasets.shards import ShardError, ShardStore
+from datasets.storage import S3_ATTEMPTS_ENV, StorageUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +176,8 @@ def test_a_full_node_disk_is_reported_at_once_not_retried(counted_s3, bucket, tm
     os.symlink("/dev/full", part)  # every write there fails with ENOSPC, as on a full disk
     counts = counted_s3["counts"]
     counts.clear()
-    with pytest.raises(ShardError, match=r"cannot write s3://.* into the node cache .*No space left on device.*"
-                                         r"cache_usage prune"):
+    with pytest.raises(DiskFullError, match=r"node disk full: the disk of .*/node/shards filled up as a copy of "
+                                            r"s3://.*No space left on device.*cache_usage prune"):
         store.read_split("tiny", "train")
     assert served(counts, bucket, path)[0] == 1  # one GET: no retries with backoff
 
@@ -193,6 +195,7 @@ class _RetryWatch(logging.Handler):
 
 
 def test_storage_errors_are_retried_with_backoff_then_reported(counted_s3, bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv(S3_ATTEMPTS_ENV, "1")  # the node cache's own tries, without pyarrow's inside each
     root, sizes = write(bucket, rows=4, monkeypatch=monkeypatch)
     port = int(counted_s3["endpoint"].rsplit(":", 1)[1])
     watch = _RetryWatch()
@@ -220,13 +223,14 @@ def test_storage_errors_are_retried_with_backoff_then_reported(counted_s3, bucke
         assert result == {"rows": 4}
         assert any(f"reading {root}/tiny/" in m and "attempt 1 of 6" in m for m in watch.messages)
 
-        # Down for longer than the retries last: a clear error naming the file and what to check.
+        # Down for longer than the retries last: an infrastructure fault (never bad input) naming the file
+        # and what to check.
         stop_server(counted_s3["server"])
         running = False
         failing = ShardStore(root, cache=NodeCache(str(tmp_path / "other"), attempts=2, backoff_s=0.05))
-        with pytest.raises(ShardError, match=rf"cannot read {root}/tiny/train-00000.parquet after 2 attempts "
-                                             r"\(last error: .*\)\. Check that the bucket and file exist.*"
-                                             r"AWS_ENDPOINT_URL"):
+        with pytest.raises(StorageUnavailable, match=rf"cannot read {root}/tiny/train-00000.parquet after 2 "
+                                                     r"attempts \(last error: .*\)\. Check that this node can reach "
+                                                     r"the storage, that AWS_ENDPOINT_URL"):
             failing.read_split("tiny", "train", manifest=manifest)
         assert not [p for p in (tmp_path / "other").rglob("*.parquet")]
     finally:

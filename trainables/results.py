@@ -1,8 +1,10 @@
 """Where finished experiments live: ``<storage>/<study>/experiments/<id>/``.
 
 Each finished experiment holds ``spec.json``, ``per_image.parquet``, ``result.json`` and, written
-last, a ``DONE`` marker; an experiment without ``DONE`` is not finished, whatever else is there.
-A bad-input failure leaves ``FAILED.json`` with the error instead. A trained experiment also keeps
+last, a ``DONE`` marker; an experiment without ``DONE`` is not finished, whatever else is there, and
+neither is one whose ``result.json`` is gone (``finished_in``). A bad-input failure, or a crash that
+is not an infrastructure fault, leaves ``FAILED.json`` with the error instead; an infrastructure fault
+(storage, network, node, memory) leaves neither, so the next launch runs it. A trained experiment also keeps
 its best validation weights, ``best_model.pt``, which evaluation runs (``ablate``, ``ood``) reload;
 their results live in ``<storage>/<study>/evaluations/<id>/`` in the same layout.
 
@@ -20,6 +22,7 @@ import json
 import math
 import posixpath
 import statistics
+import sys
 import time
 import uuid
 
@@ -28,6 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from datasets.shards import filesystem_for, write_atomically
+from datasets.storage import error_text, is_infrastructure, write_if_unchanged
 
 WEIGHTS_FILE = "best_model.pt"
 
@@ -77,6 +81,7 @@ class ResultStore:
         self.uri = f"{storage.rstrip('/')}/{study}"
         self.fs, self.path = filesystem_for(self.uri)
         self.folder = folder
+        self._said_broken: set[str] = set()  # DONE without result.json, named once (finished_ids)
 
     def _dir(self, experiment_id: str) -> str:
         return posixpath.join(self.path, self.folder, experiment_id)
@@ -93,11 +98,6 @@ class ResultStore:
         except FileNotFoundError:
             return None
 
-    def _ids_with(self, marker: str) -> set[str]:
-        selector = pafs.FileSelector(posixpath.join(self.path, self.folder), recursive=True, allow_not_found=True)
-        return {posixpath.basename(posixpath.dirname(i.path)) for i in self.fs.get_file_info(selector)
-                if i.type == pafs.FileType.File and i.base_name == marker}
-
     def check_writable(self) -> None:
         """Fail now, not after hours of training, if results cannot be written here."""
         probe = posixpath.join(self.path, f".write-probe-{uuid.uuid4().hex[:8]}")
@@ -111,10 +111,19 @@ class ResultStore:
                                "permissions, or that the bucket exists and your credentials can write to it.") from None
 
     def finished_ids(self) -> set[str]:
-        return self._ids_with("DONE")
+        """Records that are finished (``finished_in``). A DONE without its result.json is not, and is
+        named once per store on stderr: the next launch runs it again."""
+        files = self.listing()
+        for record_id in sorted(i for i, names in files.items() if "DONE" in names and not finished_in(names)):
+            if record_id not in self._said_broken:
+                self._said_broken.add(record_id)
+                print(f"note: {self.uri}/{self.folder}/{record_id} has a DONE marker but no result.json (a partial "
+                      "copy or cleanup?): it is not counted as finished, and the next launch of it runs it again",
+                      file=sys.stderr)
+        return {i for i, names in files.items() if finished_in(names)}
 
     def failed_ids(self) -> set[str]:
-        return self._ids_with("FAILED.json") - self.finished_ids()
+        return {i for i, names in self.listing().items() if "FAILED.json" in names} - self.finished_ids()
 
     def write_result(self, spec: dict, result: dict, per_image: dict[str, dict[str, float]],
                      record_id: str | None = None, *,
@@ -143,7 +152,11 @@ class ResultStore:
         write_atomically(self.fs, posixpath.join(self._dir(experiment_id), "per_image.parquet"),
                          buf.getvalue().to_pybytes())
         self._write_json(experiment_id, "result.json", result)
-        self._write_json(experiment_id, "DONE", {"finished_at": time.time()})
+        # DONE is created only where there is none (S3's If-None-Match): a second run of the same experiment
+        # (same spec, same id) cannot mark it done again; its result files, each whole, are the last written.
+        done = json.dumps({"finished_at": time.time()}, indent=2, sort_keys=True).encode()
+        if not write_if_unchanged(f"{self.uri}/{self.folder}/{experiment_id}/DONE", done):
+            print(f"{experiment_id}: already DONE (another run of it finished first): its DONE is kept")
         self._delete(experiment_id, "FAILED.json")
         try:  # derived from what DONE now commits; `report` (orchestrator.results.backfill) writes any missed
             self.write_tidy(experiment_id, spec, result, per_image, metrics)
@@ -162,12 +175,8 @@ class ResultStore:
             buf = pa.BufferOutputStream()
             pq.write_table(table, buf)
             self.fs.create_dir(self.tidy_dir(level), recursive=True)
-            path = posixpath.join(self.tidy_dir(level), f"{record_id}.parquet")
-            # pyarrow.dataset and pandas skip names that start with "." or "_": a file being written is unseen.
-            tmp = posixpath.join(self.tidy_dir(level), f".{record_id}.parquet.tmp-{uuid.uuid4().hex[:8]}")
-            with self.fs.open_output_stream(tmp) as out:
-                out.write(buf.getvalue().to_pybytes())
-            self.fs.move(tmp, path)
+            write_atomically(self.fs, posixpath.join(self.tidy_dir(level), f"{record_id}.parquet"),
+                             buf.getvalue().to_pybytes(), hidden=True)
 
     def tidy_ids(self, level: str) -> set[str]:
         """Records with a tidy file at ``level`` ("images" or "experiments")."""
@@ -197,15 +206,21 @@ class ResultStore:
 
     def record_outcome(self, outcome, runs) -> None:
         """Sort a launch's runs, ``(id, spec, crash or None)``, into ``outcome``'s finished, failed and
-        unfinished. A crash the trial could not record itself (after Ray's retries) gets its FAILED.json
-        here; bad input the trial recorded is read back."""
+        unfinished, a crash being the error (or Tune's text of it) that ended the trial after Ray's
+        retries. An infrastructure fault (``datasets.storage.is_infrastructure``) leaves its records
+        unfinished, neither DONE nor FAILED, with their cause in ``outcome.causes``: the next launch runs
+        them. Any other crash gets its FAILED.json here, naming the cause; bad input the trial recorded
+        itself is read back."""
         finished_now = self.finished_ids()
         for run_id, spec, crash in runs:
             if run_id in finished_now:
                 outcome.finished.append(run_id)
-            elif crash:
-                self.write_failure(run_id, spec, crash)
-                outcome.failed[run_id] = crash
+            elif crash is not None and not isinstance(crash, str) and is_infrastructure(crash):
+                outcome.unfinished.append(run_id)
+                outcome.causes[run_id] = error_text(crash)
+            elif crash is not None:
+                self.write_failure(run_id, spec, error_text(crash))
+                outcome.failed[run_id] = error_text(crash)
             elif failure := self.failure(run_id):
                 outcome.failed[run_id] = failure["error"]
             else:
@@ -285,8 +300,18 @@ class ResultStore:
     def clear_failure(self, experiment_id: str) -> None:
         self._delete(experiment_id, "FAILED.json")
 
+    def clear_done(self, experiment_id: str) -> None:
+        """Remove a DONE marker that commits nothing (no result.json: ``finished_in``), before a new run."""
+        self._delete(experiment_id, "DONE")
+
     def result(self, experiment_id: str) -> dict | None:
         return self._read_json(experiment_id, "result.json")
+
+    def finished_result(self, experiment_id: str) -> dict | None:
+        """The result.json of a finished record (``finished_in``: its DONE written); None if unfinished."""
+        names = {i.base_name for i in self.fs.get_file_info(
+            pafs.FileSelector(self._dir(experiment_id), allow_not_found=True))}
+        return self.result(experiment_id) if finished_in(names) else None
 
     def listing(self) -> dict[str, dict[str, float]]:
         """Experiment id -> {path inside its folder: modification time}, from one recursive listing."""
@@ -297,6 +322,12 @@ class ResultStore:
                 experiment_id, _, name = info.path[len(root) + 1:].partition("/")
                 files.setdefault(experiment_id, {})[name] = info.mtime.timestamp() if info.mtime else 0.0
         return files
+
+
+def finished_in(names) -> bool:
+    """Whether a record whose folder holds the files ``names`` is finished: its DONE marker, and the
+    result.json that DONE commits (a DONE without it, left by a partial copy or cleanup, is not)."""
+    return "DONE" in names and "result.json" in names
 
 
 # -- a record's scores -----------------------------------------------------------------------------

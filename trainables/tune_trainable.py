@@ -49,12 +49,22 @@ def claim_resources(threads: int) -> dict:
 def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: str, study: str,
                      threads: int = 1, checkpoint_interval_s: float | None = None) -> None:
     """Train and test one experiment, ``jobs[config["trial"]]``'s one record, resuming from its stored
-    checkpoint; write its result (or, on bad input, its failure) to the result store."""
+    checkpoint; write its result (or, on bad input, its failure) to the result store.
+
+    Bad input (``ShardError`` as the data is prepared) is recorded as FAILED and the trial ends cleanly.
+    Anything else is raised: a fault of storage, network, node or memory (each S3 request already
+    retried with backoff) is retried by Ray Tune (``FailureConfig.max_failures``; the retry resumes from
+    the stored checkpoint) and, if it still fails, left unfinished for the next launch; other errors are
+    recorded FAILED by the launch (``ResultStore.record_outcome``)."""
     [(experiment_id, spec)] = jobs[config["trial"]]["records"].items()
     spec = {**spec, "id": experiment_id}
     results = ResultStore(storage, study)
     if checkpoint_interval_s is None:
         checkpoint_interval_s = FULL_SIZE_CHECKPOINT_INTERVAL_S if spec["size"] == "full" else CHECKPOINT_INTERVAL_S
+    if (done := results.finished_result(experiment_id)) is not None:
+        # A retry of a trial whose first try finished (its node lost after DONE): nothing to train again.
+        tune.report(final_metrics(done, {}))
+        return
     started = time.time()
     resources = claim_resources(threads)
     try:
