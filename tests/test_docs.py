@@ -93,3 +93,21 @@ def test_the_cheap_commands_shown_run_as_written(tmp_path):
                                    "PYTHONPATH": str(REPO), "VLSM_CACHE": str(tmp_path / "cache")})
         assert done.returncode == 0, f"{page}: {line}\n{done.stderr[-2000:]}"
         assert done.stdout.strip(), f"{page}: {line} printed nothing"
+
+
+def test_every_test_the_fault_table_names_exists():
+    """docs/faults.md names, per fault, the test that shows what the project does: each must exist."""
+    checked = 0
+    for row in (REPO / "docs" / "faults.md").read_text().splitlines():
+        if not row.startswith("| ") or row.startswith("| fault"):
+            continue
+        file = None
+        for name in re.findall(r"`((?:test_\w+\.py)?(?:::\w+)?)`", row.rsplit("|", 2)[1]):
+            path, _, function = name.partition("::")
+            file = path or file
+            found = [p for p in (REPO / "tests").rglob(file)]
+            assert found, f"docs/faults.md names {file}, which is not under tests/"
+            if function:
+                assert re.search(rf"def {function}\(", found[0].read_text()), f"{file} has no {function}"
+                checked += 1
+    assert checked >= 30  # the table's rows name their tests
