@@ -23,6 +23,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from datasets.storage import StorageFull
+
 # Kept free on the cache's disk for what else writes there (Ray's logs and object spilling, checkpoints).
 RESERVE_BYTES = 1 << 30
 RESERVE_FRACTION = 0.05  # of the disk's size, where that is less than RESERVE_BYTES
@@ -43,18 +45,9 @@ def cache_root_of(folder: str) -> str:
     return os.path.dirname(os.path.abspath(folder))
 
 
-class DiskFullError(OSError):
+class DiskFullError(StorageFull):
     """No room on this node's disk for a cache entry (errno ENOSPC); the message names the folder, the
     bytes needed and free where known, and how to free space (``full_disk``)."""
-
-    def __init__(self, message: str):
-        super().__init__(errno.ENOSPC, message)
-
-    def __reduce__(self):  # pickled as its message: Ray sends a trial's error to the driver
-        return type(self), (self.strerror,)
-
-    def __str__(self) -> str:  # the message alone: OSError's would begin "[Errno 28]"
-        return self.strerror
 
 
 def full_disk(folder: str, what: str, needed: int | None = None, free: int | None = None,

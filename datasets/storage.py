@@ -97,11 +97,18 @@ def _bucket_region(bucket: str) -> str:
 def s3_client():
     """A boto3 S3 client for what pyarrow cannot do (conditional writes), with the retries of
     ``filesystem_for``'s requests: botocore's "standard" mode, ``s3_attempts()`` tries. Endpoint, region
-    and credentials come from the environment, as for pyarrow."""
+    and credentials come from the environment, as for pyarrow. One per endpoint and process (boto3's
+    clients are thread-safe): an instance role's credentials are fetched once, not at every heartbeat."""
+    return _s3_client(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"), s3_attempts())
+
+
+@cache
+def _s3_client(endpoint: str | None, attempts: int):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": s3_attempts()}))
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"mode": "standard",
+                                                                            "max_attempts": attempts}))
 
 
 def absolute_uri(uri: str) -> str:
@@ -133,15 +140,21 @@ def write_atomically(fs: pafs.FileSystem, path: str, data: bytes, hidden: bool =
     except BaseException as e:
         with contextlib.suppress(OSError):
             fs.delete_file(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StorageFull(f"disk full: no space left in {folder} to write {name}. Free space on that disk, "
-                              "or use a folder on a larger one (--storage, --data); then run the same command "
-                              "again.") from None
+        raise_if_full(e, folder, name)
         raise
 
 
+def raise_if_full(error: BaseException, folder: str, name: str) -> None:
+    """Raise ``StorageFull`` naming ``folder`` where ``error`` is a full disk (ENOSPC, EDQUOT)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageFull(f"disk full: no space left in {folder} to write {name}. Free space on that disk, "
+                          "or use a folder on a larger one (--storage, --data); then run the same command "
+                          "again.") from None
+
+
 class StorageFull(StorageUnavailable):
-    """The disk under a local ``--storage`` folder is full (ENOSPC): an infrastructure fault."""
+    """A full disk (errno ENOSPC): under a local ``--storage`` folder, or a node's cache
+    (``datasets.disk.DiskFullError``). An infrastructure fault; the message names the folder."""
 
     def __init__(self, message: str):
         super().__init__(errno.ENOSPC, message)
@@ -157,8 +170,7 @@ class StorageFull(StorageUnavailable):
 # Ray's errors of a lost node, worker or actor, or of memory: infrastructure. Looked up by name in
 # ray.exceptions where Ray is loaded (an error from Ray means it is), so this floor never imports Ray.
 RAY_INFRASTRUCTURE_ERRORS = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError",
-                             "OutOfMemoryError", "OutOfDiskError", "ObjectLostError", "ObjectStoreFullError",
-                             "RaySystemError")
+                             "OutOfMemoryError", "OutOfDiskError", "ObjectLostError", "ObjectStoreFullError")
 
 
 # OSErrors of a path that is not what it should be: every try meets them again (the message names it).
@@ -247,9 +259,13 @@ def write_if_unchanged(uri: str, data: bytes, expected: bytes | None = None) -> 
     path = os.path.abspath(os.path.expanduser(uri))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as out:
-        out.write(data)
     try:
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+        except OSError as e:
+            raise_if_full(e, os.path.dirname(path), os.path.basename(path))
+            raise
         if expected is None:
             try:
                 os.link(tmp, path)

@@ -125,12 +125,6 @@ class TrialConsole(Callback):
     def say(self, text: str) -> None:
         print(text, flush=True)
 
-    def on_step_begin(self, iteration, trials, **info):
-        # A continued search (Tuner.restore) brings back trials that ended in an earlier launch.
-        for trial in trials:
-            if trial.status in ("TERMINATED", "ERROR") and str(trial) not in self.ended:
-                self.ended[str(trial)] = trial.status == "ERROR"
-
     def on_step_end(self, iteration, trials, **info):
         running = self.running(trials)
         self.slots = max(self.slots, len(running))

@@ -22,6 +22,7 @@ from collections import Counter
 
 from datasets.cli import name_type
 from datasets.shards import ShardError, absolute_uri
+from datasets.storage import error_text, is_infrastructure
 from orchestrator.arguments import (
     above_one,
     gpu_share,
@@ -204,14 +205,6 @@ def select_setting(trials: list[dict], datasets: list[str]) -> dict:
     }
 
 
-def error_text(error: BaseException) -> str:
-    """A trial's error as its cause's type and message (not Ray's wrapper around it)."""
-    cause = getattr(error, "cause", None) or error.__cause__
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
-    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-
-
 def run_search(model: str, datasets: list[str], *, data: str, storage: str, study: str, size: str = "small",
                mode: str | None = None, prompt: str = HPO_PROMPT, num_samples: int = NUM_SAMPLES,
                max_epochs: int = MAX_T, grace_period: int = GRACE_PERIOD, reduction_factor: float = REDUCTION_FACTOR,
@@ -268,7 +261,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
         # fits no GPU whole in micro-batches (the same effective batch).
         placements = place_trials([{**base, "batch_size": b, "id": f"{model} batch {b}"} for b in BATCH_SIZES],
                                   cluster_file, cpus=cpus, gpus=gpus_per_trial, use_gpus=use_gpus,
-                                  replicas=len(datasets), auto_accumulate=True)
+                                  replicas=len(datasets), auto_accumulate=True, joined=address is not None)
         by_batch = {b: placements[f"{model} batch {b}"] for b in BATCH_SIZES}
         accumulate = {b: p.grad_accum for b, p in by_batch.items() if p.grad_accum > 1}
         for b, p in by_batch.items():
@@ -307,7 +300,10 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                            trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
                            trial_dirname_creator=lambda trial: f"{model}-{trial.trial_id}"),
                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-            errors = {posixpath.basename(r.path): error_text(r.error) for r in grid if r.error is not None}
+            # A trial stopped by a fault of storage, network, node or memory has not ended: the next launch
+            # continues it (its record is not done). Any other error ends it.
+            errors = {posixpath.basename(r.path): error_text(r.error) for r in grid
+                      if r.error is not None and (isinstance(r.error, str) or not is_infrastructure(r.error))}
 
         # Trials that ran out or that ASHA stopped are done; a Ctrl-C (or a lost lease) leaves the running
         # ones TERMINATED all the same, but not done.

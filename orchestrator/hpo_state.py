@@ -17,7 +17,14 @@ import pyarrow.fs as pafs
 
 from datasets.storage import filesystem_for
 from orchestrator.selection import write_json
-from search_spaces.hpo import SEARCHED
+from search_spaces.hpo import (
+    BATCH_SIZES,
+    ENCODER_LR_SCALE_RANGE,
+    LR_RANGE,
+    OPTIMIZERS,
+    SCHEDULERS,
+    SEARCHED,
+)
 
 METRIC, MODE = "val_dice", "max"
 
@@ -74,6 +81,31 @@ def search_settings(base: dict, datasets: list[str], *, num_samples: int, max_ep
             "grace_period": grace_period, "reduction_factor": reduction_factor, "seed": seed}
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def in_space(setting: dict) -> bool:
+    """Whether a setting read from storage is a point of Table 4's space (search_spaces/hpo.py)."""
+    ranges = {"lr": LR_RANGE, "encoder_lr_scale": ENCODER_LR_SCALE_RANGE}
+    choices = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "batch_size": BATCH_SIZES}
+    return all(value in choices[field] and type(value) is type(choices[field][0]) if field in choices
+               else _number(value) and ranges[field][0] <= value <= ranges[field][1]
+               for field, value in setting.items())
+
+
+def sound_record(record, searched_fields: tuple[str, ...]) -> bool:
+    """Whether a trial record read from storage has the shape ``trial_recorder`` writes: a setting of this
+    search's fields within Table 4's space, a trial id, a history of [epoch, dice] pairs."""
+    if not isinstance(record, dict) or not isinstance(record.get("trial_id"), str):
+        return False
+    setting, history = record.get("setting"), record.get("history", [])
+    return (isinstance(setting, dict) and set(setting) == set(searched_fields) and in_space(setting)
+            and isinstance(history, list)
+            and all(isinstance(h, list) and len(h) == 2 and all(map(_number, h)) for h in history)
+            and isinstance(record.get("metrics", {}), dict))
+
+
 def read_trial_records(where: str, searched_fields: tuple[str, ...]) -> dict[str, dict]:
     """The search's trial records (``trials/<setting key>.json``), by key. Only JSON is read; a record whose
     setting is not one of this search or whose checkpoint is not a folder of this search's Tune run is
@@ -86,8 +118,8 @@ def read_trial_records(where: str, searched_fields: tuple[str, ...]) -> dict[str
         with fs.open_input_stream(info.path) as f:
             try:
                 record = json.loads(f.read())
-                setting = record["setting"]
-                usable = set(setting) == set(searched_fields) and f"{setting_key(setting)}.json" == info.base_name
+                usable = (sound_record(record, searched_fields)
+                          and f"{setting_key(record['setting'])}.json" == info.base_name)
             except (ValueError, KeyError, TypeError):
                 usable = False
         if not usable:

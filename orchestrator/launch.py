@@ -176,12 +176,14 @@ def refuse_without_token(address: str) -> None:
 
 
 def place_trials(specs: list[dict], cluster_file: str | None, *, cpus: float | None, gpus: float | None,
-                 use_gpus: bool, replicas: int = 1, auto_accumulate: bool = False) -> dict[str, Placement]:
+                 use_gpus: bool, replicas: int = 1, auto_accumulate: bool = False,
+                 joined: bool = False) -> dict[str, Placement]:
     """Every trial's resources on the running Ray's node types (and the cluster file's); raises
-    Unplaceable, before any trial starts, for trials that no node type can hold."""
+    Unplaceable, before any trial starts, for trials that no node type can hold. ``joined``: the Ray is a
+    cluster this launch joined (``--address``), whose autoscaler may add nodes the running ones do not show."""
     node_types, source = cluster_node_types(cluster_file, running=True)
     return place_all(specs, node_types, source, cpus=cpus, gpus_per_trial=gpus, use_gpus=use_gpus,
-                     replicas=replicas, auto_accumulate=auto_accumulate)
+                     replicas=replicas, auto_accumulate=auto_accumulate, may_grow=joined)
 
 
 def trial_resources(placements: dict, key: str = TRIAL) -> Callable[[dict], dict]:
@@ -244,18 +246,17 @@ def trial_errors():
     """A Tune callback that keeps each failed trial's error in memory, read from the file this driver wrote on
     its own disk, and stops Tune's result grid from reading it back from storage with cloudpickle (the
     grid then reads the error's text): a file in --storage is never unpickled."""
-    from ray import cloudpickle
     from ray.tune import Callback
+
+    from orchestrator.console import trial_error
 
     class Errors(Callback):
         def __init__(self):
-            self.caught: dict[str, BaseException] = {}
+            self.caught: dict[str, BaseException | str] = {}
 
         def forget_pickle(self, trial) -> None:
-            local = trial.pickled_error_file  # in the driver's staging folder, written a moment ago
-            if local and os.path.exists(local):
-                with open(local, "rb") as f:
-                    self.caught[trial.path] = cloudpickle.load(f)
+            if (error := trial_error(trial)) is not None:  # the driver's own copy, written a moment ago
+                self.caught[trial.path] = error
             trial.run_metadata.pickled_error_filename = None
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -279,8 +280,8 @@ def launch_folders(storage: str, study: str) -> list[str]:
     Tune's experiment state. Each loads on its own with ``ray.tune.ExperimentAnalysis(folder)``, whose
     ``dataframe()`` has a row per trial: its config (``config/trial``, ``config/spec/model``, ...) and its
     last result (an experiment's ``test_dice``). Ray unpickles that state: load only storage you trust;
-    the report reads only the result store's JSON and Parquet. (An hpo search keeps one Tune run, which
-    a rerun of it continues: ``<study>/hpo/<model>/tune``.)"""
+    the report reads only the result store's JSON and Parquet. (An hpo search's launches write their
+    trials to ``<study>/hpo/<model>/tune``; a rerun continues from the search's own JSON records.)"""
     root = f"{absolute_uri(storage).rstrip('/')}/{study}/{TUNE_FOLDER}"
     fs, path = filesystem_for(root)
     folders = []
@@ -355,7 +356,8 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
     with session(storage, lease, address=address, fake_gpus=fake_gpus, dashboard=dashboard, force=force,
                  verbose=verbose) as use_gpus:
         placements = place_trials([{**job.placed_as, "id": job.name} for job in jobs if job.name in pending],
-                                  cluster_file, cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus)
+                                  cluster_file, cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus,
+                                  joined=address is not None)
         for record_id in retried:  # placed: a retry that fails again writes its own FAILED.json
             store.clear_failure(record_id)
         for record_id in sorted(broken & todo):  # its run writes a DONE of its own, with its result

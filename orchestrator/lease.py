@@ -185,8 +185,8 @@ class Lease:
                           "pressed; its trials resume from their checkpoints on the next launch", file=sys.stderr)
                     _thread.interrupt_main(signal.SIGINT)  # runs Ray Tune's handler: it stops and saves its state
                     return
-            except OSError as e:  # storage unreachable for a moment: the next beat tries again
-                print(f"warning: cannot refresh {self.uri} ({e})", file=sys.stderr)
+            except Exception as e:  # storage unreachable for a moment (or a bug): the next beat tries again
+                print(f"warning: cannot refresh {self.uri} ({type(e).__name__}: {e})", file=sys.stderr)
 
     def release(self) -> None:
         self._stop.set()

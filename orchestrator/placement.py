@@ -257,10 +257,12 @@ def too_large(placement: Placement, capacities: list[tuple[float | None, float]]
     return TooLarge(placement.spec_id, cpus, gpus, largest, where)
 
 
-def place_all(specs: list[dict], node_types: list[NodeType], source: str, **kwargs) -> dict[str, Placement]:
+def place_all(specs: list[dict], node_types: list[NodeType], source: str, *, may_grow: bool = False,
+              **kwargs) -> dict[str, Placement]:
     """Every trial's placement, keyed by id; raises Unplaceable naming each trial no node type holds:
     by GPU memory, or (on a running Ray) by CPUs and GPUs more than any node, running or of the cluster
-    file, has."""
+    file, has. ``may_grow``: the running Ray is a joined cluster, whose autoscaler may add nodes; without
+    its cluster file, a trial larger than its running nodes gets a warning, not a refusal."""
     placed, refused = {}, []
     for spec in specs:
         result = place(spec, node_types, **kwargs)
@@ -268,7 +270,13 @@ def place_all(specs: list[dict], node_types: list[NodeType], source: str, **kwar
     if running := running_capacities():
         capacities = running + [(t.cpus, float(t.gpus)) for t in node_types if not t.name.endswith("(running)")]
         where = "the running Ray cluster" + (" or its cluster file" if len(capacities) > len(running) else "")
-        refused += [r for r in (too_large(p, capacities, where) for p in placed.values()) if r is not None]
+        too_big = [r for r in (too_large(p, capacities, where) for p in placed.values()) if r is not None]
+        if may_grow and len(capacities) == len(running) and too_big:
+            print(f"warning: {len(too_big)} trial(s) larger than every running node, e.g. {too_big[0].spec_id}: "
+                  "they wait for the autoscaler to add a node that holds them (pass --cluster YAML to check "
+                  "them against the cluster's node types now)")
+        else:
+            refused += too_big
     if refused:
         raise Unplaceable(refused, source)
     unchecked = [p for p in placed.values() if p.unchecked]

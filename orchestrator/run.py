@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ShardError, StorageError) as e:  # bad input or a --data / --storage that cannot work
         print(one_line(e), file=sys.stderr)
         return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:  # a path given (--cluster, weights)
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
     except OSError as e:  # storage unreachable: no such bucket, no credentials, no permission, a full disk
         print(f"storage error: {one_line(e)} (check --storage, --data and your credentials)", file=sys.stderr)
         return 1

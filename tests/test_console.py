@@ -98,12 +98,3 @@ def test_an_experiments_last_result_adds_its_test_dice_to_what_the_console_says(
                                          "test_dice/a": 0.5, "test_dice/b": 0.7, "test_dice": 0.6}
     zeroshot = final_metrics({**result, "epochs": 0, "best_val_dice": None, "eval": {"a": {"dice_mean": 0.4}}}, {})
     assert zeroshot == {"test_dice/a": 0.4, "test_dice": 0.4} and outcome_words(zeroshot) == ""
-
-
-def test_a_continued_search_counts_the_trials_an_earlier_launch_ended(capsys):
-    console = TrialConsole(clock=Clock())
-    console.setup(total_num_samples=4)
-    trials = [Trial("s-1", "TERMINATED"), Trial("s-2", "ERROR"), Trial("s-3", "RUNNING")]
-    console.on_step_begin(0, trials)
-    console.progress(trials)
-    assert capsys.readouterr().out.splitlines() == ["progress 1/4 done, 1 running, 1 failed, 0s elapsed, ETA unknown"]

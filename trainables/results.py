@@ -140,6 +140,9 @@ class ResultStore:
         metrics = metrics or {}
         if unknown := set(metrics) - set(EXTRA_METRICS):
             raise ValueError(f"unknown per-image metrics {sorted(unknown)}: expected some of {EXTRA_METRICS}")
+        if self.finished_result(experiment_id) is not None:  # another run of it finished first: keep that one
+            print(f"{experiment_id}: already finished by another run: its result is kept")
+            return
         self._write_json(experiment_id, "spec.json", spec)
         rows = [(s, i) for s, scores in per_image.items() for i in scores]
         table = pa.table({
@@ -152,11 +155,13 @@ class ResultStore:
         write_atomically(self.fs, posixpath.join(self._dir(experiment_id), "per_image.parquet"),
                          buf.getvalue().to_pybytes())
         self._write_json(experiment_id, "result.json", result)
-        # DONE is created only where there is none (S3's If-None-Match): a second run of the same experiment
-        # (same spec, same id) cannot mark it done again; its result files, each whole, are the last written.
+        # DONE is created only where there is none (S3's If-None-Match): of two runs of the same experiment
+        # that both got past the check above, one marks it done (their result files, each whole, are of the
+        # same spec and id; the last written stay).
         done = json.dumps({"finished_at": time.time()}, indent=2, sort_keys=True).encode()
         if not write_if_unchanged(f"{self.uri}/{self.folder}/{experiment_id}/DONE", done):
-            print(f"{experiment_id}: already DONE (another run of it finished first): its DONE is kept")
+            print(f"{experiment_id}: DONE already there (written by another run, or by a retried request of "
+                  "this one): it is kept")
         self._delete(experiment_id, "FAILED.json")
         try:  # derived from what DONE now commits; `report` (orchestrator.results.backfill) writes any missed
             self.write_tidy(experiment_id, spec, result, per_image, metrics)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 
-from datasets.storage import filesystem_for
+from datasets.storage import absolute_uri, filesystem_for, write_if_unchanged
 from orchestrator.lease import LEASE_FILE, STALE_S, LeaseError, study_lease
 from tests.cli import REPO
 from trainables.results import ResultStore
@@ -114,9 +114,14 @@ def test_an_experiment_is_marked_done_once(where, request, tmp_path, capsys):
     assert store.finished_ids() == {"exp1"} and "already" not in capsys.readouterr().out
     time.sleep(0.01)
     store.write_result(spec, result(0.7), {"test": {"a": 0.7}})  # a second writer of the same experiment
-    assert store._read_json("exp1", "DONE") == first_done  # not rewritten
-    assert "exp1: already DONE" in capsys.readouterr().out
+    assert store._read_json("exp1", "DONE") == first_done  # not rewritten, nor its result
+    assert store.result("exp1")["eval"]["test"]["dice_mean"] == 0.5
+    assert "exp1: already finished by another run" in capsys.readouterr().out
     assert store.finished_ids() == {"exp1"}
+    # Two writers past that check in the same instant: DONE's create is conditional, so one of them wins.
+    done_uri = f"{absolute_uri(storage)}/demo/experiments/exp1/DONE"
+    assert not write_if_unchanged(done_uri, b'{"finished_at": 2.0}')
+    assert store._read_json("exp1", "DONE") == first_done
 
 
 def test_a_storage_fault_while_taking_the_lease_is_one_line(s3_endpoint, tmp_path):
