@@ -86,11 +86,13 @@ class StudyLoaderDataset:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        from PIL import Image
+        from prompts.images import open_image  # the project's image limits, as every reader has them
 
         name = self.images[i]
-        image = Image.open(os.path.join(self.folder, "images", name)).convert("RGB")
-        mask = Image.open(os.path.join(self.folder, "masks", name.replace(".jpg", ".png")))
+        image_path = os.path.join(self.folder, "images", name)
+        mask_path = os.path.join(self.folder, "masks", name.replace(".jpg", ".png"))
+        image = open_image(image_path, image_path).convert("RGB")
+        mask = open_image(mask_path, mask_path)
         return {"image": self.image_transform(image), "mask": self.mask_transform(mask)[:1]}
 
 

@@ -57,7 +57,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             try:
                 attributes = row_attributes(family, row)
                 prompts = row_prompts(family, attributes)
-            except (KeyError, ValueError, OSError) as e:  # a bad image, or one over the limits (prompts.images)
+            except (KeyError, ValueError, OSError, SyntaxError) as e:  # a bad image, or over prompts.images' limits
                 raise ShardError(f"dataset {args.dataset!r} split {split!r} row {i} "
                                  f"(sample_id {row['sample_id']!r}): {e}") from None
             # Every row of a dataset must have the same prompt columns.

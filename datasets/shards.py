@@ -9,10 +9,11 @@ Layout under a root (a local folder or ``s3://bucket/prefix``)::
 Every file is written under a temporary name and renamed into place, so a reader never sees a
 half-written shard or manifest. A dataset is rewritten (re-ingest, ``prompts generate``) new-then-swap:
 the new version's files take names the current manifest does not list (``<split>-00000-<version>.parquet``),
-every row is checked (valid UTF-8 strings, unique sample ids) as it is written, the new manifest then
-replaces the old in one write (the commit point: readers follow the manifest, and on S3 it is a single
-object), and only then are the old version's files removed. A kill or an error at any moment leaves
-the old version or the new one, whole; what a killed write had staged is listed by no manifest.
+every row is checked (valid UTF-8 strings, unique sample ids, a split name that is a plain file name)
+as it is written, the new manifest then replaces the old in one write (the commit point: readers follow
+the manifest, and on S3 it is a single object), and only then are the old version's files removed. A
+kill or an error at any moment leaves the old version or the new one, whole; what a killed write had
+staged is listed by no manifest.
 One writer per dataset at a time.
 """
 
@@ -26,6 +27,7 @@ import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -33,7 +35,13 @@ import pyarrow.parquet as pq
 
 from datasets.cache import NodeCache
 from datasets.cli import name_problem
-from datasets.storage import ShardError, absolute_uri, filesystem_for, write_atomically  # noqa: F401 (re-exported)
+from datasets.storage import (  # noqa: F401 (re-exported)
+    ShardError,
+    StorageUnavailable,
+    absolute_uri,
+    filesystem_for,
+    write_atomically,
+)
 
 FORMAT_VERSION = 1
 ROWS_PER_FILE = 1000
@@ -67,9 +75,10 @@ class ShardFile:
     """One shard file on its way to storage, under a temporary name until ``finish`` renames it:
     row groups are written as they fill and hashed on the way out, so the file is never held whole."""
 
-    def __init__(self, fs: pafs.FileSystem, path: str, schema: pa.Schema):
-        self.fs, self.path, self.schema = fs, path, schema
-        self.tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    def __init__(self, fs: pafs.FileSystem, folder: str, name: str, schema: pa.Schema):
+        self.fs, self.name, self.schema = fs, name, schema
+        self.path = posixpath.join(folder, name)
+        self.tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
         self.sink = _HashingSink(fs.open_output_stream(self.tmp))
         self.writer = pq.ParquetWriter(self.sink, schema)
         self.rows, self.pending = 0, []
@@ -86,13 +95,13 @@ class ShardFile:
         self.pending = []
 
     def finish(self) -> dict:
-        """Close and rename the file; its manifest entry."""
+        """Close and rename the file; its manifest entry, under the name it was given."""
         if self.pending:
             self._write_group()
         self.writer.close()
         self.sink.stream.close()
         self.fs.move(self.tmp, self.path)
-        return {"path": posixpath.basename(self.path), "rows": self.rows, "sha256": self.sink.sha256.hexdigest()}
+        return {"path": self.name, "rows": self.rows, "sha256": self.sink.sha256.hexdigest()}
 
     def abort(self) -> None:
         """Remove the temporary file. Each step on its own, since storage that failed may fail again;
@@ -159,6 +168,15 @@ def check_name(dataset: str) -> None:
         raise ShardError(f"dataset name {problem}")
 
 
+def split_problem(split: object) -> str | None:
+    """Why ``split`` cannot be a split name, or None if it can: a split names its shard files
+    (``<split>-00000.parquet``), so it must be a plain name, like a dataset's (``name_problem``)."""
+    if name_problem(split) is None:
+        return None
+    return (f"split name {split!r} is not usable: it names the split's shard files, so use 1-128 letters, "
+            "digits, '_', '-' or '.', starting with a letter or digit")
+
+
 def _plain_file_name(value: object) -> bool:
     return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value
             and "\\" not in value)
@@ -218,8 +236,8 @@ def manifest_from_json(raw: dict, uri: str, dataset: str) -> Manifest:
         if not isinstance(entry, dict):
             raise bad(field, "an object with path, rows and sha256", entry)
         path = get(entry, "path", f"{field}.path", str, "a file name in the dataset's folder")
-        if not _plain_file_name(path):
-            raise bad(f"{field}.path", "a file name in the dataset's folder", path)
+        if not _plain_file_name(path) or path == MANIFEST_NAME:
+            raise bad(f"{field}.path", "a file name in the dataset's folder, other than the manifest's", path)
         get(entry, "rows", f"{field}.rows", int, "a row count")
         get(entry, "sha256", f"{field}.sha256", str, "the file's sha256 in hex")
         return entry
@@ -230,6 +248,8 @@ def manifest_from_json(raw: dict, uri: str, dataset: str) -> Manifest:
         raise bad("prompt_types", "a list of prompt types (p0..pN)", prompt_types)
     splits = get(raw, "splits", "splits", dict, "an object of split -> {rows, files}")
     for split, entry in splits.items():
+        if split_problem(split):
+            raise ShardError(f"{uri}: {split_problem(split)}. Re-ingest {dataset!r}.")
         if not isinstance(entry, dict):
             raise bad(f"splits.{split}", "an object with rows and files", entry)
         get(entry, "rows", f"splits.{split}.rows", int, "a row count")
@@ -276,10 +296,16 @@ class ShardStore:
         per split, however large the images. A row with a string that is not valid UTF-8, or a
         sample_id an earlier row has, is a ShardError naming the split, row and field. If ``rows``
         raises, or such an error stops the write, no file of the new version is left and the old
-        version stays as it was. ``finish(version)`` runs once every row is written, before the
-        manifest: it may write side files of the dataset (what the rows taught it), named with
-        ``version`` before their extension (``content<version>.json``) so that they replace no file
-        of the old version, and returns the manifest's optional fields.
+        version stays as it was; so it does when a split name is not a plain name (it names files:
+        ``split_problem``) or when ``rows`` yields no row at all. ``finish(version)`` runs once every
+        row is written, before the manifest: it may write side files of the dataset (what the rows
+        taught it), named with ``version`` before their extension (``content<version>.json``) so
+        that they replace no file of the old version, and returns the manifest's optional fields.
+
+        The old version's files are removed right after the switch: a reader that read the old
+        manifest and then opens one of them gets StorageUnavailable (``read_file``), an
+        infrastructure fault, so rewriting a dataset while a study reads it restarts the trials
+        reading it (at the study's next launch), and never records them as failed.
         """
         check_name(dataset)
         prompt_types = tuple(prompt_types)
@@ -295,6 +321,9 @@ class ShardStore:
         try:
             for row in rows:
                 split = row["split"]
+                if split not in splits and split_problem(split):  # checked before it names any file
+                    raise ShardError(f"dataset {dataset!r} row {row['sample_id']!r}: {split_problem(split)}; "
+                                     f"nothing of {dataset!r} was replaced")
                 entry = splits.setdefault(split, {"rows": 0, "files": []})
                 index = entry["rows"] + (open_files[split].rows if split in open_files else 0)
                 where = f"dataset {dataset!r} split {split!r} row {index}"
@@ -314,7 +343,7 @@ class ShardStore:
                 seen[row["sample_id"]] = (split, index)
                 if split not in open_files:
                     name = f"{split}-{len(entry['files']):05d}{version}.parquet"
-                    open_files[split] = ShardFile(self.fs, posixpath.join(folder, name), schema)
+                    open_files[split] = ShardFile(self.fs, folder, name, schema)
                 open_files[split].add(row)
                 if open_files[split].rows == ROWS_PER_FILE:
                     _add_file(entry, open_files[split].finish())
@@ -322,6 +351,8 @@ class ShardStore:
             for split in list(open_files):
                 _add_file(splits[split], open_files[split].finish())
                 del open_files[split]
+            if not splits:  # an empty dataset would replace the old version with nothing
+                raise ShardError(f"no rows: nothing of {dataset!r} was replaced (a dataset needs at least one row)")
             optional = finish(version) if finish else {}
         except BaseException:
             for shard in open_files.values():
@@ -445,8 +476,7 @@ class ShardStore:
                 digest = self.cache.verified_digest(path, entry["sha256"])
                 source = pa.memory_map(path)
         except FileNotFoundError:
-            raise ShardError(f"missing shard {uri}: the manifest lists it but storage does not have it. "
-                             f"Re-ingest {dataset!r} or restore the file.") from None
+            self._raise_missing(dataset, entry, uri)
         if digest != entry["sha256"]:
             raise ShardError(f"corrupt shard {uri}: sha256 {digest[:12]}... does not match the manifest's "
                              f"{entry['sha256'][:12]}...; re-ingest {dataset!r}.")
@@ -459,6 +489,23 @@ class ShardStore:
         if table.num_rows != entry["rows"]:
             raise ShardError(f"shard {uri} holds {table.num_rows} rows, the manifest says {entry['rows']}")
         return table
+
+    def _raise_missing(self, dataset: str, entry: dict, uri: str) -> NoReturn:
+        """A shard file storage lacks: bad data (ShardError) if the current manifest still lists it;
+        if not, the dataset was rewritten after the reader read its manifest (the old version's files
+        go right after the switch), which is no fault of the data: StorageUnavailable, so the
+        experiment is left for the next launch, which reads the new version."""
+        try:
+            listed = {(f["path"], f["sha256"]) for s in self.manifest(dataset).splits.values() for f in s["files"]}
+        except ShardError:  # no readable manifest now: the file is missing all the same
+            listed = {(entry["path"], entry["sha256"])}
+        if (entry["path"], entry["sha256"]) not in listed:
+            raise StorageUnavailable(
+                f"shard {uri} is gone: dataset {dataset!r} was rewritten while it was read (its manifest no "
+                "longer lists the file). Not a fault of the data: the experiment runs again on the next "
+                "launch, with the new version.") from None
+        raise ShardError(f"missing shard {uri}: the manifest lists it but storage does not have it. "
+                         f"Re-ingest {dataset!r} or restore the file.") from None
 
     def iter_rows(self, dataset: str, split: str, columns: list[str] | None = None) -> Iterator[dict]:
         for row in self.read_split(dataset, split, columns).to_pylist():

@@ -2,8 +2,8 @@
 opens an encoded image, so a decompression bomb or a huge file is refused by name everywhere.
 
 A PNG of a few kilobytes can claim 13,000 x 13,000 pixels: decoded, it costs 169 MB per channel in
-every thread that decodes it. Pillow warns only above ``Image.MAX_IMAGE_PIXELS`` (89 MP) and refuses
-only above twice that, raising an error nothing here expected. Our limits come first:
+every thread that decodes it. Our limits replace Pillow's own (``Image.MAX_IMAGE_PIXELS``, which warns
+above 89 MP and refuses above twice that whatever our limit says), so this module turns Pillow's off:
 
 - pixels: ``MAX_PIXELS`` (64 million, ``$VLSM_MAX_IMAGE_PIXELS``). The study's largest images (ISIC's
   dermoscopy photos, up to about 30 MP) fit twice over; a decode at the limit costs at most 192 MB
@@ -12,14 +12,14 @@ only above twice that, raising an error nothing here expected. Our limits come f
   pixel limit. A larger file is refused before it is read into memory.
 
 Both are read from the environment at each call, so a legitimate larger dataset only needs the
-variable set (for ingest, and on every node that decodes it).
+variable set (for ingest, and on every node that decodes it). Readers that allocate pixels from sizes
+they parse themselves (annotation JSON, volume headers) call ``check_pixels`` before allocating.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -28,6 +28,12 @@ MAX_PIXELS_ENV = "VLSM_MAX_IMAGE_PIXELS"
 MAX_BYTES_ENV = "VLSM_MAX_IMAGE_BYTES"
 MAX_PIXELS = 64_000_000
 MAX_BYTES = 4 * MAX_PIXELS  # an uncompressed RGBA image at the pixel limit
+
+# Our per-call limit (check_pixels, read from the environment at each call) replaces Pillow's global
+# one: left on, Pillow refuses anything above twice its 89 MP inside Image.open, whatever
+# $VLSM_MAX_IMAGE_PIXELS says, and warns through the process-wide warnings filters, which threads
+# (decoding pools) cannot safely change. Set once, here, where every floor opens its images.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageLimitError(ValueError):
@@ -58,7 +64,19 @@ def read_image_file(path: Path) -> bytes:
     return Path(path).read_bytes()
 
 
-def open_image(source: bytes | Path, what: str) -> Image.Image:
+def check_pixels(width: int, height: int, what: str) -> None:
+    """Refuse (ImageLimitError naming ``what``) an image of width x height pixels over the pixel limit,
+    before anything of that size is allocated."""
+    limit = _limit(MAX_PIXELS_ENV, MAX_PIXELS)
+    pixels = width * height
+    if pixels > limit:
+        raise ImageLimitError(
+            f"{what}: {width}x{height} pixels, {pixels / 1e6:.0f} MP, over the limit of {limit / 1e6:g} megapixels "
+            f"({MAX_PIXELS_ENV}): a decompression bomb, or an image larger than any the study used; if it is "
+            f"legitimate, set {MAX_PIXELS_ENV} to {pixels} or more")
+
+
+def open_image(source: bytes | str | Path, what: str) -> Image.Image:
     """The image (header read, pixels not yet decoded), refused with ImageLimitError naming ``what``
     when its file or its pixel count is over the limit. Undecodable data raises what Pillow raises
     (OSError, ValueError, SyntaxError)."""
@@ -68,23 +86,10 @@ def open_image(source: bytes | Path, what: str) -> Image.Image:
     else:
         check_file_size(Path(source).stat().st_size, what)
         stream = source
-    limit = _limit(MAX_PIXELS_ENV, MAX_PIXELS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides, below
-        try:
-            image = Image.open(stream)
-        except Image.DecompressionBombError as e:  # over twice Pillow's own limit (and ours, by default)
-            raise ImageLimitError(_over_pixels(what, limit, f"Pillow: {e}",
-                                               "and Pillow's Image.MAX_IMAGE_PIXELS above its size")) from None
-    width, height = image.size
-    if width * height > limit:
+    image = Image.open(stream)
+    try:
+        check_pixels(image.width, image.height, what)
+    except ImageLimitError:
         image.close()
-        raise ImageLimitError(_over_pixels(what, limit, f"{width}x{height} pixels, {width * height / 1e6:.0f} MP",
-                                           f"to {width * height} or more"))
+        raise
     return image
-
-
-def _over_pixels(what: str, limit: int, size: str, raise_how: str) -> str:
-    return (f"{what}: {size}, over the limit of {limit / 1e6:g} megapixels ({MAX_PIXELS_ENV}): a decompression "
-            f"bomb, or an image larger than any the study used; if it is legitimate, set {MAX_PIXELS_ENV} "
-            f"{raise_how}")

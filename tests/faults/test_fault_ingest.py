@@ -20,12 +20,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from datasets import shards
+from datasets.cache import NodeCache
 from datasets.ingest.__main__ import main as ingest_main
 from datasets.ingest.medvlsm import medvlsm_records
 from datasets.ingest.rows import ingest
 from datasets.prompts import main as prompts_main
 from datasets.segmentation import SegmentationSplit
 from datasets.shards import ShardError, ShardStore
+from datasets.storage import StorageUnavailable, is_infrastructure
 from datasets.synthetic import NON_RADIOLOGY_PROMPT_TYPES, split_rows
 from datasets.validate import validate
 from tests.cli import REPO
@@ -38,6 +41,11 @@ def snapshot(store: ShardStore, dataset: str) -> dict:
     """Every row of every split, read through the manifest (so sha256 and row counts are checked)."""
     manifest = store.manifest(dataset)
     return {split: store.read_split(dataset, split).to_pylist() for split in manifest.splits}
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def polyp_layout(root: Path, prompt_suffix: str = "") -> Path:
@@ -76,23 +84,81 @@ def test_reingest_with_a_lone_surrogate_keeps_the_old_dataset_and_names_file_row
     assert all(p.endswith("(v2)") for r in new["train"] for p in r["p2"])
     report = json.loads((shards / "polyps" / "quarantine.json").read_text())
     assert "'p2'" in report["quarantined"][0]["reason"] and "entry 2" in report["quarantined"][0]["source"]
-    listed = {f["path"] for s in store.manifest("polyps").splits.values() for f in s["files"]}
-    on_disk = {p.name for p in (shards / "polyps").glob("*.parquet")}
-    assert on_disk == listed  # the old version's shards were removed after the switch
+    listed = set(store.manifest("polyps").files()) | {"manifest.json", "quarantine.json"}
+    assert {p.name for p in (shards / "polyps").iterdir()} == listed  # the old version's files went after the switch
     assert validate(str(shards))[0].ok
 
 
-def test_python_writer_checks_every_string_before_anything_is_replaced(tmp_path):
+def test_python_writer_checks_every_string_before_anything_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "ROWS_PER_FILE", 2)  # train's files are finished before the bad row
     store = ShardStore(str(tmp_path), cache=False)
     store.write_dataset("tiny", split_rows("tiny", (("train", 5), ("test", 3))), NON_RADIOLOGY_PROMPT_TYPES)
-    old = snapshot(store, "tiny")
+    old, before = snapshot(store, "tiny"), listing(tmp_path)
     rows = list(split_rows("tiny", (("train", 5), ("test", 3)), seed=4))
     rows[6]["metadata"] = {**rows[6]["metadata"], "note": "bad \udcff byte"}
     with pytest.raises(ShardError, match=r"dataset 'tiny' split 'test' row 1 \(sample_id 'tiny-test-00001'\), "
                                          r"field 'metadata\.note': .*UTF-8"):
         store.write_dataset("tiny", rows, NON_RADIOLOGY_PROMPT_TYPES)
     assert snapshot(store, "tiny") == old
-    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert listing(tmp_path) == before  # the failed write's finished files and its open ones are gone
+
+
+def test_a_split_name_that_is_not_a_plain_name_writes_nothing_anywhere(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "ROWS_PER_FILE", 2)
+    root = tmp_path / "a" / "b"
+    store = ShardStore(str(root), cache=False)
+    store.write_dataset("tiny", split_rows("tiny", (("train", 5), ("test", 3))), NON_RADIOLOGY_PROMPT_TYPES)
+    old, before = snapshot(store, "tiny"), listing(tmp_path)
+    rows = list(split_rows("tiny", (("train", 5), ("test", 3)), seed=4))
+    for row in rows[5:]:
+        row["split"] = "../../escaped"
+    with pytest.raises(ShardError, match=r"row 'tiny-test-00000': split name '\.\./\.\./escaped' is not usable: "
+                                         r"it names the split's shard files.*nothing of 'tiny' was replaced"):
+        store.write_dataset("tiny", rows, NON_RADIOLOGY_PROMPT_TYPES)
+    assert snapshot(store, "tiny") == old and listing(tmp_path) == before
+    # A manifest written elsewhere: a split or a file that would reach outside the folder, or name the
+    # manifest itself (a rewrite removes the old version's files), is refused when read.
+    path = root / "tiny" / "manifest.json"
+    good = path.read_text()
+    raw = json.loads(good)
+    raw["splits"]["../x"] = raw["splits"].pop("test")
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ShardError, match=r"manifest.json: split name '\.\./x' is not usable.*Re-ingest 'tiny'"):
+        store.manifest("tiny")
+    raw = json.loads(good)
+    raw["splits"]["test"]["files"][0]["path"] = "manifest.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ShardError, match=r"field 'splits.test.files\[0\].path' is 'manifest.json'"):
+        store.manifest("tiny")
+
+
+def test_a_write_with_no_rows_replaces_nothing(tmp_path):
+    store = ShardStore(str(tmp_path), cache=False)
+    store.write_dataset("tiny", split_rows("tiny", (("train", 3), ("test", 2))), NON_RADIOLOGY_PROMPT_TYPES)
+    old, before = snapshot(store, "tiny"), listing(tmp_path)
+    with pytest.raises(ShardError, match=r"no rows: nothing of 'tiny' was replaced"):
+        store.write_dataset("tiny", iter([]), NON_RADIOLOGY_PROMPT_TYPES)
+    assert snapshot(store, "tiny") == old and listing(tmp_path) == before
+    with pytest.raises(ShardError, match=r"no rows: nothing of 'other' was replaced"):
+        store.write_dataset("other", [], NON_RADIOLOGY_PROMPT_TYPES)
+    assert store.datasets() == ["tiny"]
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["direct", "node-cache"])
+def test_a_shard_removed_by_a_rewrite_during_a_read_is_infrastructure_not_bad_input(tmp_path, cached):
+    root = tmp_path / "shards"
+    store = ShardStore(str(root), cache=NodeCache(str(tmp_path / "cache")) if cached else False)
+    store.write_dataset("tiny", split_rows("tiny", (("train", 3), ("test", 2))), NON_RADIOLOGY_PROMPT_TYPES)
+    read_before = store.manifest("tiny")  # a trial read the manifest, then the dataset was rewritten
+    store.write_dataset("tiny", split_rows("tiny", (("train", 3), ("test", 2)), seed=7), NON_RADIOLOGY_PROMPT_TYPES)
+    with pytest.raises(StorageUnavailable, match=r"dataset 'tiny' was rewritten while it was read .*runs again on "
+                                                 r"the next launch") as error:
+        store.read_split("tiny", "train", manifest=read_before)
+    assert is_infrastructure(error.value)
+    # A file the current manifest lists and storage lacks is still bad data.
+    (root / "tiny" / store.manifest("tiny").splits["test"]["files"][0]["path"]).unlink()
+    with pytest.raises(ShardError, match=r"missing shard .*: the manifest lists it"):
+        store.read_split("tiny", "test")
 
 
 def _changed(folder: Path, before: dict[str, int]) -> bool:
@@ -159,21 +225,29 @@ def test_killed_prompt_generation_leaves_the_old_or_the_new_dataset_whole(tmp_pa
         assert state in (old, new)
 
 
-def test_rewrite_on_s3_switches_the_manifest_and_removes_the_old_shards_after(s3_bucket):
+def test_rewrite_on_s3_switches_the_manifest_and_removes_the_old_shards_after(s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "ROWS_PER_FILE", 2)  # train's first file is finished before the bad row
     root = f"{s3_bucket}/shards"
     store = ShardStore(root, cache=False)
+
+    def objects() -> set[str]:
+        return {o.base_name for o in store.fs.get_file_info(pafs.FileSelector(store.path + "/tiny"))}
+
     store.write_dataset("tiny", split_rows("tiny", (("train", 3), ("test", 2))), NON_RADIOLOGY_PROMPT_TYPES)
-    old = snapshot(store, "tiny")
+    old, before = snapshot(store, "tiny"), objects()
+    read_before = store.manifest("tiny")
     bad = list(split_rows("tiny", (("train", 3), ("test", 2)), seed=5))
     bad[4]["p3"] = ["x\ud800"]
     with pytest.raises(ShardError, match=r"row 1 \(sample_id 'tiny-test-00001'\), field 'p3'"):
         store.write_dataset("tiny", bad, NON_RADIOLOGY_PROMPT_TYPES)
-    assert snapshot(store, "tiny") == old
+    assert snapshot(store, "tiny") == old and objects() == before
     store.write_dataset("tiny", split_rows("tiny", (("train", 3), ("test", 2)), seed=5), NON_RADIOLOGY_PROMPT_TYPES)
     assert snapshot(store, "tiny") != old
-    listed = {f["path"] for s in store.manifest("tiny").splits.values() for f in s["files"]}
-    objects = store.fs.get_file_info(pafs.FileSelector(store.path + "/tiny"))
-    assert {o.base_name for o in objects} == listed | {"manifest.json"}
+    assert objects() == set(store.manifest("tiny").files()) | {"manifest.json"}
+    # A node that read the old manifest downloads one of its files after the rewrite removed it.
+    cached = ShardStore(root, cache=NodeCache(str(tmp_path / "cache")))
+    with pytest.raises(StorageUnavailable, match=r"dataset 'tiny' was rewritten while it was read"):
+        cached.read_split("tiny", "train", manifest=read_before)
 
 
 def test_duplicate_sample_ids_are_refused_by_the_writer_and_by_validate(tmp_path):
@@ -211,8 +285,9 @@ def test_unsafe_dataset_names_are_refused_before_anything_is_written(tmp_path, c
     with pytest.raises(SystemExit) as exit_:
         ingest_main(["medvlsm", str(folder), "--name", "../x", "--to", str(shards), "--quiet"])
     assert exit_.value.code == 2 and "'../x' is not a usable name" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         prompts_main(["generate", str(shards), "--name", "../x"])
+    assert exit_.value.code == 2 and "'../x' is not a usable name" in capsys.readouterr().err
     with pytest.raises(ShardError, match=r"dataset name '\.\./x'"):
         ingest(lambda: medvlsm_records(folder, "x"), ShardStore(str(shards)), "../x", None, str(folder),
                progress=False)

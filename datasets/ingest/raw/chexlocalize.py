@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 
 from datasets.ingest.raw.common import LayoutError, RawDataset, RawItem, file_bytes, require_folder, seeded_split
 from datasets.ingest.records import Record, RowError, RowProblem
+from prompts.images import ImageLimitError, check_pixels
 from prompts.metadata import CHEXLOCALIZE_FINDINGS, CHEXLOCALIZE_VIEWS, CHEXPERT_OBSERVATIONS
 
 PARTS = ("val", "test")
@@ -71,8 +72,10 @@ def decode_rle(rle: Mapping) -> np.ndarray:
     """A COCO RLE ``{"size": [h, w], "counts": str | list}`` as a boolean (h, w) mask.
 
     Runs alternate background and foreground, starting with background, over the pixels in
-    column-major order."""
+    column-major order. A size over the pixel limit of ``prompts.images`` is an ImageLimitError,
+    before the mask is allocated."""
     height, width = (int(v) for v in rle["size"])
+    check_pixels(width, height, f"RLE size {height}x{width}")
     counts = rle["counts"]
     runs = rle_counts(counts) if isinstance(counts, str) else [int(v) for v in counts]
     if any(run < 0 for run in runs) or sum(runs) != height * width:
@@ -89,7 +92,9 @@ def rle_is_empty(rle: Mapping) -> bool:
 
 
 def rasterise_polygons(polygons: list, height: int, width: int) -> np.ndarray:
-    """Polygons ``[[[x, y], ...], ...]`` (pixel coordinates) filled, edges included."""
+    """Polygons ``[[[x, y], ...], ...]`` (pixel coordinates) filled, edges included. A size over the
+    pixel limit of ``prompts.images`` is an ImageLimitError, before the canvas is allocated."""
+    check_pixels(width, height, f"img_size {height}x{width}")
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for polygon in polygons:
@@ -144,6 +149,8 @@ def _rle_loader(path: Path, image_id: str, finding: str, rle: Mapping):
     def load() -> np.ndarray:
         try:
             return decode_rle(rle)
+        except ImageLimitError as error:
+            raise RowError(f"{path} entry {image_id}/{finding}: {error}") from None
         except (KeyError, TypeError, ValueError) as error:
             raise RowError(f"{path} entry {image_id}/{finding}: bad RLE ({error})") from None
 
@@ -155,6 +162,8 @@ def _polygon_loader(path: Path, image_id: str, finding: str, polygons: list, siz
         try:
             height, width = (int(v) for v in size)
             return rasterise_polygons(polygons, height, width)
+        except ImageLimitError as error:
+            raise RowError(f"{path} entry {image_id}/{finding}: {error}") from None
         except (TypeError, ValueError) as error:
             raise RowError(f"{path} entry {image_id}/{finding}: bad polygons or img_size ({error})") from None
 

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from datasets.ingest.records import Record, RowError, RowProblem
-from prompts import images
+from prompts.images import ImageLimitError, read_image_file
+from prompts.images import open_image as open_limited
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLITS = ("train", "val", "test")
@@ -159,8 +160,8 @@ def file_bytes(path: Path) -> Callable[[], bytes]:
 
     def load() -> bytes:
         try:
-            return images.read_image_file(path)
-        except images.ImageLimitError as error:
+            return read_image_file(path)
+        except ImageLimitError as error:
             raise RowError(str(error)) from None
         except OSError as error:
             raise RowError(f"cannot read {path}: {error.strerror or error}") from None
@@ -172,12 +173,12 @@ def open_image(path: Path) -> np.ndarray:
     """A mask or image file's pixels; RowError naming the file if it does not decode or is over the
     limits of ``prompts.images`` (pixels, file size)."""
     try:
-        with images.open_image(path, str(path)) as image:
+        with open_limited(path, str(path)) as image:
             image.load()
             if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
                 image = image.convert("RGB" if image.mode != "1" else "L")
             return np.asarray(image)
-    except images.ImageLimitError as error:
+    except ImageLimitError as error:
         raise RowError(str(error)) from None
     except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three on bad files
         raise RowError(f"cannot decode {path}: {error}") from None

@@ -4,12 +4,14 @@ SimpleITK and nibabel are heavy and only these few header fields matter here.
 
 Both formats store x fastest, so the pixels reshape to (rows, columns) = (y, x) in C order: the
 orientation SimpleITK's ``GetArrayFromImage`` gives, which is how the study converted them.
-Every failure raises RowError naming the file and the field.
+Every failure raises RowError naming the file and the field. The limits of ``prompts.images`` hold here
+too: a file over the size limit is refused before it is read, a frame over the pixel limit before its
+pixels are allocated, and compressed data are inflated only up to the bytes the header declares.
 """
 
 from __future__ import annotations
 
-import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.ingest.records import RowError
+from prompts.images import ImageLimitError, check_pixels, read_image_file
 
 METAIMAGE_TYPES = {
     "MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_USHORT": "u2", "MET_SHORT": "i2", "MET_UINT": "u4",
@@ -25,6 +28,7 @@ METAIMAGE_TYPES = {
 NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
                1280: "u8"}
 NIFTI1_HEADER = 348
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip wrapper
 
 
 def read_frame(path: Path) -> np.ndarray:
@@ -48,9 +52,37 @@ def _single_frame(path: Path, pixels: np.ndarray) -> np.ndarray:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        return read_image_file(path)
+    except ImageLimitError as error:
+        raise RowError(str(error)) from None
     except OSError as error:
         raise RowError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _check_frame(path: Path, dims: list[int] | tuple[int, ...]) -> int:
+    """The number of pixels of a frame of ``dims`` (x fastest); RowError if a size is not positive or
+    the frame is over the pixel limit, before anything of its size is allocated."""
+    if not dims or any(d < 1 for d in dims):
+        raise RowError(f"{path}: dimensions {list(dims)}; positive sizes were expected")
+    try:
+        check_pixels(dims[0], math.prod(dims[1:]), str(path))
+    except ImageLimitError as error:
+        raise RowError(str(error)) from None
+    return math.prod(dims)
+
+
+def _inflate(path: Path, data: bytes, wbits: int, size: int) -> bytes:
+    """The first ``size`` bytes of zlib (wbits 15) or gzip (wbits 31) data, and no more: data that
+    inflate beyond what the header declares are refused (a decompression bomb) without inflating them."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(data, size + 1)
+    except zlib.error as error:
+        raise RowError(f"{path}: compressed data do not decompress ({error})") from None
+    if len(out) > size:
+        raise RowError(f"{path}: compressed data inflate to more than the {size} bytes its header declares;"
+                       " a decompression bomb or a damaged file")
+    return out
 
 
 def read_metaimage(path: Path) -> np.ndarray:
@@ -79,6 +111,7 @@ def read_metaimage(path: Path) -> np.ndarray:
                        f" (ElementType one of {', '.join(METAIMAGE_TYPES)})") from None
     except ValueError:
         raise RowError(f"{path}: DimSize {header['DimSize']!r} is not a list of integers") from None
+    count = _check_frame(path, dims)
     if int(header.get("ElementNumberOfChannels", "1")) != 1:
         raise RowError(f"{path}: {header['ElementNumberOfChannels']} channels; one was expected")
     big_endian = any(header.get(k, "False").lower() == "true"
@@ -92,13 +125,11 @@ def read_metaimage(path: Path) -> np.ndarray:
         if not data_path.is_file():
             raise RowError(f"{path}: its data file {data_path} does not exist")
         data = _read_bytes(data_path)
-    if header.get("CompressedData", "False").lower() == "true":
-        try:
-            data = zlib.decompress(data)
-        except zlib.error as error:
-            raise RowError(f"{path}: compressed data does not decompress ({error})") from None
     skip = int(header.get("HeaderSize", "0"))
-    count = int(np.prod(dims))
+    if not -1 <= skip < 2**31:
+        raise RowError(f"{path}: HeaderSize {skip}; -1 or a byte count was expected")
+    if header.get("CompressedData", "False").lower() == "true":
+        data = _inflate(path, data, zlib.MAX_WBITS, max(skip, 0) + count * dtype.itemsize)
     if skip < 0:  # -1: the data are the last bytes of the file
         skip = len(data) - count * dtype.itemsize
     if len(data) - skip < count * dtype.itemsize:
@@ -112,10 +143,11 @@ def read_nifti(path: Path) -> np.ndarray:
     """A NIfTI-1 single file (.nii, or gzipped .nii.gz): 348-byte header, dim[], datatype,
     vox_offset, scl_slope/scl_inter; magic ``n+1``."""
     data = _read_bytes(path)
-    if path.name.lower().endswith(".gz"):
+    gzipped = path.name.lower().endswith(".gz")
+    if gzipped:  # the header first: it says how many bytes the whole file may inflate to
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
+            data, compressed = zlib.decompressobj(GZIP_WBITS).decompress(data, NIFTI1_HEADER), data
+        except zlib.error as error:
             raise RowError(f"{path}: not a valid gzip file ({error})") from None
     if len(data) < NIFTI1_HEADER:
         raise RowError(f"{path}: {len(data)} bytes, shorter than a NIfTI-1 header ({NIFTI1_HEADER})")
@@ -135,7 +167,11 @@ def read_nifti(path: Path) -> np.ndarray:
         raise RowError(f"{path}: datatype {datatype} is not read (known: {sorted(NIFTI_TYPES)})")
     shape = dim[1:1 + dim[0]]
     dtype = np.dtype(NIFTI_TYPES[datatype]).newbyteorder(endian)
-    count, start = int(np.prod(shape)), int(vox_offset)
+    if not NIFTI1_HEADER <= vox_offset < 2**31:
+        raise RowError(f"{path}: vox_offset {vox_offset}; at least {NIFTI1_HEADER} was expected")
+    count, start = _check_frame(path, shape), int(vox_offset)
+    if gzipped:
+        data = _inflate(path, compressed, GZIP_WBITS, start + count * dtype.itemsize)
     if len(data) < start + count * dtype.itemsize:
         raise RowError(f"{path}: dims {list(shape)} need {count * dtype.itemsize} bytes after offset {start},"
                        f" the file holds {len(data) - start}")
