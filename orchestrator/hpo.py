@@ -34,6 +34,7 @@ from orchestrator.arguments import (
 from orchestrator.hpo_state import (
     METRIC,
     MODE,
+    clear_tune_state,
     load_trial_state,
     read_trial_records,
     replay_rungs,
@@ -293,6 +294,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
             scheduler = ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=max_epochs,
                                       grace_period=grace_period, reduction_factor=reduction_factor)
             replay_rungs(scheduler, records)
+            clear_tune_state(where)
             grid = fit(trainable, resources, storage_path=where, name="tune", verbose=verbose,
                        callbacks=[trial_recorder(where, records)],
                        tune_config=tune.TuneConfig(

@@ -188,6 +188,17 @@ def trial_recorder(where: str, records: dict[str, dict]):
     return TrialRecorder()
 
 
+def clear_tune_state(where: str) -> None:
+    """Delete the run-level files earlier launches left in ``<where>/tune/`` (Tune's pickled tuner and searcher
+    state, its experiment snapshots): a search never reads them, and Ray would unpickle the newest snapshot
+    there if this launch stopped before its first trial. The trials' own folders stay (the figures and the
+    checkpoints the records name)."""
+    fs, root = filesystem_for(f"{where}/tune")
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            fs.delete_file(info.path)
+
+
 def replay_rungs(scheduler, records: dict[str, dict]) -> None:
     """Give a new ASHA scheduler the rung results of the trials of earlier launches, through its own
     trial interface, so a continued search cuts trials against every trial so far, not only the new ones."""

@@ -74,6 +74,9 @@ def test_a_planted_pickle_in_the_search_folder_never_runs(tmp_path):
     assert not os.path.exists(marker), "a pickle from storage was loaded"
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
     assert "continuing the search" in result.stdout
+    # The earlier launches' run-level state is gone: Ray cannot fall back on it either.
+    assert not (where / "tune" / "searcher-state-2026-01-01_00-00-00.pkl").exists()
+    assert not (where / "tune" / "experiment_state-2026-01-01_00-00-00.json").exists()
 
     selection = json.loads((where / SELECTION_FILE).read_text())
     # The finished trial is kept (not rerun); the interrupted one refused its planted checkpoint; one new setting

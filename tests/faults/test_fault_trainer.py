@@ -29,7 +29,7 @@ def write_unchecked(root: str, dataset: str, rows) -> None:
     fs.create_dir(f"{path}/{dataset}", recursive=True)
     splits = {}
     for split, group in itertools.groupby(rows, key=lambda row: row["split"]):
-        shard = ShardFile(fs, f"{path}/{dataset}/{split}-00000.parquet", shard_schema(NON_RADIOLOGY_PROMPT_TYPES))
+        shard = ShardFile(fs, f"{path}/{dataset}", f"{split}-00000.parquet", shard_schema(NON_RADIOLOGY_PROMPT_TYPES))
         for row in group:
             shard.add(row)
         entry = shard.finish()
