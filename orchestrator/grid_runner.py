@@ -51,12 +51,16 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
              address: str | None = None, fake_gpus: int | None = None, gpus_per_trial: float | None = None,
              cpus_per_trial: float = 1.0, dashboard: bool = True, max_failures: int = 1,
              checkpoint_interval_s: float | None = None, retry_failed: bool = False,
-             verbose: int = 1, force: bool = False, cluster_file: str | None = None) -> Outcome:
-    """One trial per experiment, named by its id, through ``orchestrator.launch``."""
+             verbose: int = 1, force: bool = False, cluster_file: str | None = None,
+             workers: dict[str, int] | None = None) -> Outcome:
+    """One trial per experiment, named by its id, through ``orchestrator.launch``, submitted in the order
+    of ``specs``. ``workers[spec.id]`` (default 1): the trial's Ray Train workers; above 1 it runs as DDP
+    (trainables/distributed.py), its worker group restarted up to ``max_failures`` times."""
     from trainables.tune_trainable import train_experiment
 
     data, storage = absolute_uri(data), absolute_uri(storage)
-    jobs = {s.id: Job(s.id, {s.id: s.to_dict()}, placed_as=s.to_dict()) for s in specs}
+    workers = workers or {}
+    jobs = {s.id: Job(s.id, {s.id: s.to_dict()}, placed_as=s.to_dict(), workers=workers.get(s.id, 1)) for s in specs}
     return launch(list(jobs.values()), ResultStore(storage, study), train_experiment, what="experiments",
                   storage=storage, lease=study, address=address, fake_gpus=fake_gpus,
                   gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, dashboard=dashboard,
@@ -68,4 +72,4 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
                   # the ideal makespan (bench grid).
                   reuse_actors=True,
                   bound={"data": data, "storage": storage, "study": study,
-                         "checkpoint_interval_s": checkpoint_interval_s})
+                         "checkpoint_interval_s": checkpoint_interval_s, "worker_restarts": max_failures})

@@ -63,6 +63,9 @@ class Job:
     placed_as: dict  # model, mode, size, batch size: what place_trials sizes
     context: dict = field(default_factory=dict)
     spec: dict | None = None  # the spec its Tune config shows, with its id (none: its one record's)
+    # Ray Train workers of the trial (DDP, trainables/distributed.py), each placed as ``placed_as`` with
+    # 1/workers of its batch; 1: a single-process trial
+    workers: int = 1
 
 
 def add_verbose_argument(p) -> None:
@@ -188,10 +191,11 @@ def place_trials(specs: list[dict], cluster_file: str | None, *, cpus: float | N
 
 def trial_resources(placements: dict, key: str = TRIAL) -> Callable[[dict], dict]:
     """Resources as a function of a trial's config: what the placement of its ``config[key]`` (its job's
-    name; an hpo trial's batch size) asks of Ray."""
+    name; an hpo trial's batch size) asks of Ray for the trial itself (a DDP trial's workers ask for
+    theirs through Ray Train: ``Placement.trial_resources``)."""
 
     def resources(config: dict) -> dict:
-        return dict(placements[config[key]].resources)
+        return placements[config[key]].trial_resources
 
     return resources
 
@@ -318,11 +322,12 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
            max_failures: int = 1, retry_failed: bool = False, verbose: int = 1, force: bool = False,
            cluster_file: str | None = None, reuse_actors: bool = False, bound: dict | None = None) -> Outcome:
     """Run the jobs' records that are not finished (nor failed before, unless ``retry_failed``), one
-    Tune trial per job that has any: ``trainable(config, jobs=..., threads=..., **bound)`` with
-    ``jobs[config[TRIAL]]`` its job (``{"records": {id: spec} left to run, **job.context}``), and
-    ``config[SPEC]`` its spec (``trial_configs``), in a Tune folder of this launch's own
-    (``launch_folders``). Prints what it skips and runs; returns what happened to every record, read
-    back from ``store``."""
+    Tune trial per job that has any, submitted in the order of ``jobs``:
+    ``trainable(config, jobs=..., threads=..., **bound)`` with ``jobs[config[TRIAL]]`` its job
+    (``{"records": {id: spec} left to run, "workers": job.workers, **job.context}``, and for a DDP job,
+    ``"worker_resources"``: what each of its workers asks for), and ``config[SPEC]`` its spec
+    (``trial_configs``), in a Tune folder of this launch's own (``launch_folders``). Prints what it skips
+    and runs; returns what happened to every record, read back from ``store``."""
     from ray import tune
 
     files = store.listing()
@@ -347,7 +352,9 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
     for record_id in sorted(done):
         if store.CHECKPOINT in files[record_id] or store.PROGRESS in files[record_id]:
             store.clear_resume_state(record_id)
-    pending = {job.name: {"records": {i: s for i, s in job.records.items() if i in todo}, **job.context}
+    # In the order of ``jobs``: Tune's grid search submits its trials in this order.
+    pending = {job.name: {"records": {i: s for i, s in job.records.items() if i in todo}, "workers": job.workers,
+                          **job.context}
                for job in jobs if todo & job.records.keys()}
     if not pending:
         return outcome
@@ -355,9 +362,14 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
     store.check_writable()
     with session(storage, lease, address=address, fake_gpus=fake_gpus, dashboard=dashboard, force=force,
                  verbose=verbose) as use_gpus:
-        placements = place_trials([{**job.placed_as, "id": job.name} for job in jobs if job.name in pending],
+        placements = place_trials([{**job.placed_as, "id": job.name, "workers": job.workers}
+                                   for job in jobs if job.name in pending],
                                   cluster_file, cpus=cpus_per_trial, gpus=gpus_per_trial, use_gpus=use_gpus,
                                   joined=address is not None)
+        for job_name, placement in placements.items():
+            pending[job_name]["workers"] = placement.workers  # 1 where the trial has nothing to split
+            if placement.workers > 1:  # each Ray Train worker asks for this; the trial, for its driver share
+                pending[job_name]["worker_resources"] = dict(placement.resources)
         for record_id in retried:  # placed: a retry that fails again writes its own FAILED.json
             store.clear_failure(record_id)
         for record_id in sorted(broken & todo):  # its run writes a DONE of its own, with its result

@@ -43,6 +43,11 @@ AWS_FAMILY_ACCELERATOR: dict[str, str] = {
 }
 ACCELERATOR_PREFIX = "accelerator_type:"
 ROUTING_SHARE = 0.001  # what Ray itself asks of accelerator_type:<X> for @ray.remote(accelerator_type=X)
+# What the Tune trial of a DDP trial asks for itself: it only starts Ray Train's controller (which Ray Train
+# starts with 0 CPUs) and waits for it, while its workers hold the trial's CPUs and GPUs. Tune refuses a
+# trial of no resources at all, so a token share: an assumption (not a measurement) that the driver's CPU
+# use is negligible beside its workers'; 100 waiting drivers hold one CPU, none keeps a CPU from workers.
+DRIVER_RESOURCES = {"cpu": 0.01, "gpu": 0.0}
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,17 @@ class Placement:
     node_type: NodeType | None = None
     grad_accum: int = 1
     unchecked: str = ""  # why the need was not checked against a GPU, where it could not be
+    workers: int = 1  # Ray Train workers (DDP), each asking for ``resources``; 1: a single-process trial
+
+    @property
+    def trial_resources(self) -> dict[str, float]:
+        """What the Tune trial itself asks of Ray: everything for one process; a DDP trial's driver share."""
+        return dict(self.resources) if self.workers == 1 else dict(DRIVER_RESOURCES)
+
+    @property
+    def gpus(self) -> float:
+        """GPUs the trial holds while it runs, all its workers together."""
+        return self.workers * self.resources.get("gpu", 0.0)
 
 
 @dataclass
@@ -112,8 +128,24 @@ def _amount(n: float, what: str) -> str:
     return f"{n:g} {what}" + ("" if n == 1 else "s")
 
 
+@dataclass
+class TooManyWorkers:
+    """A DDP trial whose workers the cluster cannot hold all at once: its placement group would wait forever."""
+    spec_id: str
+    workers: int
+    per_worker: dict[str, float]
+    slots: int  # workers of this size the cluster holds at once
+    where: str
+
+    def __str__(self) -> str:
+        cpus, gpus = self.per_worker.get("cpu", 0.0), self.per_worker.get("gpu", 0.0)
+        return (f"{self.spec_id}: runs as {self.workers} Ray Train workers of {_amount(gpus, 'GPU')} and "
+                f"{_amount(cpus, 'CPU')} each, all at once; {self.where} holds {self.slots} such worker(s). "
+                f"Give it {self.slots} worker(s) or fewer (--workers-per-trial), or add nodes to the cluster file")
+
+
 class Unplaceable(Exception):
-    def __init__(self, refusals: list[Refusal | TooLarge], source: str):
+    def __init__(self, refusals: list[Refusal | TooLarge | TooManyWorkers], source: str):
         self.refusals, self.source = refusals, source
         shown = "\n  ".join(str(r) for r in refusals[:10])
         more = f"\n  ... and {len(refusals) - 10} more" if len(refusals) > 10 else ""
@@ -181,11 +213,34 @@ def _accumulations(batch_size: int) -> list[int]:
 
 def place(spec: dict, node_types: list[NodeType], *, cpus: float | None = None, gpus_per_trial: float | None = None,
           replicas: int = 1, use_gpus: bool = True, auto_accumulate: bool = False) -> Placement | Refusal:
-    """Where one trial of ``spec`` (an ExperimentSpec dict) runs, or why it cannot.
+    """Where one trial of ``spec`` (an ExperimentSpec dict, with ``workers`` where it runs as DDP) runs, or
+    why it cannot. A DDP trial's placement is its workers': each holds the model and 1/N of the batch, and
+    on GPUs a whole GPU.
 
     ``auto_accumulate`` (hpo, whose batch sizes are sampled) splits a batch that fits no GPU into
     micro-batches; a grid spec keeps its own ``grad_accum`` (it is part of the experiment's id).
     """
+    # A zero-shot trial trains nothing: data parallelism has nothing to split.
+    workers = 1 if spec.get("mode") == "zeroshot" else spec.get("workers", 1)
+    placed = _place_one(worker_spec({**spec, "workers": workers}), node_types, cpus=cpus, use_gpus=use_gpus,
+                        replicas=replicas, gpus_per_trial=1.0 if workers > 1 and use_gpus else gpus_per_trial,
+                        auto_accumulate=auto_accumulate)
+    if isinstance(placed, Placement):
+        placed.workers = workers
+    return placed
+
+
+def worker_spec(spec: dict) -> dict:
+    """What one worker of ``spec``'s trial holds: for N DDP workers, its share of the global batch (the
+    largest, ceil(batch / N)); a single-process trial's spec as it is."""
+    workers = spec.get("workers", 1)
+    if workers < 1:
+        raise ValueError(f"{spec.get('id', spec['model'])}: {workers} workers; expected 1 or more")
+    return spec if workers == 1 else {**spec, "batch_size": -(-spec["batch_size"] // workers)}
+
+
+def _place_one(spec: dict, node_types: list[NodeType], *, cpus: float | None, gpus_per_trial: float | None,
+               replicas: int, use_gpus: bool, auto_accumulate: bool) -> Placement | Refusal:
     cpu = card(spec["model"]).cpus if cpus is None else cpus
     spec_id = spec.get("id", spec["model"])
     if not use_gpus:
@@ -257,12 +312,41 @@ def too_large(placement: Placement, capacities: list[tuple[float | None, float]]
     return TooLarge(placement.spec_id, cpus, gpus, largest, where)
 
 
+def worker_slots(per_worker: dict[str, float], nodes: list[tuple[float | None, float, int | None]]) -> int | None:
+    """How many workers of ``per_worker``'s CPUs and GPUs ``nodes`` hold at once: each node ``(CPUs or None
+    for any, GPUs, how many such nodes or None for no known limit)``; None where there is no known limit."""
+    cpus, gpus = per_worker.get("cpu", 0.0), per_worker.get("gpu", 0.0)
+    total = 0
+    for node_cpus, node_gpus, count in nodes:
+        # A small tolerance: 1.0 / 0.1 is 9.999... in floating point.
+        fits = [int(have / need + 1e-9) for have, need in ((node_cpus, cpus), (node_gpus, gpus))
+                if need > 0 and have is not None]
+        per_node = min(fits) if fits else None
+        if per_node is None or (count is None and per_node > 0):
+            return None
+        total += per_node * count
+    return total
+
+
+def too_many_workers(placement: Placement, nodes: list[tuple[float | None, float, int | None]],
+                     where: str) -> TooManyWorkers | None:
+    """Why ``nodes`` cannot hold all of a DDP trial's workers at once, or None (a single-process trial,
+    or enough room)."""
+    if placement.workers == 1:
+        return None
+    slots = worker_slots(placement.resources, nodes)
+    if slots is None or slots >= placement.workers:
+        return None
+    return TooManyWorkers(placement.spec_id, placement.workers, placement.resources, slots, where)
+
+
 def place_all(specs: list[dict], node_types: list[NodeType], source: str, *, may_grow: bool = False,
               **kwargs) -> dict[str, Placement]:
     """Every trial's placement, keyed by id; raises Unplaceable naming each trial no node type holds:
     by GPU memory, or (on a running Ray) by CPUs and GPUs more than any node, running or of the cluster
-    file, has. ``may_grow``: the running Ray is a joined cluster, whose autoscaler may add nodes; without
-    its cluster file, a trial larger than its running nodes gets a warning, not a refusal."""
+    file, has, or a DDP trial's workers more than all of them hold at once. ``may_grow``: the running
+    Ray is a joined cluster, whose autoscaler may add nodes; without its cluster file, a trial larger than
+    its running nodes gets a warning, not a refusal."""
     placed, refused = {}, []
     for spec in specs:
         result = place(spec, node_types, **kwargs)
@@ -271,6 +355,11 @@ def place_all(specs: list[dict], node_types: list[NodeType], source: str, *, may
         capacities = running + [(t.cpus, float(t.gpus)) for t in node_types if not t.name.endswith("(running)")]
         where = "the running Ray cluster" + (" or its cluster file" if len(capacities) > len(running) else "")
         too_big = [r for r in (too_large(p, capacities, where) for p in placed.values()) if r is not None]
+        # All of a DDP trial's workers at once: every running node, and each cluster-file type's max_workers.
+        nodes = [(c, g, 1) for c, g in running] + [(t.cpus, float(t.gpus), t.max_workers) for t in node_types
+                                                    if not t.name.endswith("(running)")]
+        already = {r.spec_id for r in too_big}
+        too_big += [r for p in placed.values() if p.spec_id not in already and (r := too_many_workers(p, nodes, where))]
         if may_grow and len(capacities) == len(running) and too_big:
             print(f"warning: {len(too_big)} trial(s) larger than every running node, e.g. {too_big[0].spec_id}: "
                   "they wait for the autoscaler to add a node that holds them (pass --cluster YAML to check "

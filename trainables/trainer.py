@@ -4,13 +4,17 @@ It knows nothing of Ray, storage or experiment grids: give it a model, data and 
 ``fit``, then ``test``. ``state_dict`` / ``load_state_dict`` make a run resumable mid-way. A split it
 cannot use (too few rows, a sample id on more than one row) is refused as bad input (ShardError):
 the train and validation splits when it is built, before any epoch, a test split when it is scored.
+
+Its steps run in one process (``OneProcess``); ``trainables.distributed.DataParallel`` replaces that
+object to run the same steps on N data-parallel ranks (DDP): the loop below is the same for both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +103,35 @@ def micro_batches(batch: dict, parts: int) -> list[dict]:
     return [cut(batch, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
+class OneProcess:
+    """How the Trainer's steps are spread over processes: here, not at all. ``trainables.distributed.
+    DataParallel`` gives each of N ranks its slice of every batch and averages their gradients (DDP)."""
+
+    rank, world = 0, 1
+
+    def batches(self, loader: DataLoader) -> Iterator[tuple[dict, float]]:
+        """Each optimizer step's batch for this process, with the weight of one sample's loss in the
+        step's gradient: 1 / the global batch's size, so the step's gradient is the batch's mean."""
+        for batch in loader:
+            yield batch, 1 / len(batch["sample_ids"])
+
+    def run(self, model: torch.nn.Module, *args, decode: bool = False) -> torch.Tensor:
+        """``model(*args)``, or ``model.decode(*args)`` (the decoder alone, on cached encoder outputs)."""
+        return model.decode(*args) if decode else model(*args)
+
+    def syncing(self, last: bool) -> contextlib.AbstractContextManager:
+        """Around each micro-batch's backward; ``last``: the step's last one (where ranks sync gradients)."""
+        return contextlib.nullcontext()
+
+    def sum(self, *values: float) -> list[float]:
+        """``values`` summed over the ranks."""
+        return list(values)
+
+    def agree(self, *values: float) -> list[float]:
+        """Rank 0's ``values`` on every rank: decisions (LR schedule, early stopping) are the same everywhere."""
+        return list(values)
+
+
 # Rows a split needs. Training: a batch of one sample cannot train BatchNorm (CRIS, the CNNs), so the
 # loader drops a last batch of one, and a one-row split would train on nothing. Validation and testing
 # average over their rows.
@@ -158,6 +191,7 @@ class Trainer:
         self.best_dice = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.epochs_since_best = 0
+        self.parallel = OneProcess()  # trainables.distributed.attach makes it data-parallel
 
     # -- data ----------------------------------------------------------------------------------
     def _collate(self, samples: list[dict]) -> dict:
@@ -187,11 +221,13 @@ class Trainer:
             image, text = ({k: v.to(self.device).float() if v.is_floating_point() else v.to(self.device)
                             for k, v in batch["features"][part].items()} for part in ("image", "text"))
             with self.autocast:
-                logits = self.model.decode(image, text, (self.inputs.input_size, self.inputs.input_size))
+                logits = self.parallel.run(self.model, image, text, (self.inputs.input_size, self.inputs.input_size),
+                                           decode=True)
             return logits.float()
         pixels = (batch["image"].to(self.device, non_blocking=True).float() - self.mean) / self.std
         with self.autocast:
-            logits = self.model(pixels, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            logits = self.parallel.run(self.model, pixels, batch["input_ids"].to(self.device),
+                                       batch["attention_mask"].to(self.device))
         return logits.float()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -199,18 +235,21 @@ class Trainer:
         self.model.train()
         self.train_set.set_epoch(self.epoch)
         total, count = 0.0, 0
-        for batch in self._loader(self.train_set, shuffle=True):
+        for batch, weight in self.parallel.batches(self._loader(self.train_set, shuffle=True)):
             self.optimizer.zero_grad(set_to_none=True)
-            n = len(batch["sample_ids"])
-            for part in micro_batches(batch, self.config.grad_accum):
+            parts = micro_batches(batch, self.config.grad_accum)
+            for i, part in enumerate(parts):
                 # The loss is a mean over samples: weighting each micro-batch by its share of the
                 # batch gives the gradient of the whole batch.
-                loss = dice_bce_loss(self._forward(part), part["mask"].to(self.device), self.config.bce_weight)
-                (loss * len(part["sample_ids"]) / n).backward()
-                total += loss.item() * len(part["sample_ids"])
+                with self.parallel.syncing(last=i == len(parts) - 1):
+                    loss = dice_bce_loss(self._forward(part), part["mask"].to(self.device), self.config.bce_weight)
+                    (loss * len(part["sample_ids"]) * weight).backward()
+                if weight:  # a weight of 0: a data-parallel rank's stand-in sample, not part of the batch
+                    total += loss.item() * len(part["sample_ids"])
+                    count += len(part["sample_ids"])
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
             self.optimizer.step()
-            count += n
+        total, count = self.parallel.sum(total, count)
         return total / count
 
     @torch.no_grad()
@@ -242,7 +281,7 @@ class Trainer:
         """Train one epoch, validate, step the LR schedule and the early-stopping counter."""
         train_loss = self.train_epoch()
         val_loss, dice = self.evaluate(self.val_set)
-        val_dice = sum(dice.values()) / len(dice)
+        val_loss, val_dice = self.parallel.agree(val_loss, sum(dice.values()) / len(dice))
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(val_loss)
         else:

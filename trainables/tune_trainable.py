@@ -11,12 +11,16 @@ Resume: at most every ``checkpoint_interval_s`` (and after the last epoch) the t
 rerun of the grid after the driver was stopped, starts from that file: it is keyed by the
 experiment id alone, so it does not depend on Tune's experiment state or on which other
 experiments a launch holds. Tune itself gets no checkpoint, so the state is stored once.
+
+A trial of N > 1 workers runs the same ``run_experiment`` on each of N Ray Train workers
+(trainables/distributed.py): rank 0 writes what a single-process trial writes, every rank resumes.
 """
 
 from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 
 import ray
 import torch
@@ -47,32 +51,54 @@ def claim_resources(threads: int) -> dict:
 
 
 def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: str, study: str,
-                     threads: int = 1, checkpoint_interval_s: float | None = None) -> None:
+                     threads: int = 1, checkpoint_interval_s: float | None = None, worker_restarts: int = 1) -> None:
     """Train and test one experiment, ``jobs[config["trial"]]``'s one record, resuming from its stored
-    checkpoint; write its result (or, on bad input, its failure) to the result store.
+    checkpoint; write its result (or, on bad input, its failure) to the result store. A job with
+    ``workers`` N > 1 runs as a Ray Train TorchTrainer of N workers (trainables/distributed.py), each
+    asking for the job's ``worker_resources``, its worker group restarted up to ``worker_restarts`` times.
 
     Bad input (``ShardError`` as the data is prepared) is recorded as FAILED and the trial ends cleanly.
     Anything else is raised: a fault of storage, network, node or memory (each S3 request already
     retried with backoff) is retried by Ray Tune (``FailureConfig.max_failures``; the retry resumes from
     the stored checkpoint) and, if it still fails, left unfinished for the next launch; other errors are
     recorded FAILED by the launch (``ResultStore.record_outcome``)."""
-    [(experiment_id, spec)] = jobs[config["trial"]]["records"].items()
+    job = jobs[config["trial"]]
+    [(experiment_id, spec)] = job["records"].items()
     spec = {**spec, "id": experiment_id}
-    results = ResultStore(storage, study)
     if checkpoint_interval_s is None:
         checkpoint_interval_s = FULL_SIZE_CHECKPOINT_INTERVAL_S if spec["size"] == "full" else CHECKPOINT_INTERVAL_S
+    if job.get("workers", 1) > 1:
+        from trainables.distributed import train_data_parallel
+
+        train_data_parallel(run_experiment, spec, data=data, storage=storage, study=study,
+                            checkpoint_interval_s=checkpoint_interval_s, workers=job["workers"],
+                            worker_resources=job["worker_resources"], threads=threads, restarts=worker_restarts)
+        return
+    run_experiment(spec, data, ResultStore(storage, study), checkpoint_interval_s, tune.report,
+                   claim_resources(threads))
+
+
+def run_experiment(spec: dict, data: str, results: ResultStore, checkpoint_interval_s: float,
+                   report: Callable[[dict], None], resources: dict, *, rank: int = 0,
+                   make_parallel: Callable[[Trainer], None] | None = None) -> None:
+    """``train_experiment``'s work on one process: a single-process trial's, or (``make_parallel``) one rank
+    of a data-parallel one, which every rank runs alike. Every rank loads the stored checkpoint and calls
+    ``report`` (``tune.report``, or Ray Train's, a barrier of the ranks) as often as the others; rank 0
+    alone writes the checkpoint, progress, weights, result and any failure."""
+    experiment_id = spec["id"]
+    writer = rank == 0
     if (done := results.finished_result(experiment_id)) is not None:
         # A retry of a trial whose first try finished (its node lost after DONE): nothing to train again.
-        tune.report(final_metrics(done, {}))
+        report(final_metrics(done, {}))
         return
     started = time.time()
-    resources = claim_resources(threads)
     try:
         trainer, test_sets = prepare(spec, data)
     except ShardError as e:
         # Bad input fails the same way on every retry: record it and end the trial cleanly.
-        results.write_failure(experiment_id, spec, str(e))
-        tune.report({"failed": True, "error": str(e)[:500]})
+        if writer:
+            results.write_failure(experiment_id, spec, str(e))
+        report({"failed": True, "error": str(e)[:500]})
         return
 
     # Said in the trial's reports too: at the default verbosity the driver shows no trial's output.
@@ -87,31 +113,37 @@ def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: st
             note = f"the checkpoint does not fit ({str(e)[:200]}); starting from epoch 0"
             print(f"{experiment_id}: {note}")
             trainer, test_sets = prepare(spec, data)  # the failed load may have changed some weights
-    write_progress(results, experiment_id, trainer)
+    if make_parallel is not None:
+        make_parallel(trainer)
+    if writer:
+        write_progress(results, experiment_id, trainer)
     last_checkpoint = time.monotonic()
     last_metrics: dict = {}
 
-    def report(epoch) -> None:
+    def on_epoch(epoch) -> None:
         nonlocal last_checkpoint, last_metrics
         # timesteps_total is TensorBoard's x axis (Tune's TBX logger): the epoch, also across resumes.
         metrics = {"epoch": epoch.epoch, "timesteps_total": epoch.epoch, "train_loss": epoch.train_loss,
                    "val_loss": epoch.val_loss, "val_dice": epoch.val_dice, "best_val_dice": trainer.best_dice,
                    "lr": epoch.lr, "resumed_from_epoch": resumed_from, **({"resume_note": note} if note else {})}
-        if trainer.finished or time.monotonic() - last_checkpoint >= checkpoint_interval_s:
+        if writer and (trainer.finished or time.monotonic() - last_checkpoint >= checkpoint_interval_s):
             save_checkpoint(results, experiment_id, trainer)
             write_progress(results, experiment_id, trainer)
             last_checkpoint = time.monotonic()
         last_metrics = metrics
-        tune.report(metrics)
+        report(metrics)
 
-    trainer.fit(on_epoch=report)
+    trainer.fit(on_epoch=on_epoch)
+    if not writer:  # the result is rank 0's to test and write; this rank's last report waits for it
+        report(last_metrics)
+        return
     tested = {name: split_scores(trainer.test_scores(dataset)) for name, dataset in test_sets.items()}
     per_image = {name: dice for name, (dice, _) in tested.items()}
     boundary = {m: {name: values[m] for name, (_, values) in tested.items()} for m in EXTRA_METRICS}
     result = summarize(spec, trainer, per_image, boundary)
     result["run"] = {
         "started_at": started, "finished_at": time.time(), "resumed_from_epoch": resumed_from,
-        "resources": resources,
+        "resources": resources, "workers": trainer.parallel.world,
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_ip": ray.util.get_node_ip_address(),
         "node_id": ray.get_runtime_context().get_node_id(),
     }
@@ -119,8 +151,9 @@ def train_experiment(config: dict, jobs: dict[str, dict], data: str, storage: st
         results.write_weights(experiment_id, trainer.best_state)
     results.write_result(spec, result, per_image, metrics=boundary)
     results.clear_resume_state(experiment_id)  # after DONE: the checkpoint can be large
+    print(f"{experiment_id}: result written by rank {rank} of {trainer.parallel.world}")
     # Last, once the result is stored: what Tune keeps as the trial's last result.
-    tune.report(final_metrics(result, last_metrics))
+    report(final_metrics(result, last_metrics))
 
 
 def final_metrics(result: dict, last_metrics: dict) -> dict:
