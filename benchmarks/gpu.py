@@ -299,6 +299,8 @@ def save(rows: list[dict], device: str, device_name: str, path: str | None) -> s
                      eval_step_ms=round(row["eval_s"] * 1000, 2), peak_gib=round(row["peak_gib"], 2))
         if cached:
             entry["cache_build_ms_per_row"] = round(row["encode_ms_per_row"], 3)
+        elif row["mode"] == "frozen":  # plan scales a frozen step timed with the encoders to the cached path
+            entry["features"] = "live"
         entry["source"] = (f"benchmarks gpu on {device_name}, input {row['input']}, "
                            + ("decoder on cached fp16 features (encoders every step: "
                               f"{row['step_s'] * 1000:.1f} ms)" if cached else "encoders every step")

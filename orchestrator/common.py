@@ -134,6 +134,27 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
                         "which train nothing, run once")
 
 
+def workers_per_trial(text: str) -> str | int:
+    """``--workers-per-trial``: ``auto`` or a whole number of workers, 1 or more."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto or a number of workers, 1 or more")
+    return n
+
+
+def add_workers_argument(p: argparse.ArgumentParser) -> None:
+    """--workers-per-trial, the same for grid and plan."""
+    p.add_argument("--workers-per-trial", type=workers_per_trial, default="auto", metavar="auto|N",
+                   help="Ray Train (DDP) workers per trial, one GPU each. auto: a trial longer than the makespan's "
+                        "lower bound (busy GPU-hours / GPUs) gets the fewest workers (a power of two, at most the "
+                        "GPUs of the largest node type) that bring it under; one each without GPUs. N: every trial N")
+
+
 def add_cluster_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", metavar="YAML",
                    help="Ray cluster file whose node types trials must fit (none: on a running cluster its "

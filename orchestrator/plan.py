@@ -1,56 +1,80 @@
 """Price a grid before it runs: GPU-hours, makespan and cost on a cluster shape, against one GPU at a time.
 
-    python -m orchestrator.run plan grid --gpus 8 --gpu-type a10g [--profile study] [--block B ...]
+    python -m orchestrator.run plan grid --gpus 8 --gpu-type a10g [--profile study] [--block B ...] [--explain]
     python -m orchestrator.run plan hpo --model clipseg --datasets study --gpus 4 --gpu-type h200
     python -m orchestrator.run plan grid --gpu-type cpu --calibrate     # measure step times here first
 
-A trial's time is ``start + setup + epochs x (train rows x train time per sample + val rows x eval
-time per sample) + test rows x eval time per sample``, plus, in frozen mode, computing the feature
-cache once per (model, dataset) on the node. Step times come from ``search_spaces/step_times.json``
-with this user's measurements laid over it (``$VLSM_CACHE/step_times.json``, written by
-``python -m benchmarks gpu --save`` or ``plan --calibrate``; ``search_spaces.estimates``), else
-from the paper's minutes and epochs per experiment (Appendix C.1, on each model card). Epochs: the
-paper's average where it gives one (CLIPSeg 90, CRIS 45, BiomedCLIPSeg 80, -D 50), else twice the
-early-stopping patience, never more than the spec's ``max_epochs``. Trials are packed in grid order
-onto the GPUs by their GPU share (``search_spaces.defaults.resources_for``), each at its solo speed
-(``--share-slowdown`` models contention), as Ray Tune starts them.
+A trial is priced as the project runs it (``search_spaces.estimates``): start and setup, expected epochs
+x (train rows x train time + val rows x eval time per sample), its test sets, and the caches it is
+the first to need: the decoded split once per (dataset, split, input size), and in frozen mode the
+feature cache once per (encoders, dataset, split) for images and once per (dataset, prompt type) for
+text, after which the epochs run the decoder alone. Per-sample times are measured on the GPU type
+(``search_spaces/step_times.json`` with this user's measurements over it) or the paper's minutes per
+experiment, scaled by the ratios the project measured (``search_spaces/time_factors.json``: the feature
+cache, bf16, Ray Train's efficiency); every figure carries a label that ``--explain`` resolves to its
+source. Expected epochs: the paper's average where it gives one, else twice the patience, never more
+than ``max_epochs``.
+
+``launch_plan`` is the one submission order for ``plan`` and ``grid``: longest first (``--order grid``
+keeps the grid's order), and a trial longer than the makespan's lower bound (busy GPU-hours / GPUs)
+runs as a Ray Train trial of the fewest workers (a power of two, at most the GPUs of the largest node
+type) that brings it under the bound (``--workers-per-trial``). The simulation (``schedule``) starts
+trials as Ray Tune does: whenever shares are free, every waiting trial that fits, in that order (a
+later, smaller one backfills before an earlier one that does not fit), each on the GPU with the least
+free share that holds it (a multi-worker trial takes whole GPUs), at its solo speed
+(``--share-slowdown`` models contention).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import json
 import math
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 
-from datasets.catalogue import POOLS
-from datasets.shards import ShardStore
-from datasets.synthetic import SYNTHETIC_DATASETS
 from orchestrator.arguments import above_one, gpu_share, non_negative_float, positive_float, positive_int
 from orchestrator.common import (
     DEFAULT_STORAGE,
     add_cluster_argument,
     add_spec_arguments,
+    add_workers_argument,
     build_specs,
     ensure_synthetic,
 )
 from orchestrator.hpo import base_spec, trial_specs
-from orchestrator.placement import REPO_CLUSTER_FILE, fit_summary, node_types_from_cluster_file
+from orchestrator.placement import (
+    HEAD_CLUSTER_FILE,
+    REPO_CLUSTER_FILE,
+    fit_summary,
+    node_types_from_cluster_file,
+)
 from search_spaces.defaults import resources_for
 from search_spaces.estimates import (  # noqa: F401 (re-exported)
+    DATASET_ROWS,
+    EVAL_FRACTION,
     STEP_TIMES,
+    TIME_FACTORS,
+    TrialTime,
+    charge_builds,
     expected_epochs,
+    figures,
     load_step_times,
+    load_time_factors,
     save_step_times,
     ship_hint,
+    split_rows,
+    trial_time,
     user_step_times,
+    with_workers,
 )
 from search_spaces.experiment import ExperimentSpec
 from search_spaces.grid import PROFILES, block_of
@@ -63,113 +87,119 @@ from trainables.models import card
 # --price overrides.
 PRICES_DATE = "2025-06, AWS EC2 on-demand, us-east-1"
 PRICES: dict[str, float] = {"a10g": 1.006, "l4": 0.805, "a100": 4.10, "h100": 6.88, "h200": 7.91, "cpu": 0.0}
-# Rows per split (train, val, test): DATA-FACTS; used when the shards are not at --data.
-DATASET_ROWS: dict[str, tuple[int, int, int]] = {
-    "kvasir_polyp": (800, 100, 100), "clinicdb_polyp": (490, 61, 61), "bkai_polyp": (800, 100, 100),
-    "isic": (810, 90, 379), "dfu": (1600, 200, 200), "busi": (624, 78, 78), "camus": (4800, 600, 600),
-    "chexlocalize": (1279, 446, 452), "cvc300_polyp": (0, 0, 60), "colondb_polyp": (0, 0, 380),
-    "etis_polyp": (0, 0, 196),
-    # Appendix F.2: 1,141 images; the split is not given, so 80/10/10 is assumed.
-    "mimic_cxr_lungs": (913, 114, 114),
-}
-EVAL_FRACTION = 1 / 3  # an evaluation batch (forward only) against a training step, when not measured
-
-
-@dataclass
-class TrialTime:
-    name: str
-    seconds: float
-    share: float  # of a GPU (or CPUs, on --gpu-type cpu)
-    epochs: int
-    source: str
-
-
-def split_rows(dataset: str, data: str | None) -> tuple[int, int, int]:
-    """(train, val, test) rows: from the shards' manifest at ``data`` if there, else DATA-FACTS."""
-    if dataset in POOLS:
-        rows = [split_rows(m, data) for m in POOLS[dataset].members]
-        return sum(r[0] for r in rows), sum(r[1] for r in rows), 0
-    if data:
-        try:
-            manifest = ShardStore(data, cache=False).manifest(dataset)
-            return tuple(manifest.splits.get(s, {}).get("rows", 0) for s in ("train", "val", "test"))
-        except Exception:  # not there: fall back to the study's numbers
-            pass
-    if dataset in SYNTHETIC_DATASETS:
-        sizes = SYNTHETIC_DATASETS[dataset]["split_sizes"]
-        return sizes["train"], sizes["val"], sizes["test"]
-    if dataset not in DATASET_ROWS:
-        raise ValueError(f"no row counts for dataset {dataset!r}: not at --data and not in DATA-FACTS")
-    return DATASET_ROWS[dataset]
+ORDERS = ("lpt", "grid")  # longest first, as the grid submits; the grid's own order, to compare
 
 
 def per_sample_seconds(spec: dict, table: dict, device: str) -> tuple[float, float, dict, str]:
-    """(train s per sample, eval s per sample, the device entry, its source) for a spec."""
-    entry = table["devices"].get(device, {}).get(f"{spec['model']}/{spec['mode']}/{spec['size']}")
-    if entry:
-        train = entry["step_ms"] / 1000 / entry["batch"]
-        evaluate = entry.get("eval_step_ms", entry["step_ms"] * EVAL_FRACTION) / 1000 / entry["batch"]
-        return train, evaluate, entry, f"{device} measured"
-    model = spec["model"] if card(spec["model"]).paper_time else "clipseg"
-    minutes, epochs = card(model).paper_time
-    # The paper's minutes cover train and validation epochs over its eight datasets' mean rows.
-    rows = statistics.fmean(sum(DATASET_ROWS[d][:2]) for d in (
-        "kvasir_polyp", "clinicdb_polyp", "bkai_polyp", "isic", "dfu", "busi", "camus", "chexlocalize"))
-    per_sample = minutes * 60 / epochs / rows
-    source = "paper" if model == spec["model"] else "guess (paper's CLIPSeg time)"
-    return per_sample, per_sample, {}, source
+    """(train s per sample, eval s per sample, the device entry, the first figure's label) for a spec."""
+    found = figures(spec, table, load_time_factors(), device)
+    entry = table["devices"].get(device, {}).get(f"{spec['model']}/{spec['mode']}/{spec['size']}") or {}
+    return found.train_s, found.eval_s, entry, found.labels[0]
 
 
-def trial_time(spec: dict, table: dict, device: str, data: str | None, epochs_override: int | None,
-               first_of_cache: bool, share: float) -> TrialTime:
-    train_rows, val_rows, _ = split_rows(spec["train_set"], data)
-    test_rows = sum(split_rows(d, data)[2] for d in spec["eval_sets"])
-    train_s, eval_s, entry, source = per_sample_seconds(spec, table, device)
-    epochs = 0 if spec["mode"] == "zeroshot" else expected_epochs(spec, table, epochs_override)
-    seconds = (entry.get("start_s", 0.0) + entry.get("setup_s", 0.0)
-               + epochs * (train_rows * train_s + val_rows * eval_s) + test_rows * eval_s)
-    if first_of_cache and spec["mode"] == "frozen":
-        seconds += entry.get("cache_build_ms_per_row", 0.0) / 1000 * (train_rows + val_rows + test_rows)
-    return TrialTime(spec["id"], seconds, share, epochs, source)
+# -- the submission order and the workers per trial ------------------------------------------------
+
+def launch_order(trials: list[TrialTime], order: str = "lpt") -> list[TrialTime]:
+    """Longest first (``lpt``; ties keep the grid's order), or the grid's order (``grid``)."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}: expected one of {', '.join(ORDERS)}")
+    return sorted(trials, key=lambda t: -t.seconds) if order == "lpt" else list(trials)
+
+
+def decide_workers(trials: list[TrialTime], gpus: int, max_workers: int, efficiency: float,
+                   workers: str | int = "auto") -> list[TrialTime]:
+    """Ray Train workers per trial. A number: every trial gets it. ``auto``: a trial longer than what
+    packing can hide, the makespan's lower bound (busy GPU-hours / GPUs), gets the smallest power of
+    two of workers (whole GPUs, at most ``max_workers``) that brings it under the bound; 1 without GPUs."""
+    if workers != "auto":
+        return [with_workers(t, int(workers), efficiency) for t in trials]
+    if max_workers < 2 or gpus < 2:
+        return list(trials)
+    bound = sum(t.seconds * t.share for t in trials) / gpus
+    decided = []
+    for trial in trials:
+        n, split = 1, trial
+        while split.seconds > bound and n * 2 <= max_workers:
+            n *= 2
+            split = with_workers(trial, n, efficiency)
+        decided.append(split)
+    return decided
+
+
+def launch_plan(specs: list[dict], table: dict, factors: dict, device: str, data: str | None, *, gpus: int,
+                max_workers: int, workers: str | int = "auto", order: str = "lpt", epochs: int | None = None,
+                gpus_per_trial: float | None = None, cpus_per_trial: float | None = None) -> list[TrialTime]:
+    """The trials of ``specs`` as they are submitted: priced, in ``order`` (each cache charged to the
+    first trial that needs it), with their Ray Train workers. ``plan`` and ``grid`` both use it."""
+    manifests: dict = {}
+    trials = []
+    for spec in specs:
+        if device == "cpu":  # one pool of CPUs: a trial takes its CPUs' share of it
+            share = (cpus_per_trial or 1.0) / max(1, gpus)
+        else:
+            share = resources_for(spec, gpus_per_trial, cpus_per_trial)["gpu"]
+        trial = trial_time(spec, table, factors, device, data, epochs, share, manifests)
+        trials.append(dataclasses.replace(trial, block=block_of(ExperimentSpec.from_dict(spec))))
+    trials = charge_builds(launch_order(trials, order))
+    if device == "cpu" and workers == "auto":
+        return trials
+    trials = decide_workers(trials, gpus, max_workers, factors["ddp_efficiency"]["efficiency"], workers)
+    return launch_order(trials, order) if order == "lpt" else trials
+
+
+# -- packing ---------------------------------------------------------------------------------------
+
+def schedule(trials: list[TrialTime], devices: int, max_concurrent: int | None = None,
+             share_slowdown: float = 1.0) -> list[tuple[TrialTime, float, float]]:
+    """(trial, start, end) of each trial, started as Ray Tune starts them: at the start and whenever a
+    trial ends, every waiting trial that fits the free shares starts, in submission order, so a later,
+    smaller trial starts before an earlier one that does not fit yet (Tune asks Ray for all of them at
+    once, and Ray grants whichever fits: `python -m benchmarks grid`). Each goes to the GPU with the
+    least free share that holds it, as Ray places fractions (best fit); a multi-worker trial takes
+    whole GPUs. Where shares differ, Tune can hold a larger trial back longer than this (Ray retries
+    a request that did not fit after a growing delay), so the figure is a lower bound there."""
+    for trial in trials:
+        if trial.workers > devices:
+            raise ValueError(f"{trial.name} asks for {trial.workers} workers, more than the {devices} GPUs")
+    free = [1.0] * devices
+    running: list[tuple[float, int, list[tuple[int, float]]]] = []  # (end, order, [(device, share)])
+    placed: list[tuple[TrialTime, float, float]] = []
+    waiting, now = list(trials), 0.0
+    while waiting:
+        still = []
+        for trial in waiting:
+            taken = _fit(free, trial) if not max_concurrent or len(running) < max_concurrent else []
+            if not taken:
+                still.append(trial)
+                continue
+            for device, share in taken:
+                free[device] -= share
+            seconds = trial.seconds * (share_slowdown if trial.workers == 1 and trial.share < 1 else 1.0)
+            heapq.heappush(running, (now + seconds, len(placed), taken))
+            placed.append((trial, now, now + seconds))
+        waiting = still
+        if waiting:  # the next end frees its shares
+            now, _, released = heapq.heappop(running)
+            for device, share in released:
+                free[device] += share
+    return placed
+
+
+def _fit(free: list[float], trial: TrialTime) -> list[tuple[int, float]]:
+    """The GPUs and shares ``trial`` takes of ``free`` now: whole GPUs for a multi-worker trial, else the
+    GPU with the least free share that holds its share (best fit); none where it does not fit."""
+    if trial.workers > 1:
+        whole = [d for d, f in enumerate(free) if f >= 1 - 1e-9]
+        return [(d, 1.0) for d in whole[:trial.workers]] if len(whole) >= trial.workers else []
+    share = min(trial.share, 1.0)
+    fits = [d for d, f in enumerate(free) if f + 1e-9 >= share]
+    return [(min(fits, key=lambda d: (free[d], d)), share)] if fits else []
 
 
 def makespan(trials: list[TrialTime], devices: int, max_concurrent: int | None = None,
              share_slowdown: float = 1.0) -> float:
-    """Start trials in order, each as soon as one device has its share free (first fit), as Tune does."""
-    free = [1.0] * devices
-    running: list[tuple[float, int, float]] = []  # (end, device, share)
-    now = end = 0.0
-    for trial in trials:
-        share = min(trial.share, 1.0)
-        while True:
-            fits = [d for d in range(devices) if free[d] + 1e-9 >= share]
-            if fits and (not max_concurrent or len(running) < max_concurrent):
-                break
-            now, device, released = heapq.heappop(running)
-            free[device] += released
-        device = fits[0]
-        free[device] -= share
-        seconds = trial.seconds * (share_slowdown if share < 1 else 1.0)
-        heapq.heappush(running, (now + seconds, device, share))
-        end = max(end, now + seconds)
-    return end
-
-
-def estimate(specs: list[dict], table: dict, device: str, data: str | None, epochs: int | None,
-             gpus_per_trial: float | None, cpus_per_trial: float | None, cpus: int = 1) -> list[TrialTime]:
-    seen: set[tuple] = set()
-    trials = []
-    for spec in specs:
-        if device == "cpu":  # one pool of CPUs: a trial takes its CPUs' share of it
-            share = (cpus_per_trial or 1.0) / cpus
-        else:
-            share = resources_for(spec, gpus_per_trial, cpus_per_trial)["gpu"]
-        # The feature cache is keyed by the encoders' weights: the seed matters only to random ones (--seeds).
-        seed = spec["seed"] if spec["weights"] is None else None
-        key = (spec["model"], spec["size"], spec["weights"], seed, spec["train_set"])
-        trials.append(trial_time(spec, table, device, data, epochs, key not in seen, share))
-        seen.add(key)
-    return trials
+    """When the last trial ends, started as ``schedule`` starts them."""
+    return max((end for _, _, end in schedule(trials, devices, max_concurrent, share_slowdown)), default=0.0)
 
 
 def asha_epochs(max_t: int, grace: int, factor: float) -> float:
@@ -185,32 +215,27 @@ def asha_epochs(max_t: int, grace: int, factor: float) -> float:
     return total
 
 
-def hpo_trials(args, table: dict) -> tuple[list[TrialTime], int | None]:
+def hpo_trials(args, table: dict, factors: dict) -> tuple[list[TrialTime], int | None]:
     datasets = list(HPO_DATASETS) if args.datasets in (None, ["study"]) else args.datasets
     mode = args.mode or card(args.model).as_run_mode
     weights = card(args.model).weights if args.size == "full" else None
     base = base_spec(args.model, mode, args.size, "random", args.max_epochs, weights)
     epochs = asha_epochs(args.max_epochs, args.grace_period, args.reduction_factor)
+    found = figures(base, table, factors, args.gpu_type)
     trials = []
     for i in range(args.num_samples):  # batch sizes drawn uniformly: cycle through them
         batch = BATCH_SIZES[i % len(BATCH_SIZES)]
         setting = {**base, "batch_size": batch}
-        seconds = 0.0
+        seconds = found.fixed_s
         for spec in trial_specs(base, setting, datasets).values():
-            spec = {**spec, "id": f"hpo-{i}"}
-            one = trial_time({**spec, "eval_sets": []}, table, args.gpu_type, args.data, 1, False, 1.0)
-            seconds += (one.seconds - _fixed(spec, table, args.gpu_type)) * epochs
-        seconds += _fixed(base, table, args.gpu_type)
+            one = trial_time({**spec, "id": f"hpo-{i}", "eval_sets": []}, table, factors, args.gpu_type, args.data,
+                             1, 1.0)
+            seconds += one.epochs_s * epochs
         share = (args.cpus_per_trial or 1.0) / args.gpus if args.gpu_type == "cpu" else resources_for(
             setting, args.gpus_per_trial, args.cpus_per_trial, replicas=len(datasets))["gpu"]
-        trials.append(TrialTime(f"hpo-{i}", seconds, share, round(epochs, 1),
-                                per_sample_seconds(base, table, args.gpu_type)[3]))
+        trials.append(TrialTime(f"hpo-{i}", seconds, share, round(epochs, 1), found.labels, block="hpo",
+                                epochs_s=seconds - found.fixed_s))
     return trials, args.max_concurrent
-
-
-def _fixed(spec: dict, table: dict, device: str) -> float:
-    entry = per_sample_seconds(spec, table, device)[2]
-    return entry.get("start_s", 0.0) + entry.get("setup_s", 0.0)
 
 
 def grid_specs(args) -> list[dict]:
@@ -227,6 +252,23 @@ def grid_fit(specs: list[dict], args) -> list[str]:
                        cpus=args.cpus_per_trial)
 
 
+def largest_node(args) -> tuple[int, str]:
+    """GPUs of the largest node type in the cluster file (--cluster, else the repository's), and its name."""
+    path = args.cluster or str(REPO_CLUSTER_FILE)
+    types = node_types_from_cluster_file(path)
+    if not types:
+        return 1, f"no GPU node type in {path}"
+    largest = max(types, key=lambda t: t.gpus)
+    return largest.gpus, f"{largest.name} in {os.path.basename(path)}"
+
+
+# -- the numbers and the report --------------------------------------------------------------------
+
+def busy_hours(trials: list[TrialTime], device: str, devices: int) -> float:
+    """Device-hours busy with trials (share x time); on CPUs the share is of the pool of all CPUs."""
+    return sum(t.seconds * t.share for t in trials) / 3600 * (devices if device == "cpu" else 1)
+
+
 def summary(trials: list[TrialTime], args, grid_start_s: float, max_concurrent: int | None) -> dict:
     """The plan's numbers: seconds, device-hours and dollars, packed and one at a time."""
     device, devices = args.gpu_type, args.gpus
@@ -234,15 +276,17 @@ def summary(trials: list[TrialTime], args, grid_start_s: float, max_concurrent: 
     # On CPUs, trials share one pool (their share is CPUs over all CPUs); GPUs are packed one by one.
     pool = 1 if device == "cpu" else devices
     packed = makespan(trials, pool, max_concurrent, args.share_slowdown) + grid_start_s
-    alone = sum(t.seconds for t in trials) + grid_start_s
+    alone = sum(t.alone_s for t in trials) + grid_start_s
+    busy = busy_hours(trials, device, devices)
     return {
         "trials": len(trials), "device": device, "devices": devices, "price_per_hour": price,
-        "makespan_s": packed, "device_hours": packed * devices / 3600,
-        "busy_device_hours": sum(t.seconds * t.share for t in trials) / 3600 * (devices if device == "cpu" else 1),
+        "order": getattr(args, "order", "lpt"), "makespan_s": packed, "device_hours": packed * devices / 3600,
+        "busy_device_hours": busy, "busy_fraction": busy / (packed * devices / 3600) if packed else 0.0,
+        "workers": {str(n): sum(t.workers == n for t in trials) for n in sorted({t.workers for t in trials})},
         "sequential_s": alone, "sequential_device_hours": alone / 3600,
         "cost": None if price is None else packed * devices / 3600 * price,
         "sequential_cost": None if price is None else alone / 3600 * price,
-        "sources": sorted({t.source for t in trials}),
+        "sources": sorted({label for t in trials for label in t.labels}),
     }
 
 
@@ -250,9 +294,11 @@ def report(trials: list[TrialTime], args, grid_start_s: float, max_concurrent: i
     numbers = summary(trials, args, grid_start_s, max_concurrent)
     device, devices, price = args.gpu_type, args.gpus, numbers["price_per_hour"]
     packed, alone, billed = numbers["makespan_s"], numbers["sequential_s"], numbers["device_hours"]
-    used, sources = numbers["busy_device_hours"], numbers["sources"]
+    used = numbers["busy_device_hours"]
     unit = "CPU" if device == "cpu" else "GPU"
-    lines = [f"{len(trials)} trials on {devices} x {device}; step times: {', '.join(sources)}",
+    lines = [f"{len(trials)} trials on {devices} x {device}, "
+             f"{'longest first' if numbers['order'] == 'lpt' else 'in grid order'}; figures: "
+             f"{', '.join(numbers['sources'])}",
              f"expected epochs per trial: {_spread([t.epochs for t in trials])}; "
              f"trial time: {_spread([t.seconds / 60 for t in trials])} min",
              f"{'':<34} {'makespan':>12} {unit + '-hours':>10} {'cost':>10}"]
@@ -264,13 +310,106 @@ def report(trials: list[TrialTime], args, grid_start_s: float, max_concurrent: i
                  f"{cost(billed):>10}")
     lines.append(f"{'one at a time on one ' + unit:<34} {_duration(alone):>12} {alone / 3600:>10.2f} "
                  f"{cost(alone / 3600):>10}")
-    lines.append(f"{unit}-hours busy with trials (share x time): {used:.2f}; speed-up of the packed run "
-                 f"{alone / packed:.1f}x")
+    lines.append(f"{unit}-hours busy with trials (share x time): {used:.2f} of {billed:.2f} billed "
+                 f"({100 * numbers['busy_fraction']:.0f}%); speed-up of the packed run {alone / packed:.1f}x")
     if price is not None:
         lines.append(f"price: ${price}/{unit}-hour ({'--price' if args.price is not None else PRICES_DATE})")
     else:
         lines.append(f"no price for {device!r}: pass --price (known: {', '.join(PRICES)})")
     return lines
+
+
+def explain(trials: list[TrialTime], args, grid_start_s: float, table: dict, factors: dict,
+            alternatives: dict[str, list[TrialTime]], workers_from: str) -> list[str]:
+    """``plan --explain``: per block the trials, GPU-hours, longest trial and its workers, and the
+    figures' labels; then the makespan, billed vs busy, the critical path, what the workers and the
+    order change, and each label's source."""
+    pool = 1 if args.gpu_type == "cpu" else args.gpus
+    unit = "CPU" if args.gpu_type == "cpu" else "GPU"
+    lines = [f"per block (search_spaces.grid): {unit}-hours busy (share x time); the longest trial, its hours "
+             f"and Ray Train workers", f"  {'block':<16} {'trials':>6} {unit + '-hours':>10}  longest trial"]
+    blocks: dict[str, list[TrialTime]] = {}
+    for t in trials:
+        blocks.setdefault(t.block, []).append(t)
+    for name, members in blocks.items():
+        longest = max(members, key=lambda t: t.seconds)
+        lines.append(f"  {name:<16} {len(members):>6} {busy_hours(members, args.gpu_type, args.gpus):>10.2f}  "
+                     f"{longest.name} ({longest.seconds / 3600:.2f} h, {longest.workers} worker"
+                     f"{'s' if longest.workers > 1 else ''})")
+        lines.append(f"  {'':<16} figures: {', '.join(dict.fromkeys(x for t in members for x in t.labels))}")
+    placed = schedule(trials, pool, None, args.share_slowdown)
+    end = max(e for _, _, e in placed) + grid_start_s
+    busy = busy_hours(trials, args.gpu_type, args.gpus)
+    billed = end * args.gpus / 3600
+    lines.append(f"makespan {_duration(end)} on {args.gpus} {unit}s: {billed:.1f} {unit}-hours billed, {busy:.1f} "
+                 f"busy with trials ({100 * busy / billed:.0f}%)" if billed else "makespan 0 s")
+    last, start, stop = max(placed, key=lambda p: p[2])
+    work_bound = sum(t.seconds * t.share for t in trials) / pool + grid_start_s
+    longest = max(trials, key=lambda t: t.seconds)
+    bound, why = max((work_bound, "total work / GPUs: every GPU busy to the end"),
+                     (longest.seconds + grid_start_s, f"one long trial ({longest.name})"))
+    lines.append(f"critical path: {last.name} ends last (starts at {_duration(start)}, runs {_duration(stop - start)} "
+                 f"on {last.workers if last.workers > 1 else last.share:g} {unit}); lower bounds: total work / "
+                 f"{unit}s {_duration(work_bound)}, the longest trial {_duration(longest.seconds + grid_start_s)}; "
+                 f"bound by {why}, the makespan {end / bound:.2f}x it")
+    split = [t for t in trials if t.workers > 1]
+    for label, others in alternatives.items():
+        other = makespan(others, pool, None, args.share_slowdown) + grid_start_s
+        other_busy = busy_hours(others, args.gpu_type, args.gpus)
+        lines.append(f"{label}: makespan {_duration(other)}, {100 * other_busy / (other * args.gpus / 3600):.0f}% "
+                     f"busy (this plan: {_duration(end)})")
+    lines.append(f"Ray Train workers per trial: {args.workers_per_trial} (at most {workers_from}); "
+                 + (f"{len(split)} trial(s) with more than one: "
+                    + ", ".join(f"{t.name} x{t.workers} ({t.seconds / 3600:.2f} h)" for t in split[:4])
+                    + (", ..." if len(split) > 4 else "") if split else "every trial on one"))
+    lines.append("figures (label: source):")
+    for label in dict.fromkeys(x for t in trials for x in t.labels):
+        lines.append(f"  {label}: {describe(label, table, factors, args.gpu_type)}")
+    if args.gpu_type != "cpu" and not table["devices"].get(args.gpu_type):
+        lines.append(f"  nothing is measured on {args.gpu_type!r}: trial start and setup are not priced "
+                     f"(measure with `python -m benchmarks gpu --save` on one)")
+    return lines
+
+
+def describe(label: str, table: dict, factors: dict, device: str) -> str:
+    """Where the figure a label names comes from."""
+    model = label.rsplit(" ", 1)[-1]
+    if label.endswith(" measured"):
+        sources = {e.get("source", "no source recorded") for e in table["devices"].get(device, {}).values()}
+        return f"step times measured on {device}: " + "; ".join(sorted(sources))
+    if label.startswith("paper "):
+        minutes, epochs = card(model).paper_time
+        return (f"the paper's {minutes:g} min and {epochs} epochs per experiment of {card(model).title} "
+                f"(Appendix C.1, GPU not named; its as-run regime, {card(model).as_run_mode}) over its eight "
+                "datasets' mean rows")
+    if label.startswith("guess: "):
+        return "no paper time for this model: CLIPSeg's, a guess"
+    if label.startswith("as "):
+        return (f"the paper's time is of the {label[3:]} regime: another mode is priced as that (CRIS frozen: an "
+                "upper bound, no encoder backward; end_to_end: a lower bound)")
+    if label.startswith("regime "):
+        f = factors["regime"][model]
+        return f"a frozen step takes {f['frozen_over_finetune']:.3f} of an end-to-end one: {f['source']}; " \
+               f"measured on a CPU, assumed to hold on {device}"
+    if label.startswith("feature cache "):
+        f = factors["feature_cache"][model]
+        build = (f["build_s"] - f["cached_s"]) / f["live_s"]
+        return (f"an epoch on cached features takes {f['cached_s'] / f['live_s']:.4f} of one with the encoders every "
+                f"step ({f['live_s'] / f['cached_s']:.1f}x), the build {build:.3f} of a live epoch per row: "
+                f"{f['source']}; measured on a CPU, assumed to hold on {device}")
+    if label.startswith("text share "):
+        f = factors["text_share"][model]
+        return f"the text tower is {f['share']:.3f} of an encoder pass per row: {f['source']}"
+    if label == "one string per row":
+        return "assumption: a prompt set has at most one distinct string per row (the text build)"
+    if label == "decoded cache":
+        return f"{factors['decode']['ms_per_row']:g} ms per image, once per (dataset, split, size): " \
+               f"{factors['decode']['source']}"
+    if label == "bf16":
+        return f"x{1 / factors['bf16']['speedup']:g}: {factors['bf16']['source']}"
+    if label == "ddp efficiency":
+        return f"{factors['ddp_efficiency']['efficiency']:g} per GPU: {factors['ddp_efficiency']['source']}"
+    return "no source recorded"
 
 
 def _duration(seconds: float) -> str:
@@ -286,6 +425,61 @@ def _spread(values: list[float]) -> str:
         return "none"
     lo, mid, hi = min(values), statistics.median(values), max(values)
     return f"median {mid:.1f} (min {lo:.1f}, max {hi:.1f})" if lo != hi else f"{mid:.1f}"
+
+
+# -- the grid command's submission -----------------------------------------------------------------
+
+def grid_launch(specs: list[ExperimentSpec], args) -> tuple[list[ExperimentSpec], dict[str, int], str]:
+    """What ``grid`` submits: its experiments in ``launch_plan``'s order, the Ray Train workers of those
+    with more than one (id -> workers) and a line saying so. Reads no data but manifests, starts no Ray:
+    the GPUs are the cluster file's (with --address) or this machine's (nvidia-smi); none: one worker each."""
+    gpus, most, device, where = launch_gpus(args)
+    dicts = [{**s.to_dict(), "id": s.id} for s in specs]
+    try:
+        trials = launch_plan(dicts, load_step_times(), load_time_factors(), device, args.data, gpus=max(gpus, 1),
+                             max_workers=most, workers=args.workers_per_trial, gpus_per_trial=args.gpus_per_trial,
+                             cpus_per_trial=args.cpus_per_trial)
+    except ValueError as e:  # no row counts for a plug-in dataset, a broken step-time file
+        workers = {} if args.workers_per_trial == "auto" else {s.id: int(args.workers_per_trial) for s in specs}
+        return list(specs), workers, f"launch order: the grid's ({e})"
+    by_id = {s.id: s for s in specs}
+    workers = {t.name: t.workers for t in trials if t.workers > 1}
+    hours = [t.seconds / 3600 for t in trials]
+    line = (f"launch order: longest first by the planner's estimate on {device} ({min(hours):.2f} to "
+            f"{max(hours):.2f} h per trial; plan grid --explain prices it); Ray Train workers per trial: "
+            f"{args.workers_per_trial}, "
+            + (f"{len(workers)} trial(s) with more than one" if workers else "one each") + f" ({where})")
+    return [by_id[t.name] for t in trials], workers, line
+
+
+def launch_gpus(args) -> tuple[int, int, str, str]:
+    """(GPUs, GPUs of the largest node, device type, where they were read) for the grid's launch."""
+    if args.address:
+        path = args.cluster or (str(HEAD_CLUSTER_FILE) if HEAD_CLUSTER_FILE.exists() else None)
+        types = node_types_from_cluster_file(path) if path else []
+        if not types:
+            return 0, 1, "gpu", "no cluster file with GPU node types: pass --cluster"
+        gpus = sum(t.gpus * (t.max_workers or 1) for t in types)
+        largest = max(types, key=lambda t: t.gpus * (t.max_workers or 1))
+        return gpus, max(t.gpus for t in types), _device_type(largest.accelerator or "gpu"), f"GPUs of {path}"
+    if not shutil.which("nvidia-smi"):
+        return 0, 1, "cpu", "no GPU on this machine"
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True, timeout=30, check=True).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return 0, 1, "cpu", "nvidia-smi failed: no GPU counted"
+    names = [n.strip() for n in names if n.strip()]
+    return len(names), len(names), _device_type(names[0] if names else "gpu"), f"{len(names)} GPU(s) on this machine"
+
+
+def _device_type(name: str) -> str:
+    """A step-time device type (a10g, h100, ...) from an accelerator or GPU name."""
+    lowered = name.lower()
+    for known in sorted(PRICES, key=len, reverse=True):
+        if known != "cpu" and re.search(rf"\b{known}", lowered):
+            return known
+    return re.sub(r"[^a-z0-9]+", "-", lowered.replace("nvidia", "")).strip("-")
 
 
 # -- calibration ---------------------------------------------------------------------------------
@@ -403,6 +597,12 @@ def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads while calibrating (1: as a trial)")
     p.add_argument("--calibrate-epochs", type=positive_int, default=2, metavar="E",
                    help="epochs measured per model after the first")
+    p.add_argument("--order", choices=ORDERS, default="lpt",
+                   help="submission order: lpt, longest first (as grid submits); grid, the grid's order (to compare)")
+    add_workers_argument(p)
+    p.add_argument("--explain", action="store_true",
+                   help="per block: trials, GPU-hours, the longest trial and its workers, the figures' sources; "
+                        "then the makespan, busy share, critical path and what the workers and the order change")
     p.add_argument("--json", action="store_true", help="also print the numbers as one JSON line")
     # hpo
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="hpo: datasets (none: the study's eight)")
@@ -420,14 +620,14 @@ def add_plan_arguments(p: argparse.ArgumentParser, default_data: str) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
-        table = load_step_times(args.step_times)
+        table, factors = load_step_times(args.step_times), load_time_factors()
         if args.what == "hpo":
             if len(args.model or ()) != 1:  # --model is the spec arguments' (repeatable for a grid)
                 print("plan hpo needs one --model: the model searched", file=sys.stderr)
                 return 2
             args.model = args.model[0]
             args.max_epochs = args.max_epochs or MAX_T
-            trials, limit = hpo_trials(args, table)
+            trials, limit = hpo_trials(args, table, factors)
             title = (f"hpo search for {args.model}: {args.num_samples} settings, ASHA max_t {args.max_epochs}, "
                      f"grace {args.grace_period}, factor {args.reduction_factor:g}")
         else:
@@ -440,8 +640,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 print(*calibrate(specs, args.data, args.gpu_type, args.step_times, args.threads,
                                  args.calibrate_epochs), sep="\n")
                 table = load_step_times(args.step_times)
-            trials = estimate(specs, table, args.gpu_type, args.data, args.expected_epochs, args.gpus_per_trial,
-                              args.cpus_per_trial, args.gpus)
+            most, where = (1, "no GPU: --gpu-type cpu") if args.gpu_type == "cpu" else largest_node(args)
+            most = min(most, args.gpus)
+            if args.workers_per_trial != "auto" and int(args.workers_per_trial) > 1 and (
+                    args.gpu_type == "cpu" or int(args.workers_per_trial) > args.gpus):
+                print(f"--workers-per-trial {args.workers_per_trial}: more Ray Train workers than the {args.gpus} "
+                      f"{'CPU pool' if args.gpu_type == 'cpu' else 'GPUs'} hold; pass at most --gpus, or auto",
+                      file=sys.stderr)
+                return 2
+
+            def plan_with(workers: str | int, order: str) -> list[TrialTime]:
+                return launch_plan(specs, table, factors, args.gpu_type, args.data, gpus=args.gpus, max_workers=most,
+                                   workers=workers, order=order, epochs=args.expected_epochs,
+                                   gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
+
+            trials = plan_with(args.workers_per_trial, args.order)
+            alternatives = {}
+            if any(t.workers > 1 for t in trials) or args.explain:
+                alternatives["one worker per trial"] = plan_with(1, args.order)
+            if args.explain:
+                other = "grid" if args.order == "lpt" else "lpt"
+                alternatives[f"order {other}"] = plan_with(args.workers_per_trial, other)
             limit = None
             title = f"grid {args.profile}" + (f" blocks {', '.join(args.block)}" if args.block else "")
             print(*grid_fit(specs, args), sep="\n")
@@ -451,6 +670,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(title)
     grid_start_s = table.get("grid_start_s", {}).get(args.gpu_type, 0.0)
     print(*report(trials, args, grid_start_s, limit), sep="\n")
+    if args.what == "grid":
+        if args.explain:
+            print(*explain(trials, args, grid_start_s, table, factors, alternatives, f"{most}: {where}"), sep="\n")
+        elif "one worker per trial" in alternatives:
+            pool = 1 if args.gpu_type == "cpu" else args.gpus
+            one = makespan(alternatives["one worker per trial"], pool, None, args.share_slowdown) + grid_start_s
+            split = sum(t.workers > 1 for t in trials)
+            print(f"Ray Train workers: {split} trial(s) on more than one GPU; with one worker each the makespan "
+                  f"would be {_duration(one)}")
     if args.json:
         print(json.dumps(summary(trials, args, grid_start_s, limit)))
     return 0

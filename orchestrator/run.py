@@ -29,6 +29,7 @@ from orchestrator.common import (  # noqa: E402
     add_cluster_argument,
     add_spec_arguments,
     add_study_arguments,
+    add_workers_argument,
     build_specs,
     ensure_synthetic,
     fit_lines,
@@ -51,10 +52,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if not specs:
         print(f"no experiment of profile {args.profile!r} matches --only {args.only}", file=sys.stderr)
         return 2
+    from orchestrator.plan import grid_launch
+
+    # Longest first, with each trial's Ray Train workers: the order and workers `plan` assumes.
+    specs, workers, order_line = grid_launch(specs, args)
     if args.dry_run:
         from search_spaces.grid import block_summary, blocks_for
 
         done = ResultStore(args.storage, study).finished_ids()
+        print(order_line)
         print(f"{'experiment id':<52} {'model':<15} {'mode':<9} {'regime':<10} {'train set':<15} prompt  "
               f"{'seed':>4}  status")
         for s in specs:
@@ -79,13 +85,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if problems:
         print("cannot start the grid; fix these first:", *problems, sep="\n  ", file=sys.stderr)
         return 2
+    print(order_line)
     try:
         outcome = run_grid(specs, data=args.data, storage=args.storage, study=study, address=args.address,
                            fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                            cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                            max_failures=args.max_failures, checkpoint_interval_s=args.checkpoint_interval,
                            retry_failed=args.retry_failed, verbose=args.verbose, force=args.force,
-                           cluster_file=args.cluster)
+                           cluster_file=args.cluster, workers=workers)
     except StorageError as e:
         print(e, file=sys.stderr)
         return 2
@@ -211,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
                       help="cap every experiment's epochs (changes the experiment ids)")
     add_spec_arguments(grid)
     add_cluster_argument(grid)
+    add_workers_argument(grid)
     grid.add_argument("--max-failures", type=non_negative_int, default=1, metavar="K",
                       help="times Ray retries a crashed trial from its last checkpoint")
     grid.add_argument("--checkpoint-interval", type=non_negative_float, metavar="S",
