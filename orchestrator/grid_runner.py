@@ -55,7 +55,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
              workers: dict[str, int] | None = None) -> Outcome:
     """One trial per experiment, named by its id, through ``orchestrator.launch``, submitted in the order
     of ``specs``. ``workers[spec.id]`` (default 1): the trial's Ray Train workers; above 1 it runs as DDP
-    (trainables/distributed.py), its worker group restarted up to ``max_failures`` times."""
+    (trainables/distributed.py), retried by Tune up to ``max_failures`` times as any trial."""
     from trainables.tune_trainable import train_experiment
 
     data, storage = absolute_uri(data), absolute_uri(storage)
@@ -72,4 +72,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
                   # the ideal makespan (bench grid).
                   reuse_actors=True,
                   bound={"data": data, "storage": storage, "study": study,
-                         "checkpoint_interval_s": checkpoint_interval_s, "worker_restarts": max_failures})
+                         "checkpoint_interval_s": checkpoint_interval_s,
+                         # A DDP trial's retries are Tune's, as any trial's (Ray Train's own on top would
+                         # multiply them).
+                         "worker_restarts": 0})

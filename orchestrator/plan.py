@@ -144,7 +144,8 @@ def launch_plan(specs: list[dict], table: dict, factors: dict, device: str, data
     if device == "cpu" and workers == "auto":
         return trials
     trials = decide_workers(trials, gpus, max_workers, factors["ddp_efficiency"]["efficiency"], workers)
-    return launch_order(trials, order) if order == "lpt" else trials
+    # Split trials may now come later: each cache is charged again to the first that needs it in the new order.
+    return charge_builds(launch_order(trials, order))
 
 
 # -- packing ---------------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def hpo_trials(args, table: dict, factors: dict) -> tuple[list[TrialTime], int |
         for spec in trial_specs(base, setting, datasets).values():
             one = trial_time({**spec, "id": f"hpo-{i}", "eval_sets": []}, table, factors, args.gpu_type, args.data,
                              1, 1.0)
-            seconds += one.epochs_s * epochs
+            seconds += (one.seconds - found.fixed_s) * epochs  # one epoch's training and validation
         share = (args.cpus_per_trial or 1.0) / args.gpus if args.gpu_type == "cpu" else resources_for(
             setting, args.gpus_per_trial, args.cpus_per_trial, replicas=len(datasets))["gpu"]
         trials.append(TrialTime(f"hpo-{i}", seconds, share, round(epochs, 1), found.labels, block="hpo",
@@ -459,9 +460,11 @@ def launch_gpus(args) -> tuple[int, int, str, str]:
         types = node_types_from_cluster_file(path) if path else []
         if not types:
             return 0, 1, "gpu", "no cluster file with GPU node types: pass --cluster"
-        gpus = sum(t.gpus * (t.max_workers or 1) for t in types)
-        largest = max(types, key=lambda t: t.gpus * (t.max_workers or 1))
-        return gpus, max(t.gpus for t in types), _device_type(largest.accelerator or "gpu"), f"GPUs of {path}"
+        nodes = {t.name: 1 if t.max_workers is None else t.max_workers for t in types}
+        gpus = sum(t.gpus * nodes[t.name] for t in types)
+        largest = max(types, key=lambda t: t.gpus * nodes[t.name])
+        return (gpus, max(t.gpus for t in types), _device_type(largest.accelerator or "gpu"),
+                f"{gpus} GPUs in {path}: each node type's GPUs x its max_workers")
     if not shutil.which("nvidia-smi"):
         return 0, 1, "cpu", "no GPU on this machine"
     try:

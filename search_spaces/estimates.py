@@ -177,7 +177,8 @@ EVAL_FRACTION = 1 / 3  # an evaluation batch (forward only) against a training s
 @dataclass
 class TrialTime:
     """One trial as the planner prices it: ``seconds`` on ``workers`` GPUs (``share`` of them in all),
-    of which ``epochs_s`` is the training epochs (what data-parallel workers divide) and ``build_s`` the
+    of which ``epochs_s`` is the epochs' training passes (what data-parallel workers divide: each of them
+    validates the whole split, so validation does not shrink) and ``build_s`` the
     caches this trial builds first; ``source``: the labels of the figures used (``FIGURES`` says what each is)."""
     name: str
     seconds: float
@@ -309,7 +310,8 @@ def trial_time(spec: dict, table: dict, factors: dict, device: str, data: str | 
     train_rows, val_rows, _ = rows[spec["train_set"]]
     test_rows = sum(rows[d][2] for d in spec["eval_sets"])
     epochs = 0 if spec["mode"] == "zeroshot" else expected_epochs(spec, table, epochs_override)
-    epochs_s = epochs * (train_rows * found.train_s + val_rows * found.eval_s)
+    epochs_s = epochs * train_rows * found.train_s  # what data-parallel workers divide
+    validation_s = epochs * val_rows * found.eval_s
     # What the trial reads, (dataset, split, rows): its train set's train and val splits (a pool's
     # members'), unless it trains nothing, and its test sets.
     read = []
@@ -329,7 +331,7 @@ def trial_time(spec: dict, table: dict, factors: dict, device: str, data: str | 
         builds += [(("image", encoders, d, s), n * found.image_build_s) for d, s, n in read]
         builds += [(("text", encoders, d, spec["prompt_type"]), sum(n for dd, _, n in read if dd == d)
                     * found.text_build_s) for d in dict.fromkeys(d for d, _, _ in read)]
-    seconds = found.fixed_s + epochs_s + test_rows * found.eval_s
+    seconds = found.fixed_s + epochs_s + validation_s + test_rows * found.eval_s
     return TrialTime(spec["id"], seconds, share, epochs, labels, epochs_s=epochs_s, builds=tuple(builds))
 
 
@@ -346,10 +348,11 @@ def charge_builds(trials: list[TrialTime]) -> list[TrialTime]:
 
 def with_workers(trial: TrialTime, workers: int, efficiency: float) -> TrialTime:
     """``trial`` (on one worker) as a data-parallel trial of ``workers`` whole GPUs: its epochs take
-    1 / (workers x efficiency) of the time; its start, setup, cache builds and test evaluation do not shrink."""
+    1 / (workers x efficiency) of the time; its start, setup, cache builds, validation (every worker validates
+    the whole split) and test evaluation do not shrink. A trial that trains nothing (zero-shot) stays on one."""
     if trial.workers != 1:
         raise ValueError(f"{trial.name} already has {trial.workers} workers: price it on one first")
-    if workers == 1:
+    if workers == 1 or not trial.epochs_s:
         return trial
     epochs_s = trial.epochs_s / (workers * efficiency)
     return dataclasses.replace(trial, seconds=trial.seconds - trial.epochs_s + epochs_s, epochs_s=epochs_s,

@@ -232,3 +232,39 @@ def test_a_ddp_trial_is_placed_per_worker_and_refused_where_its_workers_do_not_f
     # On CPU, workers are counted by their CPUs: 2 CPUs hold four workers of 0.5 CPU.
     cpu_only = place({**spec, "workers": 4}, types, cpus=0.5, use_gpus=False)
     assert cpu_only.gpus == 0 and worker_slots(cpu_only.resources, [(2.0, 0.0, 1)]) == 4
+
+
+def test_a_failed_train_run_raises_its_workers_own_error_for_the_launch_to_classify():
+    """Ray Train wraps a worker's error with its traceback (UserExceptionWithTraceback) and a dead worker's
+    as a failed health check; the trial raises the worker's own error, an infrastructure fault first, so the
+    launch files it as it files a single-process trial's (an S3 outage or a lost node: unfinished, not FAILED)."""
+    from ray.exceptions import ActorDiedError
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback, WorkerHealthCheckFailedError
+
+    from datasets.shards import ShardError
+    from datasets.storage import is_infrastructure
+    from trainables.distributed import worker_failure
+
+    def failed(*errors: BaseException) -> WorkerGroupError:
+        return WorkerGroupError("training failed", {rank: error for rank, error in enumerate(errors)})
+
+    def wrapped(error: BaseException) -> UserExceptionWithTraceback:
+        return UserExceptionWithTraceback(error, "Traceback (most recent call last): ...")
+
+    outage = OSError("When reading information for key 'x' in bucket 'b': AWS Error NETWORK_CONNECTION")
+    collective = RuntimeError("[gloo] Connection closed by peer")
+    # Rank 0 lost its storage; rank 1 then fails in the collective that waited for rank 0.
+    got = worker_failure(failed(wrapped(outage), wrapped(collective)))
+    assert got is outage and is_infrastructure(got)
+    # A worker process that died: the health check's actor error, whatever the survivor raised.
+    died = ActorDiedError()
+    got = worker_failure(failed(wrapped(collective), WorkerHealthCheckFailedError("worker 1 died", died)))
+    assert got is died and is_infrastructure(got)
+    # Bad input found while scoring: a ShardError, recorded FAILED by the launch.
+    bad = ShardError("dataset 'x' split 'test' has 0 row(s)")
+    got = worker_failure(failed(wrapped(collective), wrapped(bad)))
+    assert got is bad and not is_infrastructure(got)
+    # A bug: the lowest rank's own error, not Ray Train's wrapper.
+    bug = ValueError("shapes do not match")
+    assert worker_failure(failed(wrapped(bug), wrapped(collective))) is bug

@@ -26,9 +26,10 @@ The same training as one process with the same global batch (tests/test_ddp.py):
 
 Checkpoints and results are those of a single-process trial (trainables/tune_trainable.py): every rank
 loads the stored checkpoint at start; rank 0 alone writes checkpoints, progress, weights and the result.
-A lost worker: Ray Train restarts the worker group (``FailureConfig``), which resumes from the stored
-checkpoint; past its restarts the trial fails with the worker's own error, which Tune retries and the
-launch classifies (an infrastructure fault leaves the experiment unfinished).
+A lost worker: the Train run fails with the worker's own error (``worker_failure``), which Tune retries
+(``--max-failures``, as any trial: the grid gives Ray Train no restarts of its own, so retries do not
+multiply) from the stored checkpoint, and the launch classifies (an infrastructure fault leaves the
+experiment unfinished).
 """
 
 from __future__ import annotations
@@ -170,6 +171,9 @@ def train_data_parallel(run: Callable, spec: dict, *, data: str, storage: str, s
         trainer.fit()
     except TrainingFailedError as e:
         raise worker_failure(e) from e
+    # Ray Train's state of a finished run: nothing reads it again (a new try gets a name of its own).
+    with contextlib.suppress(OSError):
+        fs.delete_dir(f"{path}/{trainer.run_config.name}")
 
 
 def worker_failure(error: BaseException) -> BaseException:
@@ -186,8 +190,10 @@ def worker_failure(error: BaseException) -> BaseException:
         return error.controller_failure
     if not isinstance(error, WorkerGroupError) or not error.worker_failures:
         return error
-    # A worker that died is reported as a failed health check, holding Ray's actor error.
+    # A worker that died is reported as a failed health check, holding Ray's actor error; an error raised in
+    # a worker's code comes wrapped with its traceback (Ray Train's UserExceptionWithTraceback, ``_base_exc``).
     failures = [getattr(f, "health_check_failure", None) or f for _, f in sorted(error.worker_failures.items())]
+    failures = [getattr(f, "_base_exc", None) or f for f in failures]
     for wanted in (is_infrastructure, lambda f: isinstance(innermost_error(f), ShardError)):
         if found := [f for f in failures if wanted(f)]:
             return found[0]
