@@ -1,10 +1,12 @@
-"""``python -m datasets.ingest {medvlsm,raw}``: a dataset folder into shards, a manifest and a report.
+"""``python -m datasets.ingest {medvlsm,raw,folder}``: a dataset folder into shards, a manifest and a report.
 
 Exit status: 0 written (problems, if any, quarantined and listed in ``<to>/<name>/quarantine.json``);
 1 under --strict on the first problem (nothing written), or when no row is valid; 2 on a usage or
 storage error. Warnings on stderr, never failing the ingest (nor --strict): rows kept as exact
 duplicates (medvlsm; listed in the manifest's ``duplicates``), and images or masks the new dataset
 shares with datasets already under the root (by the content hashes ingest records, datasets.overlap).
+``folder`` (a user's own images/ and masks/, datasets.ingest.folder) is all or nothing: 0 written, 1 on any
+problem, every one listed, with nothing written and no quarantine report.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 from datasets.cli import DefaultsHelpFormatter, name_problem, name_type
+from datasets.ingest.folder import FAMILY, TEST_FRACTION, USER_PROMPT_TYPE, VAL_FRACTION, FolderError, ingest_folder
 from datasets.ingest.medvlsm import FAMILIES, TEST_ONLY, LayoutError, medvlsm_records
 from datasets.ingest.rows import REPORT_NAME, IngestError, IngestReport, StrictError, ingest
 from datasets.overlap import content_indexes, overlaps
@@ -54,6 +57,28 @@ def cmd_raw(args: argparse.Namespace) -> int:
         return 2
     name = args.name or reader.name
     return run(lambda: reader.records(folder, args.seed), args, name, reader.family, str(folder))
+
+
+def cmd_folder(args: argparse.Namespace) -> int:
+    store = ShardStore(args.to)
+    try:
+        manifest, report = ingest_folder(Path(args.folder), store, args.name, args.class_name, args.seed,
+                                         args.val_fraction, args.test_fraction, progress=not args.quiet)
+    except FolderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    print(f"shards: {store.root}/{args.name}/manifest.json (prompt types {', '.join(manifest.prompt_types)}; "
+          f"splits {', '.join(manifest.splits)})")
+    warn_overlaps(store, args.name)
+    return 0
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1)")
+    return value
 
 
 def run(records, args: argparse.Namespace, name: str, family: str | None, source: str) -> int:
@@ -97,7 +122,7 @@ def warn_overlaps(store: ShardStore, name: str) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m datasets.ingest", formatter_class=DefaultsHelpFormatter,
                                   description="Ingest a dataset into Parquet shards (a folder or s3://).")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{medvlsm,raw}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{medvlsm,raw,folder}")
 
     def common(p: argparse.ArgumentParser, strict_also: str = "") -> None:
         p.add_argument("--to", required=True, help="shard root: a folder or s3://bucket/prefix")
@@ -138,6 +163,28 @@ def parser() -> argparse.ArgumentParser:
     raw.add_argument("--seed", type=int, default=0, help="seed of the split")
     common(raw)
     raw.set_defaults(func=cmd_raw)
+
+    folder = sub.add_parser("folder", help="your own dataset: PATH/images/, PATH/masks/, optional splits.csv and "
+                                           "metadata.csv", formatter_class=DefaultsHelpFormatter,
+                            description=f"Read PATH/images/<id>.<png|jpg|...> and PATH/masks/<id>.png (0/255 or "
+                                        f"0/1), PATH/splits.csv (id,split) if there is one, else a seeded split, "
+                                        f"and PATH/metadata.csv (id, optional prompt, class_name, description, "
+                                        f"other columns as metadata) if there is one. Prompts p0-p6 (p7-p9 with "
+                                        f"class descriptions) are generated from the masks with the {FAMILY} "
+                                        f"templates; the 'prompt' column is prompt type {USER_PROMPT_TYPE}. Any "
+                                        f"problem stops it: all are listed, nothing is written. See docs/data.md.")
+    folder.add_argument("name", type=name_type, help="dataset name in the shards")
+    folder.add_argument("folder", metavar="path", help="the folder holding images/ and masks/")
+    folder.add_argument("--to", required=True, help="shard root: a folder or s3://bucket/prefix")
+    folder.add_argument("--class-name", help="what the masks outline, e.g. 'polyp' (none: metadata.csv's "
+                                             "class_name column, on every row)")
+    folder.add_argument("--seed", type=int, default=0, help="seed of the split, without splits.csv")
+    folder.add_argument("--val-fraction", type=fraction, default=VAL_FRACTION,
+                        help="share of ids in 'val', without splits.csv (the study's 80/10/10 splits)")
+    folder.add_argument("--test-fraction", type=fraction, default=TEST_FRACTION,
+                        help="share of ids in 'test', without splits.csv (the study's 80/10/10 splits)")
+    folder.add_argument("--quiet", action="store_true", help="no progress lines")
+    folder.set_defaults(func=cmd_folder)
     return top
 
 
