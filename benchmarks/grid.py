@@ -10,7 +10,7 @@ a few long), submitted as ``launch`` submits a grid (a ``grid_search`` over job 
 job, ``reuse_actors`` on as the grid runner), once in grid order with the long trials last (the worst a
 grid order gives) and once longest first. Each is printed against the ideal makespan, max(total work /
 capacity, longest trial), and against the planner's simulation of the same order
-(``orchestrator.plan.makespan``).
+(``orchestrator.schedule.makespan``).
 
 ``uniform``: ``--trials`` equal trials at ``--gpu-fraction``, so ``gpus / fraction`` run at once and the
 ideal is ``ceil(trials / concurrent) x sleep``; by default twice on one Ray, with Tune's ``reuse_actors``
@@ -134,7 +134,7 @@ def fit_jobs(jobs: list[tuple[str, float, float]], reuse: bool, cpu_share: float
 
 
 def run_mixed(args) -> int:
-    from orchestrator.plan import TrialTime, makespan  # before Ray starts: the planner's figure for each order
+    from orchestrator.schedule import TrialTime, makespan  # before Ray starts: the planner's figure for each order
 
     reuse = {"no": [False], "yes": [True], "both": [False, True], None: [True]}[args.reuse_actors]
     grid_order = mixed_jobs(args)

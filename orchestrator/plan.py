@@ -15,33 +15,24 @@ cache, bf16, Ray Train's efficiency); every figure carries a label that ``--expl
 source. Expected epochs: the paper's average where it gives one, else twice the patience, never more
 than ``max_epochs``.
 
-``launch_plan`` is the one submission order for ``plan`` and ``grid``: longest first (``--order grid``
-keeps the grid's order), and a trial longer than the makespan's lower bound (busy GPU-hours / GPUs)
-runs as a Ray Train trial of the fewest workers (a power of two, at most the GPUs of the largest node
-type) that brings it under the bound (``--workers-per-trial``). The simulation (``schedule``) starts
-trials as Ray Tune does: whenever shares are free, every waiting trial that fits, in that order (a
-later, smaller one backfills before an earlier one that does not fit), each on the GPU with the least
-free share that holds it (a multi-worker trial takes whole GPUs), at its solo speed
-(``--share-slowdown`` models contention).
+The order they are submitted in (longest first), each one's Ray Train workers and the packing that gives
+the makespan are ``orchestrator.schedule``'s, shared with ``grid``; ``--calibrate`` is
+``orchestrator.calibrate``'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import heapq
 import json
-import math
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 
 from orchestrator.arguments import above_one, gpu_share, non_negative_float, positive_float, positive_int
+from orchestrator.calibrate import calibrate
 from orchestrator.common import (
     DEFAULT_STORAGE,
     add_cluster_argument,
@@ -57,24 +48,16 @@ from orchestrator.placement import (
     fit_summary,
     node_types_from_cluster_file,
 )
+from orchestrator.schedule import ORDERS, launch_plan, makespan, schedule
 from search_spaces.defaults import resources_for
-from search_spaces.estimates import (  # noqa: F401 (re-exported)
-    DATASET_ROWS,
-    EVAL_FRACTION,
+from search_spaces.estimates import (  # noqa: F401 (STEP_TIMES, expected_epochs: read from here by tests)
     STEP_TIMES,
-    TIME_FACTORS,
     TrialTime,
-    charge_builds,
     expected_epochs,
     figures,
     load_step_times,
     load_time_factors,
-    save_step_times,
-    ship_hint,
-    split_rows,
     trial_time,
-    user_step_times,
-    with_workers,
 )
 from search_spaces.experiment import ExperimentSpec
 from search_spaces.grid import PROFILES, block_of
@@ -87,7 +70,6 @@ from trainables.models import card
 # --price overrides.
 PRICES_DATE = "2025-06, AWS EC2 on-demand, us-east-1"
 PRICES: dict[str, float] = {"a10g": 1.006, "l4": 0.805, "a100": 4.10, "h100": 6.88, "h200": 7.91, "cpu": 0.0}
-ORDERS = ("lpt", "grid")  # longest first, as the grid submits; the grid's own order, to compare
 
 
 def per_sample_seconds(spec: dict, table: dict, device: str) -> tuple[float, float, dict, str]:
@@ -95,112 +77,6 @@ def per_sample_seconds(spec: dict, table: dict, device: str) -> tuple[float, flo
     found = figures(spec, table, load_time_factors(), device)
     entry = table["devices"].get(device, {}).get(f"{spec['model']}/{spec['mode']}/{spec['size']}") or {}
     return found.train_s, found.eval_s, entry, found.labels[0]
-
-
-# -- the submission order and the workers per trial ------------------------------------------------
-
-def launch_order(trials: list[TrialTime], order: str = "lpt") -> list[TrialTime]:
-    """Longest first (``lpt``; ties keep the grid's order), or the grid's order (``grid``)."""
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}: expected one of {', '.join(ORDERS)}")
-    return sorted(trials, key=lambda t: -t.seconds) if order == "lpt" else list(trials)
-
-
-def decide_workers(trials: list[TrialTime], gpus: int, max_workers: int, efficiency: float,
-                   workers: str | int = "auto") -> list[TrialTime]:
-    """Ray Train workers per trial. A number: every trial gets it. ``auto``: a trial longer than what
-    packing can hide, the makespan's lower bound (busy GPU-hours / GPUs), gets the smallest power of
-    two of workers (whole GPUs, at most ``max_workers``) that brings it under the bound; 1 without GPUs."""
-    if workers != "auto":
-        return [with_workers(t, int(workers), efficiency) for t in trials]
-    if max_workers < 2 or gpus < 2:
-        return list(trials)
-    bound = sum(t.seconds * t.share for t in trials) / gpus
-    decided = []
-    for trial in trials:
-        n, split = 1, trial
-        while split.seconds > bound and n * 2 <= max_workers:
-            n *= 2
-            split = with_workers(trial, n, efficiency)
-        decided.append(split)
-    return decided
-
-
-def launch_plan(specs: list[dict], table: dict, factors: dict, device: str, data: str | None, *, gpus: int,
-                max_workers: int, workers: str | int = "auto", order: str = "lpt", epochs: int | None = None,
-                gpus_per_trial: float | None = None, cpus_per_trial: float | None = None) -> list[TrialTime]:
-    """The trials of ``specs`` as they are submitted: priced, in ``order`` (each cache charged to the
-    first trial that needs it), with their Ray Train workers. ``plan`` and ``grid`` both use it."""
-    manifests: dict = {}
-    trials = []
-    for spec in specs:
-        if device == "cpu":  # one pool of CPUs: a trial takes its CPUs' share of it
-            share = (cpus_per_trial or 1.0) / max(1, gpus)
-        else:
-            share = resources_for(spec, gpus_per_trial, cpus_per_trial)["gpu"]
-        trial = trial_time(spec, table, factors, device, data, epochs, share, manifests)
-        trials.append(dataclasses.replace(trial, block=block_of(ExperimentSpec.from_dict(spec))))
-    trials = charge_builds(launch_order(trials, order))
-    if device == "cpu" and workers == "auto":
-        return trials
-    trials = decide_workers(trials, gpus, max_workers, factors["ddp_efficiency"]["efficiency"], workers)
-    # Split trials may now come later: each cache is charged again to the first that needs it in the new order.
-    return charge_builds(launch_order(trials, order))
-
-
-# -- packing ---------------------------------------------------------------------------------------
-
-def schedule(trials: list[TrialTime], devices: int, max_concurrent: int | None = None,
-             share_slowdown: float = 1.0) -> list[tuple[TrialTime, float, float]]:
-    """(trial, start, end) of each trial, started as Ray Tune starts them: at the start and whenever a
-    trial ends, every waiting trial that fits the free shares starts, in submission order, so a later,
-    smaller trial starts before an earlier one that does not fit yet (Tune asks Ray for all of them at
-    once, and Ray grants whichever fits: `python -m benchmarks grid`). Each goes to the GPU with the
-    least free share that holds it, as Ray places fractions (best fit); a multi-worker trial takes
-    whole GPUs. Where shares differ, Tune can hold a larger trial back longer than this (Ray retries
-    a request that did not fit after a growing delay), so the figure is a lower bound there."""
-    for trial in trials:
-        if trial.workers > devices:
-            raise ValueError(f"{trial.name} asks for {trial.workers} workers, more than the {devices} GPUs")
-    free = [1.0] * devices
-    running: list[tuple[float, int, list[tuple[int, float]]]] = []  # (end, order, [(device, share)])
-    placed: list[tuple[TrialTime, float, float]] = []
-    waiting, now = list(trials), 0.0
-    while waiting:
-        still = []
-        for trial in waiting:
-            taken = _fit(free, trial) if not max_concurrent or len(running) < max_concurrent else []
-            if not taken:
-                still.append(trial)
-                continue
-            for device, share in taken:
-                free[device] -= share
-            seconds = trial.seconds * (share_slowdown if trial.workers == 1 and trial.share < 1 else 1.0)
-            heapq.heappush(running, (now + seconds, len(placed), taken))
-            placed.append((trial, now, now + seconds))
-        waiting = still
-        if waiting:  # the next end frees its shares
-            now, _, released = heapq.heappop(running)
-            for device, share in released:
-                free[device] += share
-    return placed
-
-
-def _fit(free: list[float], trial: TrialTime) -> list[tuple[int, float]]:
-    """The GPUs and shares ``trial`` takes of ``free`` now: whole GPUs for a multi-worker trial, else the
-    GPU with the least free share that holds its share (best fit); none where it does not fit."""
-    if trial.workers > 1:
-        whole = [d for d, f in enumerate(free) if f >= 1 - 1e-9]
-        return [(d, 1.0) for d in whole[:trial.workers]] if len(whole) >= trial.workers else []
-    share = min(trial.share, 1.0)
-    fits = [d for d, f in enumerate(free) if f + 1e-9 >= share]
-    return [(min(fits, key=lambda d: (free[d], d)), share)] if fits else []
-
-
-def makespan(trials: list[TrialTime], devices: int, max_concurrent: int | None = None,
-             share_slowdown: float = 1.0) -> float:
-    """When the last trial ends, started as ``schedule`` starts them."""
-    return max((end for _, _, end in schedule(trials, devices, max_concurrent, share_slowdown)), default=0.0)
 
 
 def asha_epochs(max_t: int, grace: int, factor: float) -> float:
@@ -483,87 +359,6 @@ def _device_type(name: str) -> str:
         if known != "cpu" and re.search(rf"\b{known}", lowered):
             return known
     return re.sub(r"[^a-z0-9]+", "-", lowered.replace("nvidia", "")).strip("-")
-
-
-# -- calibration ---------------------------------------------------------------------------------
-
-def calibrate(specs: list[dict], data: str, device: str, path: str | None, threads: int,
-              epochs: int = 3) -> list[str]:
-    """Measure each (model, mode, size) of ``specs`` here through the real Trainer, on the spec's data,
-    with a private feature cache (so the grid that follows builds its own); store the entries under
-    ``device`` in ``path``, or with None in this user's step-time file (never the shipped table)."""
-    import torch  # costly (PyTorch ~2 s, the Trainer and models more): only --calibrate trains
-
-    from trainables.experiment import prepare
-
-    load_step_times(path)  # a table that cannot be read stops here, before the measuring
-    entries = {}
-    lines = []
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import trainables.tune_trainable"], check=True,
-                   env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    start_s = time.perf_counter() - start
-    grid_start_s = _ray_start_seconds()
-    torch.set_num_threads(threads)
-    done = set()
-    for spec in specs:
-        key = f"{spec['model']}/{spec['mode']}/{spec['size']}"
-        if key in done or spec["mode"] == "zeroshot":
-            continue
-        done.add(key)
-        with tempfile.TemporaryDirectory(prefix="plan_calibrate_") as cache:
-            previous = os.environ.get("VLSM_CACHE")
-            os.environ["VLSM_CACHE"] = cache
-            try:
-                t0 = time.perf_counter()
-                trainer, _ = prepare({**spec, "max_epochs": epochs + 1}, data)
-                setup_s = time.perf_counter() - t0
-                first, train_times, val_times = None, [], []
-                for epoch in range(epochs + 1):
-                    t0 = time.perf_counter()
-                    trainer.train_epoch()
-                    t1 = time.perf_counter()
-                    trainer.evaluate(trainer.val_set)
-                    t2 = time.perf_counter()
-                    trainer.epoch += 1
-                    if epoch == 0:
-                        first = t2 - t0
-                    else:
-                        train_times.append(t1 - t0)
-                        val_times.append(t2 - t1)
-            finally:
-                if previous is None:
-                    os.environ.pop("VLSM_CACHE", None)
-                else:
-                    os.environ["VLSM_CACHE"] = previous
-        batch = spec["batch_size"]
-        train_rows, val_rows = len(trainer.train_set), len(trainer.val_set)
-        train_batches = train_rows // batch + (train_rows % batch > 1)  # a last batch of one is dropped
-        steady = statistics.median(train_times) + statistics.median(val_times)
-        entries[key] = {
-            "batch": batch,
-            "step_ms": round(statistics.median(train_times) / max(1, train_batches) * 1000, 2),
-            "eval_step_ms": round(statistics.median(val_times) / max(1, math.ceil(val_rows / batch)) * 1000, 2),
-            "setup_s": round(setup_s, 2), "start_s": round(start_s, 2),
-            "cache_build_ms_per_row": round(max(0.0, first - steady) / (train_rows + val_rows) * 1000, 3),
-            "source": f"plan --calibrate on {device} ({os.cpu_count()} cores), {threads} torch thread(s), "
-                      f"{time.strftime('%Y-%m-%d')}",
-        }
-        lines.append(f"{key}: step {entries[key]['step_ms']} ms, eval step {entries[key]['eval_step_ms']} ms at "
-                     f"batch {batch}; setup {setup_s:.1f} s; first epoch {first:.1f} s, later {steady:.1f} s")
-    lines.append(f"trial process start {start_s:.1f} s; Ray start {grid_start_s:.1f} s")
-    saved = save_step_times({"devices": {device: entries}, "grid_start_s": {device: round(grid_start_s, 2)}}, path)
-    lines.append(f"stored under {device!r} in {saved}" + ("" if path else f" {ship_hint(device)}"))
-    return lines
-
-
-def _ray_start_seconds() -> float:
-    import ray  # costly (~0.5 s): only --calibrate starts Ray
-
-    start = time.perf_counter()
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    ray.shutdown()
-    return time.perf_counter() - start
 
 
 # -- command line --------------------------------------------------------------------------------

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.plan import (
+from orchestrator.plan import asha_epochs
+from orchestrator.schedule import decide_workers, launch_order, launch_plan, makespan
+from search_spaces.estimates import (
     STEP_TIMES,
     TrialTime,
-    asha_epochs,
     charge_builds,
-    decide_workers,
-    launch_order,
-    launch_plan,
     load_step_times,
     load_time_factors,
-    makespan,
     save_step_times,
     trial_time,
 )
