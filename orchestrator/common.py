@@ -19,7 +19,8 @@ from orchestrator.report import write_report
 from orchestrator.selection import apply_selections
 from search_spaces.experiment import CHOICES, HYPERPARAMETERS, ExperimentSpec
 from search_spaces.fidelity import as_released
-from search_spaces.grid import PROFILE_SYNTHETIC, block_members, profile_specs
+from search_spaces.grid import PROFILE_SYNTHETIC, Study, block_members, builtin, profile_specs
+from search_spaces.study_file import load_study
 from trainables.models import card, cards
 
 DEFAULT_DATA = "data/shards"
@@ -49,11 +50,13 @@ def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
     (so --only matches every seed's id: a pattern of today's id's slug keeps all its seeds, a whole id
     one seed). Each change is part of the spec, so of its id: `status` and `report` need the same flags
     as the launch."""
-    specs = profile_specs(args.profile, getattr(args, "block", None), getattr(args, "model", None))
+    study = study_of(args)
+    specs = profile_specs(study, getattr(args, "block", None), getattr(args, "model", None))
     if getattr(args, "as_released", False):
         specs = [as_released(s) for s in specs]
-    if getattr(args, "hparams_from_hpo", None):
-        specs = apply_selections(specs, args.storage, args.hparams_from_hpo)
+    from_hpo = getattr(args, "hparams_from_hpo", None) or study.from_hpo  # the flag over the file's from_hpo
+    if from_hpo:
+        specs = apply_selections(specs, args.storage, from_hpo)
     changes = dict(getattr(args, "set", None) or [])
     if any(k in HYPERPARAMETERS for k in changes):
         changes.setdefault("hparams", "set")  # no longer the paper's, the release's or a selection's
@@ -64,7 +67,24 @@ def build_specs(args: argparse.Namespace) -> list[ExperimentSpec]:
     if changes:
         specs = [ExperimentSpec.from_dict({**s.to_dict(), **only_options_of(s.model, changes)}) for s in specs]
     specs = with_seeds(specs, getattr(args, "seeds", None) or 1)
+    specs = list({s.id: s for s in specs}.values())  # --seeds over a file's seeds may name a seed twice
     return select(specs, args.only)
+
+
+def study_of(args: argparse.Namespace) -> Study:
+    """The study a command runs: its --study-file's (read by ``use_study_file``), else the built-in --profile's."""
+    return getattr(args, "study_def", None) or builtin(args.profile)
+
+
+def use_study_file(args: argparse.Namespace) -> None:
+    """Read and check --study-file (a StudyFileError names the file, line and key), before anything runs:
+    the study is named after the file's ``name``, and its ``resources`` fill the resource flags not given.
+    Datasets the catalogue does not know are found in --data (status: the default shard root)."""
+    study = load_study(args.study_file, getattr(args, "data", None) or DEFAULT_DATA)
+    args.study_def, args.profile = study, study.name
+    for flag, value in study.resources.items():
+        if getattr(args, flag, 0) is None:
+            setattr(args, flag, value)
 
 
 def only_options_of(model: str, changes: dict) -> dict:
@@ -109,8 +129,17 @@ def seed_count(text: str) -> int:
     return n
 
 
+def add_study_file_argument(p: argparse.ArgumentParser) -> None:
+    """--study-file, on every command that takes --profile."""
+    p.add_argument("--study-file", metavar="PATH",
+                   help="run the study this YAML file describes instead of a --profile (its blocks, models, "
+                        "datasets, prompts, settings, seeds; docs/study.md; `new-study NAME` writes one); the "
+                        "study is named after the file's `name` (none: the file's stem)")
+
+
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     """Flags that choose and change what experiments train (so their ids); grid, status and plan share them."""
+    add_study_file_argument(p)
     p.add_argument("--model", action="append", metavar="NAME",
                    help="only this model's experiments (repeatable); with --profile demo, the demo for this "
                         "model instead of CLIPSeg: any registered model, its card's defaults (docs/models.md)")
@@ -162,11 +191,11 @@ def add_cluster_argument(p: argparse.ArgumentParser) -> None:
                         "the repository's cluster.yaml)")
 
 
-def ensure_synthetic(data: str, profile: str) -> None:
-    """Generate the profile's synthetic datasets into ``data`` if they are not there yet."""
+def ensure_synthetic(data: str, profile: str | Study) -> None:
+    """Generate the profile's (or study's) synthetic datasets into ``data`` if they are not there yet."""
     store = ShardStore(data)
     present = set(store.datasets())
-    for name in PROFILE_SYNTHETIC.get(profile, ()):
+    for name in profile.synthetic if isinstance(profile, Study) else PROFILE_SYNTHETIC.get(profile, ()):
         if name not in present:
             manifest = write_synthetic(store, name)
             rows = ", ".join(f"{split} {entry['rows']}" for split, entry in manifest.splits.items())

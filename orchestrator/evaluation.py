@@ -36,6 +36,7 @@ from datasets.storage import error_text, is_infrastructure
 from orchestrator.arguments import gpu_share, non_negative_int, positive_float
 from orchestrator.launch import Job, Outcome, add_verbose_argument, launch
 from orchestrator.lease import add_force_argument
+from orchestrator.trackers import TrackerError, add_tracker_arguments, tracker_callbacks
 from prompts.perturb import OPPOSITES, PerturbationError, parse_perturbation
 from prompts.templates import TEMPLATE_ATTRIBUTES
 from search_spaces.experiment import ExperimentSpec
@@ -288,9 +289,10 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
                     study: str, address: str | None = None, fake_gpus: int | None = None,
                     gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
                     max_failures: int = 1, retry_failed: bool = False, verbose: int = 1,
-                    force: bool = False, cluster_file: str | None = None) -> Outcome:
+                    force: bool = False, cluster_file: str | None = None, callbacks: list | None = None) -> Outcome:
     """Run the evaluations not finished yet (nor failed, unless ``retry_failed``) as Tune trials: one per
-    source experiment and kind, named ``<kind>-<source id>``, through ``orchestrator.launch``."""
+    source experiment and kind, named ``<kind>-<source id>``, through ``orchestrator.launch``; ``callbacks``:
+    Tune callbacks beside the console (experiment trackers: orchestrator/trackers.py)."""
     data, storage = absolute_uri(data), absolute_uri(storage)
     jobs: dict[str, Job] = {}
     for spec in evaluations:
@@ -304,7 +306,7 @@ def run_evaluations(evaluations: list[EvaluationSpec], sources: dict[str, dict],
                   address=address, fake_gpus=fake_gpus, gpus_per_trial=gpus_per_trial,
                   cpus_per_trial=cpus_per_trial, dashboard=dashboard, max_failures=max_failures,
                   retry_failed=retry_failed, verbose=verbose, force=force, cluster_file=cluster_file,
-                  bound={"data": data, "storage": storage, "study": study})
+                  callbacks=callbacks, bound={"data": data, "storage": storage, "study": study})
 
 
 # -- command line (python -m orchestrator.run zeroshot|ablate|ood) --------------------------------
@@ -331,6 +333,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
         add_verbose_argument(p)
         add_cluster_argument(p)
+        add_tracker_arguments(p)
 
     zeroshot = sub.add_parser(
         "zeroshot", help="score pretrained weights on every dataset and prompt type (Figure 2)",
@@ -412,12 +415,23 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     if problems:
         print("cannot start; fix these first:", *problems, sep="\n  ", file=sys.stderr)
         return 2
+    if (callbacks := trackers(args)) is None:
+        return 2
     outcome = run_grid(specs, data=args.data, storage=args.storage, study=args.study, address=args.address,
                        fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                        cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                        max_failures=args.max_failures, retry_failed=args.retry_failed, verbose=args.verbose,
-                       force=args.force, cluster_file=args.cluster)
+                       force=args.force, cluster_file=args.cluster, callbacks=callbacks)
     return summarize_outcome(outcome, "experiments", args.storage, args.study, args.data)
+
+
+def trackers(args: argparse.Namespace) -> list | None:
+    """The ``--log`` trackers' Tune callbacks; None (said on stderr) where one cannot log."""
+    try:
+        return tracker_callbacks(args.log, storage=args.storage, study=args.study, mlflow_uri=args.mlflow_uri)
+    except TrackerError as e:
+        print(e, file=sys.stderr)
+        return None
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -465,11 +479,14 @@ def _evaluate(args: argparse.Namespace, evaluations: list[EvaluationSpec], sourc
     if problems:
         print("cannot start; fix these first:", *problems, sep="\n  ", file=sys.stderr)
         return 2
+    if (callbacks := trackers(args)) is None:
+        return 2
     outcome = run_evaluations(evaluations, by_id, data=args.data, storage=args.storage, study=args.study,
                               address=args.address, fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                               cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                               max_failures=args.max_failures, retry_failed=args.retry_failed,
-                              verbose=args.verbose, force=args.force, cluster_file=args.cluster)
+                              verbose=args.verbose, force=args.force, cluster_file=args.cluster,
+                              callbacks=callbacks)
     return summarize_outcome(outcome, "evaluations", args.storage, args.study, args.data)
 
 

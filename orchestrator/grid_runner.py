@@ -52,10 +52,11 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
              cpus_per_trial: float = 1.0, dashboard: bool = True, max_failures: int = 1,
              checkpoint_interval_s: float | None = None, retry_failed: bool = False,
              verbose: int = 1, force: bool = False, cluster_file: str | None = None,
-             workers: dict[str, int] | None = None) -> Outcome:
+             workers: dict[str, int] | None = None, callbacks: list | None = None) -> Outcome:
     """One trial per experiment, named by its id, through ``orchestrator.launch``, submitted in the order
     of ``specs``. ``workers[spec.id]`` (default 1): the trial's Ray Train workers; above 1 it runs as DDP
-    (trainables/distributed.py), retried by Tune up to ``max_failures`` times as any trial."""
+    (trainables/distributed.py), retried by Tune up to ``max_failures`` times as any trial. ``callbacks``:
+    Tune callbacks beside the console (experiment trackers: orchestrator/trackers.py)."""
     from trainables.tune_trainable import train_experiment
 
     data, storage = absolute_uri(data), absolute_uri(storage)
@@ -66,7 +67,7 @@ def run_grid(specs: list[ExperimentSpec], *, data: str, storage: str, study: str
                   gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, dashboard=dashboard,
                   # A retried trial resumes from the checkpoint the trial keeps in results storage.
                   max_failures=max_failures, retry_failed=retry_failed, verbose=verbose, force=force,
-                  cluster_file=cluster_file,
+                  cluster_file=cluster_file, callbacks=callbacks,
                   # Reusing a finished trial's process for the next one saves its start-up (imports, a
                   # warm decoded cache): on short trials that is the difference between 1.4x and 1.2x
                   # the ideal makespan (bench grid).

@@ -54,6 +54,7 @@ from orchestrator.selection import (
     trial_record,
     write_json,
 )
+from orchestrator.trackers import TrackerError, add_tracker_arguments, tracker_callbacks
 from search_spaces.defaults import SMALL_OVERRIDES, STUDY, resources_for, training_defaults
 from search_spaces.estimates import expected_epochs, load_step_times
 from search_spaces.experiment import ExperimentSpec
@@ -213,7 +214,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
                weights: str | None = None, address: str | None = None, fake_gpus: int | None = None,
                gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, dashboard: bool = True,
                checkpoint_interval_s: float | None = None, verbose: int = 1, force: bool = False,
-               cluster_file: str | None = None) -> dict:
+               cluster_file: str | None = None, callbacks: list | None = None) -> dict:
     """Run the search and the selection; returns the selection record, also written to storage.
 
     The search keeps its own state as JSON: ``search.json`` (its settings) and a record per trial in
@@ -223,7 +224,8 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
     first launch's start-up settings again) and to ASHA's rungs (``replay_rungs``); the interrupted ones run
     first, with their own settings, each from its last checkpoint (weights and JSON); then new settings
     until ``num_samples`` trials have ended. Lost on the way: a sampler's random state, and a trial's
-    epochs after its last checkpoint (run again)."""
+    epochs after its last checkpoint (run again). ``callbacks``: Tune callbacks beside the search's own
+    (experiment trackers: orchestrator/trackers.py)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -296,7 +298,7 @@ def run_search(model: str, datasets: list[str], *, data: str, storage: str, stud
             replay_rungs(scheduler, records)
             clear_tune_state(where)
             grid = fit(trainable, resources, storage_path=where, name="tune", verbose=verbose,
-                       callbacks=[trial_recorder(where, records)],
+                       callbacks=[trial_recorder(where, records), *(callbacks or [])],
                        tune_config=tune.TuneConfig(
                            search_alg=searcher, scheduler=scheduler, num_samples=left, reuse_actors=True,
                            trial_name_creator=lambda trial: f"{model}-{trial.trial_id}",
@@ -402,6 +404,7 @@ def add_hpo_arguments(p: argparse.ArgumentParser, default_data: str, default_sto
                    help="seconds between a trial's checkpoints (none: 30, full-size models 300)")
     p.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
     add_verbose_argument(p)
+    add_tracker_arguments(p)
     p.add_argument("--cluster", metavar="YAML",
                    help="Ray cluster file whose node types trials must fit (none: the running cluster's nodes "
                         "and the head's ~/ray_bootstrap_config.yaml)")
@@ -435,6 +438,11 @@ def cmd_hpo(args: argparse.Namespace) -> int:
         print("cannot start the search; fix these first:", *problems, sep="\n  ", file=sys.stderr)
         return 2
     try:
+        callbacks = tracker_callbacks(args.log, storage=args.storage, study=study, mlflow_uri=args.mlflow_uri)
+    except TrackerError as e:
+        print(e, file=sys.stderr)
+        return 2
+    try:
         record = run_search(args.model, datasets, data=args.data, storage=args.storage, study=study, size=args.size,
                             mode=mode, prompt=args.prompt, num_samples=args.num_samples, max_epochs=args.max_epochs,
                             grace_period=args.grace_period, reduction_factor=args.reduction_factor, seed=args.seed,
@@ -442,7 +450,8 @@ def cmd_hpo(args: argparse.Namespace) -> int:
                             fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
                             cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                             checkpoint_interval_s=args.checkpoint_interval,
-                            verbose=args.verbose, force=args.force, cluster_file=args.cluster)
+                            verbose=args.verbose, force=args.force, cluster_file=args.cluster,
+                            callbacks=callbacks)
     except (SearchStopped, ValueError) as e:  # interrupted, or no trial scored every dataset
         print(f"no setting selected: {e}", file=sys.stderr)
         return 1

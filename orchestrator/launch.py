@@ -320,14 +320,16 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
            address: str | None = None, fake_gpus: int | None = None,
            gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0, dashboard: bool = True,
            max_failures: int = 1, retry_failed: bool = False, verbose: int = 1, force: bool = False,
-           cluster_file: str | None = None, reuse_actors: bool = False, bound: dict | None = None) -> Outcome:
+           cluster_file: str | None = None, reuse_actors: bool = False, bound: dict | None = None,
+           callbacks: list | None = None) -> Outcome:
     """Run the jobs' records that are not finished (nor failed before, unless ``retry_failed``), one
     Tune trial per job that has any, submitted in the order of ``jobs``:
     ``trainable(config, jobs=..., threads=..., **bound)`` with ``jobs[config[TRIAL]]`` its job
     (``{"records": {id: spec} left to run, "workers": job.workers, **job.context}``, and for a DDP job,
     ``"worker_resources"``: what each of its workers asks for), and ``config[SPEC]`` its spec
-    (``trial_configs``), in a Tune folder of this launch's own (``launch_folders``). Prints what it skips
-    and runs; returns what happened to every record, read back from ``store``."""
+    (``trial_configs``), in a Tune folder of this launch's own (``launch_folders``), with the Tune
+    ``callbacks`` given (experiment trackers: orchestrator/trackers.py). Prints what it skips and runs;
+    returns what happened to every record, read back from ``store``."""
     from ray import tune
 
     files = store.listing()
@@ -386,7 +388,7 @@ def launch(jobs: list[Job], store: ResultStore, trainable: Callable, *, what: st
                    param_space=trial_configs(pending, jobs, what),
                    tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                                reuse_actors=reuse_actors),
-                   max_failures=max_failures, verbose=verbose)
+                   max_failures=max_failures, verbose=verbose, callbacks=callbacks)
         errors = {trial_of(r): r.error for r in grid if r.error is not None}
         # A trial that crashed, after Ray's retries, leaves the records of its job it had not written
         # failed, or unfinished where an infrastructure fault ended it; recorded before the session ends,

@@ -29,20 +29,26 @@ from orchestrator.common import (  # noqa: E402
     add_cluster_argument,
     add_spec_arguments,
     add_study_arguments,
+    add_study_file_argument,
     add_workers_argument,
     build_specs,
     ensure_synthetic,
     fit_lines,
+    study_of,
     summarize_outcome,
+    use_study_file,
 )
 from orchestrator.launch import add_verbose_argument  # noqa: E402
 from orchestrator.lease import LeaseError, add_force_argument, driver_line  # noqa: E402
 from orchestrator.placement import Unplaceable  # noqa: E402
+from orchestrator.trackers import TrackerError, add_tracker_arguments, tracker_callbacks  # noqa: E402
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from trainables.results import ResultStore, StorageError
 
+    if args.cpus_per_trial is None:  # neither the flag nor a --study-file's resources
+        args.cpus_per_trial = 1.0
     try:
         specs = build_specs(args)
     except ValueError as e:  # --block with another profile
@@ -67,7 +73,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
             state = "done" if s.id in done else "pending"
             print(f"{s.id:<52} {s.model:<15} {s.mode:<9} {s.regime:<10} {s.train_set:<15} {s.prompt_type:<7} "
                   f"{s.seed:>4}  {state}")
-        blocks = blocks_for(args.profile, args.block, args.model)
+        blocks = blocks_for(study_of(args), args.block, args.model)
         print(*block_summary(blocks, specs), sep="\n")
         print(*fit_lines(blocks, specs, args), sep="\n")
         print(f"total: {len(specs)} experiments ({sum(s.id in done for s in specs)} done)")
@@ -76,7 +82,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from orchestrator.grid_runner import input_problems, run_grid
 
     try:
-        ensure_synthetic(args.data, args.profile)
+        callbacks = tracker_callbacks(args.log, storage=args.storage, study=study, mlflow_uri=args.mlflow_uri)
+    except TrackerError as e:
+        print(e, file=sys.stderr)
+        return 2
+    try:
+        ensure_synthetic(args.data, study_of(args))
         problems = input_problems(specs, args.data)
     except ShardError as e:
         problems = [str(e)]
@@ -92,7 +103,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
                            cpus_per_trial=args.cpus_per_trial, dashboard=not args.no_dashboard,
                            max_failures=args.max_failures, checkpoint_interval_s=args.checkpoint_interval,
                            retry_failed=args.retry_failed, verbose=args.verbose, force=args.force,
-                           cluster_file=args.cluster, workers=workers)
+                           cluster_file=args.cluster, workers=workers, callbacks=callbacks)
     except StorageError as e:
         print(e, file=sys.stderr)
         return 2
@@ -110,8 +121,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"no finished experiments or evaluations under {args.storage.rstrip('/')}/{args.study}: "
               "check --storage, --study and --profile", file=sys.stderr)
         return 1
-    report = write_report(args.storage, args.study, args.data, profile=args.profile, blocks=args.block,
-                          models=args.model, keep_all=args.all)
+    if args.study_file:  # the file's experiments are the report's grid
+        from search_spaces.grid import profile_specs
+
+        try:
+            specs = profile_specs(study_of(args), args.block, args.model)
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 2
+        report = write_report(args.storage, args.study, args.data, specs=specs, keep_all=args.all)
+    else:
+        report = write_report(args.storage, args.study, args.data, profile=args.profile, blocks=args.block,
+                              models=args.model, keep_all=args.all)
     print(to_markdown(report.rows))
     print(f"results table ({len(report.rows)} rows): {report.markdown}\n                  csv: {report.csv}")
     for name in ("tables.md", "prompts.md", "report.html"):
@@ -186,7 +207,8 @@ def parser() -> argparse.ArgumentParser:
         prog="vlsm-tune" if os.path.basename(sys.argv[0]) == "vlsm-tune" else "python -m orchestrator.run",
         description="Run the VLSM transfer-learning study as Ray Tune trials and tabulate the results.",
         formatter_class=DefaultsHelpFormatter)
-    sub = top.add_subparsers(dest="command", required=True, metavar="{grid,report,status,hpo,zeroshot,ablate,ood,plan}")
+    sub = top.add_subparsers(dest="command", required=True,
+                             metavar="{grid,report,status,hpo,zeroshot,ablate,ood,plan,new-study}")
 
     grid = sub.add_parser("grid", help="run a grid of experiments (skips finished ones)",
                           formatter_class=DefaultsHelpFormatter,
@@ -195,9 +217,9 @@ def parser() -> argparse.ArgumentParser:
                                       "the same command resumes the grid.")
     grid.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                       help="which grid to run (demo: small CLIPSeg on synthetic shards)")
-    grid.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
+    grid.add_argument("--block", action="append", metavar="NAME",
                       help="with --profile study: run only this block of the paper's grid (repeatable; "
-                           f"{', '.join(STUDY_BLOCKS)}; none: the finetuning blocks)")
+                           f"{', '.join(STUDY_BLOCKS)}; none: the finetuning blocks); with --study-file, its blocks")
     grid.add_argument("--only", action="append", metavar="PATTERN",
                       help="run only experiments whose id matches PATTERN (glob or substring); repeatable")
     grid.add_argument("--dry-run", action="store_true", help="list the experiments and their status, run nothing")
@@ -212,8 +234,9 @@ def parser() -> argparse.ArgumentParser:
                       help="declare N logical GPUs on a local Ray, to see fractional scheduling without GPUs")
     grid.add_argument("--gpus-per-trial", type=gpu_share, metavar="F",
                       help="GPU share per trial (none: each model's own fraction)")
-    grid.add_argument("--cpus-per-trial", type=positive_float, default=1.0, metavar="C",
-                      help="CPUs per trial; torch uses max(1, floor(C)) threads")
+    grid.add_argument("--cpus-per-trial", type=positive_float, metavar="C",
+                      help="CPUs per trial; torch uses max(1, floor(C)) threads (none: a --study-file's "
+                           "resources, else 1)")
     grid.add_argument("--max-epochs", type=positive_int, metavar="E",
                       help="cap every experiment's epochs (changes the experiment ids)")
     add_spec_arguments(grid)
@@ -228,6 +251,7 @@ def parser() -> argparse.ArgumentParser:
                       help="rerun experiments that failed in an earlier launch (FAILED.json); "
                            "without it they are skipped and listed")
     grid.add_argument("--no-dashboard", action="store_true", help="start the local Ray without its dashboard")
+    add_tracker_arguments(grid)
     add_force_argument(grid)
     add_verbose_argument(grid)
     grid.set_defaults(func=cmd_grid)
@@ -242,7 +266,8 @@ def parser() -> argparse.ArgumentParser:
                         help="shard root whose recorded content hashes flag results on datasets that share images "
                              "or masks with another")
     add_study_arguments(report, sorted(PROFILES), default=None)
-    report.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
+    add_study_file_argument(report)
+    report.add_argument("--block", action="append", metavar="NAME",
                         help="with --profile study: the paper tables' grid is only this block (repeatable; none: "
                              "every block of the study); finished experiments outside the grid are listed apart")
     report.add_argument("--model", action="append", metavar="NAME",
@@ -273,8 +298,10 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--study", type=name_type, help="study name under --storage (none: the profile name)")
     status.add_argument("--profile", choices=sorted(PROFILES),
                         help="the grid the study runs (none: the study name, else demo)")
-    status.add_argument("--block", action="append", metavar="NAME", choices=sorted(STUDY_BLOCKS),
-                        help="as for grid: with --profile study, only this block (repeatable)")
+    status.add_argument("--block", action="append", metavar="NAME",
+                        help="as for grid: with --profile study (or a --study-file), only this block (repeatable)")
+    status.add_argument("--data", default=DEFAULT_DATA,
+                        help="shard root where a --study-file's own datasets are found (their prompt types)")
     status.add_argument("--only", action="append", metavar="PATTERN", help="as for grid; repeatable")
     status.add_argument("--max-epochs", type=positive_int, metavar="E",
                         help="as for grid (it changes the experiment ids)")
@@ -295,11 +322,42 @@ def parser() -> argparse.ArgumentParser:
     from orchestrator.evaluation import add_commands
 
     add_commands(sub)  # zeroshot, ablate, ood: orchestrator/evaluation.py
+
+    new_study = sub.add_parser("new-study", help="write NAME.yaml: a commented study file to start from",
+                               formatter_class=DefaultsHelpFormatter,
+                               description="Write a study file to edit: every key explained, valid as written "
+                                           "(the demo's small models on the synthetic sets). Run it with "
+                                           "`grid --study-file NAME.yaml`; docs/study.md describes the format.")
+    new_study.add_argument("name", type=name_type, help="the study's name, and the file's (NAME.yaml)")
+    new_study.add_argument("--dir", default=".", help="folder to write NAME.yaml into")
+    new_study.set_defaults(func=cmd_new_study)
     return top
+
+
+def cmd_new_study(args: argparse.Namespace) -> int:
+    from search_spaces.study_file import new_study_text
+
+    path = os.path.join(args.dir, f"{args.name}.yaml")
+    try:
+        with open(path, "x", encoding="utf-8") as f:  # never over a file of the user's
+            f.write(new_study_text(args.name))
+    except FileExistsError:
+        print(f"{path} exists: choose another NAME or --dir (new-study never overwrites a file)", file=sys.stderr)
+        return 1
+    print(f"wrote {path}; list its experiments with: python -m orchestrator.run grid --study-file {path} --dry-run")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "study_file", None):
+        from search_spaces.study_file import StudyFileError
+
+        try:
+            use_study_file(args)
+        except StudyFileError as e:
+            print(e, file=sys.stderr)
+            return 2
     if getattr(args, "study", "") is None and getattr(args, "profile", None):
         args.study = args.profile  # one rule for every command: a study is named after its grid
     from trainables.results import StorageError

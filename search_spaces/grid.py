@@ -1,165 +1,91 @@
-"""Named grids of experiments. A profile is a function returning specs; ``--profile`` picks one.
+"""Named grids of experiments: the built-in study files (``search_spaces/studies/*.yaml``); ``--profile``
+picks one, ``--study-file`` names a user's own (``search_spaces.study_file`` reads both).
 
 ``study`` is the paper's finetuning experiments, itemized block by block, each block citing where
 the paper lists it. The CNN baselines and the zero-shot evaluations are blocks of their own, picked
 with ``--block``: they are not among the paper's "442 finetuning experiments" (Appendix C.1).
 Every study spec runs to the paper's stopping rule (early stopping on validation dice with the
-model's patience), never under ASHA.
+model's patience), never under ASHA. The functions below take a profile's name or a loaded ``Study``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from datasets.catalogue import ALL_POOL, DATASETS, ENDOSCOPY_POOL, INDIVIDUAL, POOLS
-from datasets.synthetic import SYNTHETIC_DATASETS
-from search_spaces.defaults import SMALL_OVERRIDES, STUDY, estimated_memory_gib, training_defaults
+from search_spaces.defaults import estimated_memory_gib
 from search_spaces.experiment import ExperimentSpec
-from trainables.models import card, model_names
+from search_spaces.study_file import STUDIES_DIR, Block, Study, experiment, load_study
+from trainables.models import model_names
+
+__all__ = ["Block", "Study"]  # re-exported: the grid's blocks are the study file's
 
 PAPER_FINETUNING_TOTAL = 442  # Appendix C.1: "we have 442 finetuning experiments"
 
 VLSMS = model_names(family="vlsm", study_only=True)  # CRIS, CLIPSeg, BiomedCLIPSeg, BiomedCLIPSeg-D
 CNNS = model_names(family="cnn", study_only=True)  # UNet, UNet++, DeepLabV3+
 MIMIC = "mimic_cxr_lungs"
-# Prompt type of pooled training: `random`, each sample drawing among its own dataset's P1..PN every
-# epoch. Table 2 gives one score per pooled model, so one prompt setting per pool; the paper does
-# not name it, the released pooled datamodules take it as a parameter and the study's later runs
-# pass "random" (DATA-FACTS). CNNs read no text: they take the empty prompt P0.
-POOLED_PROMPT = "random"
+POOLED_PROMPT = "random"  # the pooled block's prompt type (study.yaml says why)
+
+
+@functools.cache
+def builtin(name: str) -> Study:
+    """A built-in profile: the study file shipped as ``search_spaces/studies/<name>.yaml``."""
+    path = STUDIES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown profile {name!r}: expected one of {', '.join(PROFILE_NAMES)}")
+    return load_study(path)
+
+
+PROFILE_NAMES = tuple(sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")))
+
+
+def study_of(profile: str | Study) -> Study:
+    return profile if isinstance(profile, Study) else builtin(profile)
 
 
 def study_spec(model: str, mode: str, train_set: str, prompt_type: str, eval_sets: tuple[str, ...] = ()
                ) -> ExperimentSpec:
-    """A full-size experiment with the study's weights and the model's defaults."""
-    encoder_lr_scale = card(model).encoder_lr_scale if mode == "finetune" else 1.0
-    return ExperimentSpec(model=model, mode=mode, train_set=train_set, prompt_type=prompt_type,
-                          eval_sets=eval_sets, weights=card(model).weights, encoder_lr_scale=encoder_lr_scale,
-                          **training_defaults(model), **STUDY)
-
-
-def each_dataset_and_prompt(model: str, mode: str) -> list[ExperimentSpec]:
-    """The eight individual datasets, each with every prompt type of its family."""
-    return [study_spec(model, mode, name, prompt) for name in INDIVIDUAL for prompt in DATASETS[name].prompt_types]
-
-
-def individual() -> list[ExperimentSpec]:
-    # C.1: five non-radiology datasets x P0-P9 (50) + CAMUS P0-P7, BUSI P0-P6, CheXlocalize P0-P6 (22)
-    # = 72 per VLSM; Figure 2 (finetuned) and Table 2 ("Individual"). Trained as the study's code
-    # trained them (each card's as_run_mode): CRIS end to end, the CLIPSeg family's decoder alone, so
-    # CLIPSeg's 72 are the frozen block's CLIPSeg experiments, run once and counted in both blocks.
-    return [s for model in VLSMS for s in each_dataset_and_prompt(model, card(model).as_run_mode)]
-
-
-def end_to_end() -> list[ExperimentSpec]:
-    # Beyond the paper (opt-in): the CLIPSeg family with its pretrained encoders trained too, at
-    # the card's encoder_lr_scale of the decoder's LR. The paper believed its individual block did this;
-    # its code did not (MODEL-FACTS), so no published number comes from this regime.
-    return [s for model in VLSMS if card(model).as_run_mode == "frozen"
-            for s in each_dataset_and_prompt(model, "finetune")]
-
-
-def frozen() -> list[ExperimentSpec]:
-    # Appendix F.1, Tables 6 (CRIS) and 7 (CLIPSeg): the same 8 datasets and prompts, decoder
-    # trained on frozen CLIP encoders.
-    return [s for model in ("cris", "clipseg") for s in each_dataset_and_prompt(model, "frozen")]
-
-
-def pooled() -> list[ExperimentSpec]:
-    # C.1 ("we also finetune CRIS and CLIPSeg with the pooled datasets comprising only endoscopic and
-    # all datasets") and Table 2's "Endoscopy Pooled" and "Pooled" rows, scored on their test sets.
-    return [study_spec(model, card(model).as_run_mode, pool, POOLED_PROMPT, POOLS[pool].eval_sets)
-            for model in ("cris", "clipseg") for pool in (ENDOSCOPY_POOL, ALL_POOL)]
-
-
-def mimic() -> list[ExperimentSpec]:
-    # Appendix F.2, Table 8 ("Finetuning" rows): CRIS and CLIPSeg on MIMIC-CXR lungs with the empty
-    # prompt (P0) and the radiology report (P1).
-    return [study_spec(model, card(model).as_run_mode, MIMIC, prompt) for model in ("cris", "clipseg")
-            for prompt in ("p0", "p1")]
-
-
-def cnn() -> list[ExperimentSpec]:
-    # Table 2 and C.3: UNet, UNet++ and DeepLabV3+ (ResNet-50, ImageNet) on each of the 8 individual
-    # datasets and on both pools. No text: prompt P0, one run per dataset.
-    individual_runs = [study_spec(model, "finetune", name, "p0") for model in CNNS for name in INDIVIDUAL]
-    pooled_runs = [study_spec(model, "finetune", pool, "p0", POOLS[pool].eval_sets)
-                   for model in CNNS for pool in (ENDOSCOPY_POOL, ALL_POOL)]
-    return individual_runs + pooled_runs
-
-
-def zeroshot() -> list[ExperimentSpec]:
-    # Figure 2 (zero-shot): CRIS and CLIPSeg as pretrained, every dataset and prompt; no training.
-    # BiomedCLIPSeg(-D) have no pretrained decoder, so no zero-shot (section 2.1).
-    return [s for model in ("cris", "clipseg") for s in each_dataset_and_prompt(model, "zeroshot")]
-
-
-def zeroshot_mimic() -> list[ExperimentSpec]:
-    # Appendix F.2, Table 8 ("Zero-shot" rows): CRIS and CLIPSeg on MIMIC-CXR lungs, P0 and P1.
-    return [study_spec(model, "zeroshot", MIMIC, prompt) for model in ("cris", "clipseg") for prompt in ("p0", "p1")]
+    """A full-size experiment with the study's weights, the model's defaults and the study's settings."""
+    study = builtin("study")
+    return experiment(model, mode, train_set, prompt_type, eval_sets, weights="pretrained", settings=study.settings)
 
 
 def demo(models: tuple[str, ...] = ("clipseg",)) -> list[ExperimentSpec]:
     """Small CLIPSeg, decoder trained on frozen encoders (as the study did), on both synthetic sets,
     with no prompt (p0), the class name (p1) and a rich prompt naming size, colour and place (p6).
     ``models`` (grid --model) runs the same for other registered models, each in its as-run mode; a
-    model that reads no text takes p0 alone."""
-    return [
-        ExperimentSpec(model=model, mode=card(model).as_run_mode, train_set=dataset, prompt_type=prompt,
-                       **{**training_defaults(model), **SMALL_OVERRIDES})
-        for model in models
-        for dataset in SYNTHETIC_DATASETS
-        for prompt in (("p0", "p1", "p6") if card(model).reads_text else ("p0",))
-    ]
+    model that reads no text takes p0 alone (studies/demo.yaml)."""
+    return builtin("demo").specs(models=list(models))
 
 
-@dataclass(frozen=True)
-class Block:
-    name: str
-    source: str  # where the paper lists these experiments
-    specs: Callable[[], list[ExperimentSpec]]
-    finetuning: bool  # counted among the paper's 442 finetuning experiments
+def zeroshot() -> list[ExperimentSpec]:
+    """The study's zero-shot block (Figure 2): CRIS and CLIPSeg as pretrained, every dataset and prompt."""
+    return STUDY_BLOCKS["zeroshot"].specs()
 
 
-STUDY_BLOCKS: dict[str, Block] = {b.name: b for b in (
-    Block("individual", "App. C.1; Fig. 2, Table 2 (Individual): 4 VLSMs x 8 datasets x their prompts",
-          individual, True),
-    Block("frozen", "App. F.1; Tables 6, 7: CRIS, CLIPSeg with frozen encoders, 8 datasets x prompts", frozen, True),
-    Block("pooled", "App. C.1; Table 2 (Endoscopy Pooled, Pooled): CRIS, CLIPSeg x 2 pools", pooled, True),
-    Block("mimic", "App. F.2; Table 8 (Finetuning): CRIS, CLIPSeg x P0, P1", mimic, True),
-    Block("cnn", "App. C.3; Table 2: UNet, UNet++, DeepLabV3+ x (8 datasets + 2 pools)", cnn, False),
-    Block("zeroshot", "Fig. 2 (zero-shot): CRIS, CLIPSeg x 8 datasets x prompts; no training", zeroshot, False),
-    Block("zeroshot_mimic", "App. F.2; Table 8 (Zero-shot): CRIS, CLIPSeg x P0, P1; no training",
-          zeroshot_mimic, False),
-    Block("end_to_end", "beyond the paper: CLIPSeg family x 8 datasets x prompts, encoders trained too",
-          end_to_end, False),
-)}
-DEMO_BLOCK = Block("demo", "none: the embedded default (small CLIPSeg, synthetic data)", demo, False)
+STUDY_BLOCKS: dict[str, Block] = dict(builtin("study").blocks)
+DEMO_BLOCK = builtin("demo").blocks["demo"]
 
-# Blocks of each profile; --block picks among the study's blocks, all of them allowed.
-PROFILE_BLOCKS: dict[str, tuple[Block, ...]] = {
-    "demo": (DEMO_BLOCK,),
-    "study": tuple(b for b in STUDY_BLOCKS.values() if b.finetuning),
-}
+# Blocks each profile runs without --block.
+PROFILE_BLOCKS: dict[str, tuple[Block, ...]] = {name: builtin(name).blocks_for() for name in PROFILE_NAMES}
 
 
-def blocks_for(profile: str, names: list[str] | None = None, models: list[str] | None = None) -> tuple[Block, ...]:
-    """The blocks a launch runs: the profile's, or the study's blocks named with --block. The demo of
+def blocks_for(profile: str | Study, names: list[str] | None = None, models: list[str] | None = None
+               ) -> tuple[Block, ...]:
+    """The blocks a launch runs: the profile's default ones, or those named with --block. The demo of
     other ``models`` (grid --model) is a demo block of theirs, so --dry-run counts its experiments."""
-    if profile == "demo" and models and not names:
-        chosen = tuple(dict.fromkeys(models))
-        return (dataclasses.replace(DEMO_BLOCK, specs=lambda: demo(chosen)),)
-    if not names:
-        return PROFILE_BLOCKS[profile]
-    if profile != "study":
-        raise ValueError(f"--block picks blocks of --profile study, not of {profile!r}")
-    unknown = [n for n in names if n not in STUDY_BLOCKS]
-    if unknown:
-        raise ValueError(f"unknown block {unknown[0]!r}: expected one of {', '.join(STUDY_BLOCKS)}")
-    return tuple(STUDY_BLOCKS[n] for n in dict.fromkeys(names))
+    study = study_of(profile)
+    try:
+        return study.blocks_for(names, models)
+    except ValueError as e:
+        raise ValueError(hinted(e, study, names)) from None
+
+
+def hinted(error: ValueError, study: Study, names: list[str] | None) -> str:
+    """``error``'s message, saying where a block the study lacks is found, if it is one of the paper's."""
+    paper = [n for n in names or () if n not in study.blocks and n in STUDY_BLOCKS]
+    return f"{error}; {paper[0]!r} is a block of --profile study" if paper else str(error)
 
 
 @functools.cache
@@ -186,22 +112,18 @@ def specs_of(blocks: tuple[Block, ...]) -> list[ExperimentSpec]:
     return list({s.id: s for block in blocks for s in block.specs()}.values())
 
 
-def profile_specs(profile: str, blocks: list[str] | None = None, models: list[str] | None = None
+def profile_specs(profile: str | Study, blocks: list[str] | None = None, models: list[str] | None = None
                   ) -> list[ExperimentSpec]:
-    """A launch's experiments: the profile's blocks (or the study's named ``blocks``), for ``models``
-    only where given. The demo runs for any registered model; the study's blocks list only theirs."""
-    for model in models or ():
-        card(model)  # unknown names fail here, with the known ones
-    if profile == "demo" and models:
-        return demo(tuple(dict.fromkeys(models)))
-    specs = specs_of(blocks_for(profile, blocks))
-    if models:
-        specs = [s for s in specs if s.model in models]
-        if not specs:
-            raise ValueError(f"no experiment of profile {profile!r} trains {', '.join(models)}"
-                             + (" in the chosen blocks" if blocks else "") + ": the demo runs any model "
-                             "(--profile demo --model NAME)")
-    return specs
+    """A launch's experiments: the profile's blocks (or the named ``blocks``), for ``models`` only where
+    given. The demo runs for any registered model (its file says ``any_model``); the study's blocks list
+    only theirs."""
+    study = study_of(profile)
+    try:
+        return study.specs(blocks, models)
+    except ValueError as e:
+        if models and not study.any_model and str(e).startswith("no experiment"):
+            raise ValueError(f"{e}: the demo runs any model (--profile demo --model NAME)") from None
+        raise ValueError(hinted(e, study, blocks)) from None
 
 
 def shared_experiments(blocks: tuple[Block, ...]) -> dict[tuple[str, str], list[str]]:
@@ -256,5 +178,5 @@ def block_summary(blocks: tuple[Block, ...], selected: list[ExperimentSpec]) -> 
 PROFILES: dict[str, Callable[[], list[ExperimentSpec]]] = {
     name: (lambda blocks=blocks: specs_of(blocks)) for name, blocks in PROFILE_BLOCKS.items()
 }
-# Datasets each profile can generate itself when they are missing from --data.
-PROFILE_SYNTHETIC: dict[str, tuple[str, ...]] = {"demo": tuple(SYNTHETIC_DATASETS)}
+# Datasets each profile can generate itself when they are missing from --data: the synthetic sets it names.
+PROFILE_SYNTHETIC: dict[str, tuple[str, ...]] = {name: builtin(name).synthetic for name in PROFILE_NAMES}
