@@ -40,6 +40,7 @@ from orchestrator.common import (
     add_workers_argument,
     build_specs,
     ensure_synthetic,
+    study_of,
 )
 from orchestrator.hpo import base_spec, trial_specs
 from orchestrator.placement import (
@@ -434,7 +435,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 print("no experiment matches", file=sys.stderr)
                 return 2
             if args.calibrate:
-                ensure_synthetic(args.data, args.profile)
+                ensure_synthetic(args.data, study_of(args))
                 print(*calibrate(specs, args.data, args.gpu_type, args.step_times, args.threads,
                                  args.calibrate_epochs), sep="\n")
                 table = load_step_times(args.step_times)
