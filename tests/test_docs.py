@@ -71,13 +71,14 @@ def test_every_flag_shown_exists():
 
 def cheap_commands() -> list[tuple[str, str]]:
     """Shown command lines that read no data and start no Ray, so a test can run them as written:
-    dry runs and `plan` (without --calibrate), optional [parts] left out, with nothing else to fill
-    in (no BUCKET, ..., <name>)."""
+    dry runs, `plan` (without --calibrate) and `new-study` (it writes a study file into the folder the
+    lines run in, for the dry runs after it), optional [parts] left out, with nothing else to fill in (no
+    BUCKET, ..., <name>)."""
     found = []
     for page in PAGES:
         for line in command_lines(page.read_text()):
             line = re.sub(r"\s*\[[^]]*\]", "", line.split("#")[0]).strip()
-            cheap = "--dry-run" in line or re.search(r"orchestrator\.run plan (grid|hpo)\b", line)
+            cheap = "--dry-run" in line or re.search(r"orchestrator\.run (plan (grid|hpo)|new-study)\b", line)
             if cheap and "--calibrate" not in line and not re.search(r"BUCKET|\.\.\.|<", line):
                 found.append((page.name, line))
     return found
