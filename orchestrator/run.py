@@ -96,7 +96,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if problems:
         print("cannot start the grid; fix these first:", *problems, sep="\n  ", file=sys.stderr)
         return 2
-    print(order_line)
+    if workers or args.verbose >= 2:  # the order alone is the dry run's; a split trial is news
+        print(order_line)
     try:
         outcome = run_grid(specs, data=args.data, storage=args.storage, study=study, address=args.address,
                            fake_gpus=args.fake_gpus, gpus_per_trial=args.gpus_per_trial,
