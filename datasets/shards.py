@@ -40,6 +40,7 @@ from datasets.storage import (  # noqa: F401 (re-exported)
     StorageUnavailable,
     absolute_uri,
     filesystem_for,
+    is_remote,
     write_atomically,
 )
 
@@ -277,7 +278,7 @@ class ShardStore:
         self.root = root.rstrip("/")
         self.fs, self.path = filesystem_for(self.root)
         self.cache: NodeCache | None = NodeCache() if cache is True else (cache or None)
-        self.remote = "://" in self.root
+        self.remote = is_remote(self.root)
 
     def _dataset_dir(self, dataset: str) -> str:
         return posixpath.join(self.path, dataset)

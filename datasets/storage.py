@@ -1,4 +1,5 @@
-"""Where data and results live: a local folder or ``s3://`` through pyarrow.fs; and the one
+"""Where data and results live: a local folder or an object store (``s3://``, ``gs://``, ``abfs://``),
+each through its pyarrow.fs filesystem (``SCHEMES``, the table docs/data.md shows); and the one
 classification of errors. The floor under the shard store, the node cache and the result store.
 
 Errors come in two kinds, and every layer above sorts them the same way (``is_infrastructure``):
@@ -9,7 +10,8 @@ Errors come in two kinds, and every layer above sorts them the same way (``is_in
 - **infrastructure**: storage, network, node and memory faults (``OSError``, ``StorageUnavailable``
   and a full disk among them, a lost Ray node or worker, out of memory). The library that owns the
   call retries them with backoff (S3 requests: pyarrow's ``retry_strategy`` and botocore's retries,
-  ``s3_attempts()`` tries each); what still fails is raised, Ray Tune retries the trial, and a trial
+  ``s3_attempts()`` tries each; GCS requests for ``GCS_RETRY_SECONDS``; Azure's, its SDK's own retries);
+  what still fails is raised (pyarrow raises OSError for all three), Ray Tune retries the trial, and a trial
   that still fails is left neither DONE nor FAILED, so the next launch runs it.
 Anything else (a bug) is recorded as FAILED with its cause, like bad input.
 """
@@ -20,9 +22,13 @@ import contextlib
 import errno
 import os
 import posixpath
+import re
 import sys
 import urllib.parse
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 
 import pyarrow.fs as pafs
@@ -33,6 +39,12 @@ import pyarrow.fs as pafs
 # $VLSM_S3_ATTEMPTS sets another number (1: no retries), on every node that should use it.
 S3_ATTEMPTS = 10
 S3_ATTEMPTS_ENV = "VLSM_S3_ATTEMPTS"
+# How long the GCS client retries one request (pyarrow sets a time, not a number of tries): the same
+# minute or so that S3's tries ride out, which the study lease's staleness (orchestrator/lease.STALE_S)
+# assumes of every request. Left unset, the client's own limit is 15 minutes.
+GCS_RETRY_SECONDS = 60
+# The storage account of az://CONTAINER/PREFIX URIs (the variable adlfs, and so pandas, reads too).
+AZURE_ACCOUNT_ENV = "AZURE_STORAGE_ACCOUNT_NAME"
 
 
 class ShardError(Exception):
@@ -45,19 +57,64 @@ class StorageUnavailable(OSError):
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and path for a local folder or an ``s3://bucket/prefix`` URI.
+    """The pyarrow filesystem and path for a local folder or a storage URI, by its scheme (``SCHEMES``);
+    an unsupported scheme raises ShardError, one line naming the supported ones.
 
     S3: endpoint and credentials come from the environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``
     / ``AWS_PROFILE``, the instance role), the same way boto3 and Ray find them; the bucket's region
     (on AWS itself, without an endpoint) from the bucket. Every
     request is tried ``s3_attempts()`` times with backoff. A URI with credentials in it
-    (``s3://key:secret@bucket``) is refused: they would be copied into specs, logs and reports.
+    (``s3://key:secret@bucket``) is refused: they would be copied into specs, logs and reports. GCS and
+    Azure likewise: ``_gcs_filesystem``, ``_azure_filesystem``.
     """
-    if uri.startswith("s3://"):
-        return _s3_filesystem(uri)
-    if "://" in uri:
-        raise ShardError(f"unsupported storage URI {uri!r}: use a local folder or s3://bucket/prefix")
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    store = SCHEMES.get(_scheme(uri))
+    if store is None:
+        raise ShardError(f"unsupported storage URI {_shown(uri)!r}: use a local folder or one of "
+                         f"{', '.join(f'{name}://' for name in SCHEMES if name)}")
+    return store.build(uri)
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` is in object storage, which every node reaches: not a local path or ``file://``
+    (this machine's disk), nor an unsupported scheme (``filesystem_for`` refuses those)."""
+    store = SCHEMES.get(_scheme(uri))
+    return bool(store and store.remote)
+
+
+def conditional_writes(uri: str) -> bool:
+    """Whether ``write_if_unchanged`` is one atomic step at ``uri`` (local folders and S3), rather than
+    best effort (GCS and Azure, where pyarrow has no conditional write: ``_compare_then_write``)."""
+    store = SCHEMES.get(_scheme(uri))
+    return bool(store and store.conditional_writes)
+
+
+def _scheme(uri: str) -> str:
+    """``s3`` of ``s3://bucket``, as written; "" for a local path."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    return match.group(1) if match else ""
+
+
+def _shown(uri: str) -> str:
+    """``uri`` fit for a message: never what is before its last "@" (it may hold a secret), nor its
+    options (a SAS token is one)."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator:
+        return uri
+    if "@" in rest:
+        rest = f"...@{rest.rpartition('@')[2]}"
+    return f"{scheme}://{rest.split('?')[0].split('#')[0]}"
+
+
+def _local_filesystem(path: str) -> tuple[pafs.LocalFileSystem, str]:
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def _file_filesystem(uri: str) -> tuple[pafs.LocalFileSystem, str]:
+    parts = urllib.parse.urlsplit(uri)
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise ShardError(f"refused {_shown(uri)!r}: a file:// URI names a folder on this machine (file:///PATH); "
+                         "file://host/... and options are not supported")
+    return pafs.LocalFileSystem(), os.path.abspath(urllib.parse.unquote(parts.path))
 
 
 def _s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
@@ -88,6 +145,60 @@ def s3_attempts() -> int:
     return int(value)
 
 
+def _gcs_filesystem(uri: str) -> tuple[pafs.GcsFileSystem, str]:
+    """``gs://BUCKET/PREFIX`` (or ``gcs://``): credentials as Google's client libraries find them
+    (``GOOGLE_APPLICATION_CREDENTIALS``, the instance's service account, gcloud's application-default
+    login); each request retried for ``GCS_RETRY_SECONDS``. Credentials or options in the URI are refused."""
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme
+    if "@" in parts.netloc or ":" in parts.netloc:  # bucket names have neither
+        raise ShardError(f"refused {_shown(uri)}: a storage URI must not hold credentials. Give them in the "
+                         "environment (GOOGLE_APPLICATION_CREDENTIALS) or through the instance's service account, "
+                         f"and write {scheme}://BUCKET/PREFIX.")
+    if parts.query or parts.fragment:  # a path is appended to a storage URI: an option would end up mid-path
+        raise ShardError(f"refused {_shown(uri)}?...: {scheme}:// URIs take no options (nor credentials); write "
+                         f"{scheme}://BUCKET/PREFIX")
+    fs = pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=GCS_RETRY_SECONDS))
+    return fs, f"{parts.netloc}{parts.path}".rstrip("/")
+
+
+# abfs://CONTAINER@ACCOUNT.dfs.core.windows.net: the account (3-24 lowercase letters and digits), the
+# service (dfs or blob) and the cloud's domain (core.windows.net, or a national cloud's).
+AZURE_HOST = re.compile(r"([a-z0-9]{3,24})\.(?:dfs|blob)(\.[a-z0-9.-]+)")
+
+
+def _azure_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``abfs[s]://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX``, or ``az://CONTAINER/PREFIX`` with the
+    account in ``$AZURE_STORAGE_ACCOUNT_NAME``; HTTPS either way. Credentials: Azure's
+    DefaultAzureCredential (``AZURE_CLIENT_ID`` / ``AZURE_TENANT_ID`` / ``AZURE_CLIENT_SECRET``, workload
+    or managed identity, ``az login``). Keys, SAS tokens and options in the URI are refused."""
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme
+    form = (f"{scheme}://CONTAINER/PREFIX" if scheme == "az"
+            else f"{scheme}://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX")
+    # A key ("container:key@account"; it may hold "/", which ends urlsplit's netloc early) has a ":".
+    if ":" in parts.netloc or (scheme == "az" and "@" in uri):
+        raise ShardError(f"refused {_shown(uri)}: a storage URI must not hold credentials. Give them in the "
+                         "environment (AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET) or through a "
+                         f"managed identity or `az login`, and write {form}.")
+    if parts.query or parts.fragment:  # a SAS token is a query
+        raise ShardError(f"refused {_shown(uri)}?...: {scheme}:// URIs take no options (nor SAS tokens); write "
+                         f"{form}")
+    container, _, host = parts.netloc.rpartition("@")
+    if scheme == "az":
+        container, account, domain = host, os.environ.get(AZURE_ACCOUNT_ENV), ".core.windows.net"
+        if not account:
+            raise ShardError(f"{_shown(uri)}: az:// URIs take the storage account from ${AZURE_ACCOUNT_ENV}: set "
+                             "it, or write abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX")
+    else:
+        match = AZURE_HOST.fullmatch(host)
+        if not container or not match:
+            raise ShardError(f"{_shown(uri)}: expected {form} (the container, then the storage account)")
+        account, domain = match.groups()
+    fs = pafs.AzureFileSystem(account, blob_storage_authority=f".blob{domain}", dfs_storage_authority=f".dfs{domain}")
+    return fs, f"{container}{parts.path}".rstrip("/")
+
+
 @cache
 def _bucket_region(bucket: str) -> str:
     """A bucket's region, asked of S3 once per process (as ``FileSystem.from_uri`` does each time)."""
@@ -111,9 +222,33 @@ def _s3_client(endpoint: str | None, attempts: int):
                                                                             "max_attempts": attempts}))
 
 
+@dataclass(frozen=True)
+class Store:
+    """One row of the scheme table: how a URI's filesystem is built, whether every node reaches it, and
+    whether ``write_if_unchanged`` is one atomic step there."""
+
+    build: Callable[[str], tuple[pafs.FileSystem, str]]
+    remote: bool
+    conditional_writes: bool
+
+
+# The scheme table (docs/data.md, "Where data and results can live"); "" is a local path. Azure only
+# where this pyarrow has it. hdfs:// is left out: pyarrow's needs a JVM and Hadoop's libraries.
+SCHEMES: dict[str, Store] = {
+    "": Store(_local_filesystem, remote=False, conditional_writes=True),
+    "file": Store(_file_filesystem, remote=False, conditional_writes=True),
+    "s3": Store(_s3_filesystem, remote=True, conditional_writes=True),
+    "gs": Store(_gcs_filesystem, remote=True, conditional_writes=False),
+    "gcs": Store(_gcs_filesystem, remote=True, conditional_writes=False),
+    **({scheme: Store(_azure_filesystem, remote=True, conditional_writes=False) for scheme in ("abfs", "abfss", "az")}
+       if hasattr(pafs, "AzureFileSystem") else {}),
+}
+
+
 def absolute_uri(uri: str) -> str:
-    """``s3://`` URIs as they are; local paths made absolute, since Ray trials run in other folders."""
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+    """URIs (``s3://``, ``gs://``, ...) as they are; local paths made absolute, since Ray trials run in
+    other folders."""
+    return uri if _scheme(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
 def read_if_exists(fs: pafs.FileSystem, path: str) -> bytes | None:
@@ -220,7 +355,7 @@ def error_text(error: BaseException | str) -> str:
 
 
 def write_if_unchanged(uri: str, data: bytes, expected: bytes | None = None) -> bool:
-    """Write ``data`` at ``uri`` (a local path or ``s3://`` URI) only if the file there is still
+    """Write ``data`` at ``uri`` (a local path or storage URI) only if the file there is still
     ``expected`` byte for byte, or, with ``expected`` None, only if there is no file: one atomic step,
     so of two writers with the same ``expected`` exactly one succeeds. True if written; False if the
     condition did not hold (another writer got there first). Readers see the old file or the new, whole.
@@ -229,9 +364,16 @@ def write_if_unchanged(uri: str, data: bytes, expected: bytes | None = None) -> 
     ``If-None-Match: *``, or with ``If-Match`` on the ETag of the object just read and compared. A local
     folder: a hard link to a complete temporary file (the link fails where the name exists), or a rename
     over the file under an exclusive ``flock`` on it, once it is checked to be still the file at that
-    name. Other storage errors raise OSError (S3's, after retries: StorageUnavailable) naming the URI.
+    name. Other storage errors raise OSError (S3's, GCS's and Azure's, after retries: StorageUnavailable)
+    naming the URI.
+
+    GCS and Azure (``conditional_writes`` False): pyarrow offers no conditional write there, so this is
+    best effort, a read, a comparison and then a write (``_compare_then_write``, which says so once per
+    process): two writers in the same second can both succeed. For the study lease that means two
+    drivers launched on one study at the same moment may both run; for DONE markers, that two runs of
+    one experiment may both write it (harmless: each file whole, of the same experiment).
     """
-    if uri.startswith("s3://"):
+    if _scheme(uri) == "s3":
         from botocore.exceptions import BotoCoreError, ClientError
 
         parts = urllib.parse.urlsplit(uri)
@@ -254,9 +396,11 @@ def write_if_unchanged(uri: str, data: bytes, expected: bytes | None = None) -> 
             raise StorageUnavailable(f"{uri}: {e}") from None
         except BotoCoreError as e:  # unreachable endpoint, no credentials
             raise StorageUnavailable(f"{uri}: {e}") from None
+    fs, path = filesystem_for(uri)
+    if not conditional_writes(uri):
+        return _compare_then_write(fs, path, uri, data, expected)
     import fcntl
 
-    path = os.path.abspath(os.path.expanduser(uri))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -289,3 +433,24 @@ def write_if_unchanged(uri: str, data: bytes, expected: bytes | None = None) -> 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _compare_then_write(fs: pafs.FileSystem, path: str, uri: str, data: bytes, expected: bytes | None) -> bool:
+    """``write_if_unchanged`` where the store has no conditional write: best effort, not one atomic step."""
+    _warn_not_conditional(_scheme(uri))
+    try:
+        if read_if_exists(fs, path) != expected:
+            return False
+        write_atomically(fs, path, data)
+        return True
+    except StorageUnavailable:
+        raise
+    except OSError as e:
+        raise StorageUnavailable(f"{uri}: {e}") from None
+
+
+@cache  # once per process and scheme
+def _warn_not_conditional(scheme: str) -> None:
+    print(f"warning: {scheme}:// has no conditional write through pyarrow: the study lease (one driver per study) "
+          "and DONE markers there are best effort, so do not launch two drivers on one study at once "
+          "(docs/data.md, 'Where data and results can live')", file=sys.stderr)

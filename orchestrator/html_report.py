@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from datasets.storage import filesystem_for, write_atomically
+from datasets.storage import filesystem_for, is_remote, write_atomically
 from trainables.results import ResultStore, finished_in
 
 NA_REP = "no run yet"  # a table's missing cell: an experiment (or a published number) without a result
@@ -249,7 +249,7 @@ def record_links(storage: str, study: str, folder: str = "experiments") -> list[
     for record_id, files in sorted(store.listing().items()):
         state = "" if finished_in(files) else " (failed)" if "FAILED.json" in files else " (not finished)"
         relative = f"{folder}/{quote(record_id)}/"
-        links.append((record_id + state, f"{store.uri}/{relative}" if "://" in store.uri else relative))
+        links.append((record_id + state, f"{store.uri}/{relative}" if is_remote(store.uri) else relative))
     return links
 
 

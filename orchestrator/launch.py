@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from datasets.storage import absolute_uri, filesystem_for
+from datasets.storage import absolute_uri, filesystem_for, is_remote
 from orchestrator.lease import study_lease
 from orchestrator.placement import Placement, cluster_node_types, place_all
 from trainables.results import ResultStore, StorageError, finished_in
@@ -78,7 +78,7 @@ def add_verbose_argument(p) -> None:
 
 def check_shared_storage(storage: str, nodes: int) -> None:
     """On several nodes, results and checkpoints must go where every node can write: object storage."""
-    if nodes > 1 and "://" not in storage:
+    if nodes > 1 and not is_remote(storage):
         raise StorageError(
             f"--storage {storage} is a local folder, but this Ray cluster has {nodes} nodes: trials on other "
             "nodes would write their results and checkpoints to their own disks, and a lost node would take "
@@ -212,8 +212,9 @@ def session(storage: str, lease_name: str, *, address: str | None, fake_gpus: in
         use_gpus = start_ray(address, fake_gpus, dashboard, verbose)
         nodes = sum(node["Alive"] for node in ray.nodes())
         check_shared_storage(storage, nodes)
-        if address and nodes == 1 and "://" not in storage:
-            print(f"warning: --storage {storage} is local; if this cluster adds nodes, use s3:// storage")
+        if address and nodes == 1 and not is_remote(storage):
+            print(f"warning: --storage {storage} is local; if this cluster adds nodes, use object storage "
+                  "(s3://, gs://, abfs://)")
         yield use_gpus
     finally:
         ray.shutdown()

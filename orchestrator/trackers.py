@@ -18,7 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from datasets.storage import absolute_uri
+from datasets.storage import absolute_uri, is_remote
 
 # --log NAME: the module each tracker imports, and the extra (and plain package) that provides it.
 TRACKERS = {"mlflow": ("mlflow", "mlflow", "mlflow-skinny"), "wandb": ("wandb", "wandb", "wandb")}
@@ -60,7 +60,7 @@ def study_folder(storage: str, study: str) -> Path | None:
     uri = absolute_uri(storage)
     if uri.startswith("file://"):
         uri = uri.removeprefix("file://")
-    elif "://" in uri:
+    elif is_remote(uri):
         return None
     return Path(uri) / study
 
