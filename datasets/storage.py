@@ -127,7 +127,8 @@ def _s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
                          "environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) or through "
                          "the instance role, and write s3://BUCKET/PREFIX.")
     if parts.query or parts.fragment:  # a path is appended to a storage URI: an option would end up mid-path
-        raise ShardError(f"refused {uri!r}: s3:// URIs take no options. Set the endpoint in AWS_ENDPOINT_URL "
+        raise ShardError(f"refused {_shown(uri)}?...: s3:// URIs take no options (an option may hold a secret, so "
+                         "it is not shown). Set the endpoint in AWS_ENDPOINT_URL "
                          "(or AWS_ENDPOINT_URL_S3); the region comes from the bucket.")
     bucket = parts.netloc
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

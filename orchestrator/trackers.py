@@ -65,6 +65,14 @@ def study_folder(storage: str, study: str) -> Path | None:
     return Path(uri) / study
 
 
+def is_file_store(uri: str) -> bool:
+    """Whether MLflow takes ``uri`` for its file store (a path or file: URI), as MLflow itself decides;
+    "databricks", a database or a server are not."""
+    from mlflow.utils.uri import is_local_uri  # --log mlflow only: MLflow is installed (check_installed)
+
+    return is_local_uri(uri)
+
+
 def mlflow_tracking_uri(storage: str, study: str, uri: str | None = None) -> str:
     """The MLflow store a launch logs to: ``uri`` (--mlflow-uri), else MLflow's own MLFLOW_TRACKING_URI,
     else a SQLite file beside the study's results when they are local (``./mlflow.db`` when they are in
@@ -72,7 +80,7 @@ def mlflow_tracking_uri(storage: str, study: str, uri: str | None = None) -> str
     by its key, so it cannot hold ``test_dice`` beside ``test_dice/<test set>`` (and MLflow 3 keeps it in
     maintenance mode, refused unless MLFLOW_ALLOW_FILE_STORE is set); raises TrackerError for one."""
     given = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if given and (given.startswith("file:") or "://" not in given):
+    if given and is_file_store(given):
         source = f"--mlflow-uri {given}" if uri else f"MLFLOW_TRACKING_URI={given}"
         raise TrackerError(f"{source}: MLflow's file store cannot hold test_dice beside test_dice/<test set>; "
                            "use a database (sqlite:///PATH/mlflow.db) or a tracking server (http://HOST:5000)")

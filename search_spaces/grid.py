@@ -16,16 +16,12 @@ from collections.abc import Callable
 from search_spaces.defaults import estimated_memory_gib
 from search_spaces.experiment import ExperimentSpec
 from search_spaces.study_file import STUDIES_DIR, Block, Study, experiment, load_study
-from trainables.models import model_names
 
 __all__ = ["Block", "Study"]  # re-exported: the grid's blocks are the study file's
 
 PAPER_FINETUNING_TOTAL = 442  # Appendix C.1: "we have 442 finetuning experiments"
 
-VLSMS = model_names(family="vlsm", study_only=True)  # CRIS, CLIPSeg, BiomedCLIPSeg, BiomedCLIPSeg-D
-CNNS = model_names(family="cnn", study_only=True)  # UNet, UNet++, DeepLabV3+
 MIMIC = "mimic_cxr_lungs"
-POOLED_PROMPT = "random"  # the pooled block's prompt type (study.yaml says why)
 
 
 @functools.cache
@@ -65,7 +61,6 @@ def zeroshot() -> list[ExperimentSpec]:
 
 
 STUDY_BLOCKS: dict[str, Block] = dict(builtin("study").blocks)
-DEMO_BLOCK = builtin("demo").blocks["demo"]
 
 # Blocks each profile runs without --block.
 PROFILE_BLOCKS: dict[str, tuple[Block, ...]] = {name: builtin(name).blocks_for() for name in PROFILE_NAMES}

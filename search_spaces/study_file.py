@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from datasets.catalogue import DATASETS, POOLS
+from datasets.cli import name_problem
 from datasets.shards import ShardError, ShardStore
 from datasets.synthetic import SYNTHETIC_DATASETS
 from prompts.templates import NON_RADIOLOGY_PROMPT_TYPES
@@ -42,6 +43,9 @@ RESOURCES = ("gpus_per_trial", "cpus_per_trial")
 FIXED_BY_BLOCKS = ("model", "mode", "train_set", "prompt_type", "eval_sets", "seed")  # blocks and seeds say these
 SPEC_FIELDS = {f.name: f for f in dataclasses.fields(ExperimentSpec)}
 SETTINGS = tuple(n for n in SPEC_FIELDS if n not in FIXED_BY_BLOCKS)
+SIZES = ("full", "small")  # every model card's input sizes (trainables.models.cards)
+# Counts and rates that only mean something above 0.
+POSITIVE = ("lr", "batch_size", "max_epochs", "patience", "lr_patience", "grad_accum", "schedule_epochs")
 
 
 class StudyFileError(ValueError):
@@ -284,15 +288,28 @@ class Reader:
                 if name == "from_hpo" and not top:
                     raise self.error(item, "from_hpo applies to the whole study: put it in the file's own settings")
         items = self.mapping(value, allowed, "spec fields and their values")
-        from_hpo = self.text(items.pop("from_hpo"), "a study name whose hpo selections to take") \
-            if "from_hpo" in items else None
+        from_hpo = None
+        if "from_hpo" in items:
+            item = items.pop("from_hpo")
+            from_hpo = self.text(item, "a study name whose hpo selections to take")
+            if problem := name_problem(from_hpo):  # it becomes <storage>/<from_hpo>/hpo/
+                raise self.error(item, problem)
         return {name: self.setting(name, item) for name, item in items.items()}, from_hpo
 
     def setting(self, name: str, value: Value) -> object:
+        """One spec field's value as written (a whole number stays one, as ``--set`` keeps it: the id is the
+        same either way), checked: its type, its choices, and above 0 where a count or rate must be."""
         v = value.data
+        kind, optional = field_type(SPEC_FIELDS[name])
+        if kind is float and isinstance(v, str):  # YAML reads 1e-4 (no point before the e) as text
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if name == "size" and v not in SIZES:
+            raise self.error(value, f"{shown(value)} is not a size: expected one of {', '.join(SIZES)}")
         if name in CHOICES and v not in CHOICES[name]:
             raise self.error(value, f"{shown(value)} is not one of {', '.join(map(str, CHOICES[name]))}")
-        kind, optional = field_type(SPEC_FIELDS[name])
         if v is None and optional:
             return v
         ok = (isinstance(v, bool) if kind is bool else isinstance(v, kind) and not isinstance(v, bool)
@@ -300,7 +317,9 @@ class Reader:
         if not ok:
             raise self.error(value, f"expected {'nothing (null) or ' if optional else ''}a {kind.__name__}, "
                                     f"got {shown(value)}")
-        return float(v) if kind is float else v
+        if name in POSITIVE and v <= 0:
+            raise self.error(value, f"expected a number above 0, got {shown(value)}")
+        return v
 
 
 def field_type(f: dataclasses.Field) -> tuple[type, bool]:
@@ -358,16 +377,18 @@ def load_study(path: str | Path, data: str | None = None) -> Study:
         raise StudyFileError(f"{path}: cannot read the study file ({e}); check the path") from None
     top = reader.mapping(reader.load(text), TOP_KEYS, "a study")
     name = reader.text(top["name"], "a study name") if "name" in top else Path(path).stem
+    if problem := name_problem(name):  # it becomes <storage>/<name>/
+        raise reader.error(top.get("name"), f"the study's name: {problem}")
     description = reader.text(top["description"]) if "description" in top else ""
     plugins = tuple(v.data for v in reader.names(top["plugins"], "module names")) if "plugins" in top else ()
     if plugins:
-        use_plugins(plugins)
         for module in reader.names(top["plugins"], "module names"):
             try:
                 importlib.import_module(module.data)  # it registers its cards (trainables.models.register)
             except Exception as e:  # noqa: BLE001 (a user's module may fail any way; say where it is named)
                 raise reader.error(module, f"importing plugin {module.data!r} failed ({type(e).__name__}: {e}); "
                                            "check that it is on PYTHONPATH and imports on its own") from None
+        use_plugins(plugins)  # imported here: Ray's trials import them too
     weights = reader.choice(top["weights"], WEIGHTS) if "weights" in top else "pretrained"
     settings, from_hpo = reader.settings(top["settings"], top=True) if "settings" in top else ({}, None)
     seeds = reader.seeds(top["seeds"]) if "seeds" in top else None
@@ -391,7 +412,8 @@ def load_study(path: str | Path, data: str | None = None) -> Study:
             if item.data not in blocks:
                 raise reader.error(item, f"{item.data!r} is not a block of this file ({', '.join(blocks)})")
         default_blocks = tuple(dict.fromkeys(v.data for v in chosen))
-    synthetic = tuple(dict.fromkeys(d for p in plans.values() for d in p.datasets if d in SYNTHETIC_DATASETS))
+    synthetic = tuple(dict.fromkeys(d for p in plans.values() for d in (*p.datasets, *(p.eval_sets or ()))
+                                    if d in SYNTHETIC_DATASETS))
     return Study(name=name, path=path, description=description, blocks=blocks, default_blocks=default_blocks,
                  plans=plans, settings=settings, any_model=any_model, plugins=plugins, from_hpo=from_hpo,
                  resources=resources, synthetic=synthetic)
@@ -497,7 +519,7 @@ settings:
   max_epochs: 20
   patience: 5
 
-seeds: [42]                   # every experiment once per seed (zero-shot ones once); 42 keeps the demo's ids
+seeds: [42]                   # every experiment once per seed (zero-shot ones once); 42: the study's seed
 
 # What one trial asks of a node; the command's flags win over these.
 # resources: {{gpus_per_trial: 0.5, cpus_per_trial: 2}}

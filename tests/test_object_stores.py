@@ -14,7 +14,6 @@ import pytest
 from datasets.storage import (
     GCS_RETRY_SECONDS,
     ShardError,
-    StorageUnavailable,
     _compare_then_write,
     conditional_writes,
     filesystem_for,
@@ -98,7 +97,7 @@ def test_an_unsupported_scheme_is_one_line_naming_the_supported_ones(uri):
 
 
 @pytest.mark.parametrize("uri", [
-    "gs://key:hunter2@bucket/runs", "gs://bucket/runs?access_token=hunter2",
+    "s3://bucket/runs?secret_key=hunter2", "gs://key:hunter2@bucket/runs", "gs://bucket/runs?access_token=hunter2",
     *(["abfs://runs:hunter2@lab.dfs.core.windows.net/vlsm", "abfs://runs:a/hunter2==@lab.dfs.core.windows.net/x",
        "abfs://runs@lab.dfs.core.windows.net/vlsm?sig=hunter2", "az://runs/vlsm?sv=1&sig=hunter2"] if AZURE else []),
 ])
@@ -141,7 +140,6 @@ def test_gcs_and_azure_network_errors_are_infrastructure():
         with pytest.raises(OSError) as raised:
             fs.open_input_stream(path).read()
         assert is_infrastructure(raised.value), (type(fs).__name__, raised.value)
-        assert is_infrastructure(StorageUnavailable(f"gs://{path}: {raised.value}"))
 
 
 def test_a_multi_node_launch_takes_any_object_store_and_refuses_this_machines_disk(tmp_path):

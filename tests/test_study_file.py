@@ -132,7 +132,24 @@ MISTAKES = [
     ("resources out of range", "name: mine", "name: mine\nresources: {gpus_per_trial: 1.5}", 2,
      ["gpus_per_trial", "fraction"]),
     ("a key given twice", "    mode: as_run", "    mode: as_run\n    mode: frozen", 10, ["'mode'", "twice"]),
+    ("a name that is no folder name", "name: mine", "name: ../../escape", 1, ["name", "usable"]),
+    ("a size no model has", "size: small", "size: tiny", 3, ["size", "full, small"]),
+    ("a batch of none", "max_epochs: 2", "max_epochs: 2\n  batch_size: 0", 5, ["batch_size", "above 0"]),
 ]
+
+
+def test_a_setting_in_a_file_gives_the_id_the_same_set_flag_gives(tmp_path):
+    """A whole number stays whole and 1e-4 (which YAML reads as text) is a number, as `--set` reads them: moving
+    a --set into a file keeps the ids, so the results already stored stay the study's."""
+    text = textwrap.dedent(GOOD).replace("max_epochs: 2", "max_epochs: 2\n  bce_weight: 0\n  lr: 1e-4")
+    code, out, err = dry_run("--study-file", str(write(tmp_path / "mine.yaml", text)), "--storage", str(tmp_path))
+    assert code == 0, err
+    from_file = listed_ids(out)
+    good = write(tmp_path / "good.yaml", GOOD)
+    code, out, err = dry_run("--study-file", str(good), "--storage", str(tmp_path), "--set", "bce_weight=0",
+                             "--set", "lr=1e-4")
+    assert code == 0, err
+    assert sorted(from_file) == sorted(listed_ids(out)) and len(from_file) == 3, (from_file, out)
 
 
 def test_a_good_user_file_expands_as_written(tmp_path):
@@ -178,7 +195,6 @@ def test_a_dataset_found_only_in_the_shard_root_takes_its_manifests_prompt_types
     assert code == 0, err
     ids = listed_ids(out)
     assert len(ids) == 8 and {i.split("-")[3] for i in ids} == set(prompt_types), out  # 4 prompts x 2 seeds
-    assert "study: lab" in out or "lab" in out
     # Without the shard root that holds it, the name is refused before anything runs, naming where it looked.
     code, out, err = dry_run("--study-file", str(study), "--data", str(tmp_path / "empty"),
                              "--storage", str(tmp_path / "runs"))

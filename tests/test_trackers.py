@@ -55,7 +55,7 @@ def test_the_demo_logged_to_mlflow_reads_back_with_mlflows_client(tmp_path):
 
 
 def test_the_mlflow_store_is_the_flag_else_mlflows_variable_else_a_sqlite_file_beside_the_study(tmp_path, monkeypatch):
-    from orchestrator.trackers import mlflow_tracking_uri
+    from orchestrator.trackers import TrackerError, mlflow_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert mlflow_tracking_uri(str(tmp_path / "runs"), "demo") == f"sqlite:///{tmp_path}/runs/demo/mlflow.db"
@@ -63,6 +63,11 @@ def test_the_mlflow_store_is_the_flag_else_mlflows_variable_else_a_sqlite_file_b
     assert mlflow_tracking_uri("runs", "demo", "http://mlflow.lab:5000") == "http://mlflow.lab:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.lab:5000")  # MLflow's own setting
     assert mlflow_tracking_uri(str(tmp_path / "runs"), "demo") == "http://tracking.lab:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")  # a workspace: MLflow resolves it, not a file store
+    assert mlflow_tracking_uri(str(tmp_path / "runs"), "demo") == "databricks"
+    for store in ("mlruns", str(tmp_path / "mlruns"), f"file://{tmp_path}/mlruns"):  # MLflow's file store
+        with pytest.raises(TrackerError, match="file store"):
+            mlflow_tracking_uri(str(tmp_path / "runs"), "demo", store)
 
 
 def test_an_mlflow_file_store_is_refused_in_one_line_before_anything_runs(tmp_path):
